@@ -1,0 +1,25 @@
+//! Per-CPU counters (one `PerCpuArray<u64>` named `COUNTERS`) that the BPF side bumps when it
+//! cannot deliver something. Userspace sums them over CPUs and reports every one: nothing is
+//! lost silently.
+
+/// A ring-buffer reservation failed (buffer full): one record lost.
+pub const RING_FULL: u32 = 0;
+/// The in-flight call map was full at entry: the call's record is lost.
+pub const INFLIGHT_FULL: u32 = 1;
+/// A return fired without its entry (entry lost, or probe attached mid-call).
+pub const RETURN_WITHOUT_ENTRY: u32 = 2;
+/// Reading user memory through a pointer argument failed (the field is left as unknown).
+pub const USER_READ_FAILED: u32 = 3;
+/// Reading a kernel socket field failed.
+pub const KERNEL_READ_FAILED: u32 = 4;
+/// Number of counters.
+pub const COUNT: u32 = 5;
+
+/// Human names, indexed by counter.
+pub const NAMES: [&str; COUNT as usize] = [
+    "ring_buffer_full",
+    "inflight_map_full",
+    "return_without_entry",
+    "user_read_failed",
+    "kernel_read_failed",
+];

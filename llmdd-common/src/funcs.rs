@@ -1,0 +1,271 @@
+//! The table of every traced library function: its id (carried in each record), family,
+//! the symbol names it is exported under, and where its interesting arguments live.
+//!
+//! Argument slots index `CallRecord::args`: 0-5 are the integer argument registers, 6-8 the
+//! stack words holding the 7th-9th integer arguments. Structs passed by value shift later
+//! arguments (x86-64 SysV): `dim3` (12 bytes) takes two registers, `ncclUniqueId` (128 bytes)
+//! goes on the stack and takes none.
+
+use crate::call::NO_SLOT as N;
+
+/// Which library family a function belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// libnccl / librccl (same exported names).
+    Nccl,
+    /// libcudart.
+    CudaRuntime,
+    /// libcuda (the driver API).
+    CudaDriver,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Nccl => "nccl",
+            Family::CudaRuntime => "cudart",
+            Family::CudaDriver => "cuda",
+        }
+    }
+}
+
+/// What a call means to the analysis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    Collective,
+    P2p,
+    GroupStart,
+    GroupEnd,
+    CommInit,
+    CommInitAll,
+    CommSplit,
+    CommEnd,
+    Launch,
+    GraphLaunch,
+    Memcpy,
+    Sync,
+    EventRecord,
+    EventQuery,
+    StreamWait,
+    Alloc,
+    Free,
+}
+
+/// Where the interesting arguments are (slots, or `NO_SLOT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// Element count (NCCL) or byte count (copies, allocations: see `count_is_bytes`).
+    pub count: u8,
+    /// ncclDataType_t.
+    pub dtype: u8,
+    /// ncclRedOp_t.
+    pub op: u8,
+    /// Root (rooted collectives) or peer (send/recv).
+    pub peer: u8,
+    /// Communicator handle.
+    pub comm: u8,
+    /// Stream handle.
+    pub stream: u8,
+    /// Event handle.
+    pub event: u8,
+    /// Out-pointer written by the call (new communicator, allocated address).
+    pub out: u8,
+    /// Pointer argument to read a word through at entry, and the word index
+    /// (e.g. the stream inside a launch config struct).
+    pub deref: u8,
+    pub deref_word: u8,
+    /// `count` is already in bytes.
+    pub count_is_bytes: bool,
+    /// Rank count and rank as plain integer arguments (ncclCommInitRank*).
+    pub nranks_arg: u8,
+    pub rank_arg: u8,
+    /// The function takes an `ncclUniqueId` by value.
+    pub unique_id: bool,
+}
+
+const R: Roles = Roles {
+    count: N,
+    dtype: N,
+    op: N,
+    peer: N,
+    comm: N,
+    stream: N,
+    event: N,
+    out: N,
+    deref: N,
+    deref_word: 0,
+    count_is_bytes: false,
+    nranks_arg: N,
+    rank_arg: N,
+    unique_id: false,
+};
+
+/// One traced function.
+#[derive(Clone, Copy, Debug)]
+pub struct FuncSpec {
+    /// Stable id, equal to the index in [`FUNCS`].
+    pub id: u16,
+    /// Canonical name.
+    pub name: &'static str,
+    pub family: Family,
+    pub kind: CallKind,
+    /// Every exported name to probe (aliases at the same address are probed once).
+    pub symbols: &'static [&'static str],
+    pub roles: Roles,
+}
+
+macro_rules! funcs {
+    ($( $id:literal $name:literal $fam:ident $kind:ident [$($sym:literal),*] { $($role:ident : $v:expr),* } )*) => {
+        /// Every traced function, indexed by id.
+        pub const FUNCS: &[FuncSpec] = &[
+            $( FuncSpec {
+                id: $id,
+                name: $name,
+                family: Family::$fam,
+                kind: CallKind::$kind,
+                symbols: &[$($sym),*],
+                roles: Roles { $($role: $v,)* ..R },
+            }, )*
+        ];
+    };
+}
+
+funcs! {
+    // ---- NCCL (and RCCL) ----
+    0 "ncclAllReduce" Nccl Collective ["ncclAllReduce", "pncclAllReduce"] { count: 2, dtype: 3, op: 4, comm: 5, stream: 6 }
+    1 "ncclAllGather" Nccl Collective ["ncclAllGather", "pncclAllGather"] { count: 2, dtype: 3, comm: 4, stream: 5 }
+    2 "ncclReduceScatter" Nccl Collective ["ncclReduceScatter", "pncclReduceScatter"] { count: 2, dtype: 3, op: 4, comm: 5, stream: 6 }
+    3 "ncclBroadcast" Nccl Collective ["ncclBroadcast", "pncclBroadcast"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6 }
+    4 "ncclBcast" Nccl Collective ["ncclBcast", "pncclBcast"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5 }
+    5 "ncclReduce" Nccl Collective ["ncclReduce", "pncclReduce"] { count: 2, dtype: 3, op: 4, peer: 5, comm: 6, stream: 7 }
+    6 "ncclAlltoAll" Nccl Collective ["ncclAlltoAll", "pncclAlltoAll"] { count: 2, dtype: 3, comm: 4, stream: 5 }
+    7 "ncclGather" Nccl Collective ["ncclGather", "pncclGather"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6 }
+    8 "ncclScatter" Nccl Collective ["ncclScatter", "pncclScatter"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6 }
+    9 "ncclSend" Nccl P2p ["ncclSend", "pncclSend"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5 }
+    10 "ncclRecv" Nccl P2p ["ncclRecv", "pncclRecv"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5 }
+    11 "ncclGroupStart" Nccl GroupStart ["ncclGroupStart", "pncclGroupStart"] {}
+    12 "ncclGroupEnd" Nccl GroupEnd ["ncclGroupEnd", "pncclGroupEnd"] {}
+    13 "ncclCommInitRank" Nccl CommInit ["ncclCommInitRank", "pncclCommInitRank"] { out: 0, nranks_arg: 1, rank_arg: 2, unique_id: true }
+    14 "ncclCommInitRankConfig" Nccl CommInit ["ncclCommInitRankConfig", "pncclCommInitRankConfig"] { out: 0, nranks_arg: 1, rank_arg: 2, unique_id: true }
+    15 "ncclCommInitAll" Nccl CommInitAll ["ncclCommInitAll", "pncclCommInitAll"] { out: 0, nranks_arg: 1 }
+    16 "ncclCommSplit" Nccl CommSplit ["ncclCommSplit", "pncclCommSplit"] { comm: 0, out: 3 }
+    17 "ncclCommDestroy" Nccl CommEnd ["ncclCommDestroy", "pncclCommDestroy"] { comm: 0 }
+    18 "ncclCommAbort" Nccl CommEnd ["ncclCommAbort", "pncclCommAbort"] { comm: 0 }
+    // ---- CUDA runtime ----
+    // cudaLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream): each dim3 takes two registers.
+    19 "cudaLaunchKernel" CudaRuntime Launch ["cudaLaunchKernel", "cudaLaunchKernel_ptsz"] { stream: 7 }
+    // cudaLaunchKernelExC(const cudaLaunchConfig_t*, func, args): stream at byte 32 of the config.
+    20 "cudaLaunchKernelExC" CudaRuntime Launch ["cudaLaunchKernelExC", "cudaLaunchKernelExC_ptsz"] { deref: 0, deref_word: 4 }
+    21 "cudaGraphLaunch" CudaRuntime GraphLaunch ["cudaGraphLaunch", "cudaGraphLaunch_ptsz"] { stream: 1 }
+    22 "cudaMemcpyAsync" CudaRuntime Memcpy ["cudaMemcpyAsync", "cudaMemcpyAsync_ptsz"] { count: 2, count_is_bytes: true, stream: 4 }
+    23 "cudaMemcpy" CudaRuntime Memcpy ["cudaMemcpy", "cudaMemcpy_ptds"] { count: 2, count_is_bytes: true }
+    24 "cudaStreamSynchronize" CudaRuntime Sync ["cudaStreamSynchronize", "cudaStreamSynchronize_ptsz"] { stream: 0 }
+    25 "cudaDeviceSynchronize" CudaRuntime Sync ["cudaDeviceSynchronize"] {}
+    26 "cudaEventSynchronize" CudaRuntime Sync ["cudaEventSynchronize"] { event: 0 }
+    27 "cudaEventRecord" CudaRuntime EventRecord ["cudaEventRecord", "cudaEventRecord_ptsz"] { event: 0, stream: 1 }
+    28 "cudaEventQuery" CudaRuntime EventQuery ["cudaEventQuery"] { event: 0 }
+    29 "cudaStreamWaitEvent" CudaRuntime StreamWait ["cudaStreamWaitEvent", "cudaStreamWaitEvent_ptsz"] { stream: 0, event: 1 }
+    30 "cudaMalloc" CudaRuntime Alloc ["cudaMalloc"] { out: 0, count: 1, count_is_bytes: true }
+    31 "cudaFree" CudaRuntime Free ["cudaFree"] {}
+    32 "cudaMallocAsync" CudaRuntime Alloc ["cudaMallocAsync", "cudaMallocAsync_ptsz"] { out: 0, count: 1, count_is_bytes: true, stream: 2 }
+    33 "cudaFreeAsync" CudaRuntime Free ["cudaFreeAsync", "cudaFreeAsync_ptsz"] { stream: 1 }
+    34 "cudaMallocHost" CudaRuntime Alloc ["cudaMallocHost"] { out: 0, count: 1, count_is_bytes: true }
+    // ---- CUDA driver ----
+    // cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    35 "cuLaunchKernel" CudaDriver Launch ["cuLaunchKernel", "cuLaunchKernel_ptsz"] { stream: 8 }
+    // cuLaunchKernelEx(const CUlaunchConfig*, f, params, extra): stream at byte 32 of the config.
+    36 "cuLaunchKernelEx" CudaDriver Launch ["cuLaunchKernelEx", "cuLaunchKernelEx_ptsz"] { deref: 0, deref_word: 4 }
+    37 "cuGraphLaunch" CudaDriver GraphLaunch ["cuGraphLaunch", "cuGraphLaunch_ptsz"] { stream: 1 }
+    38 "cuStreamSynchronize" CudaDriver Sync ["cuStreamSynchronize", "cuStreamSynchronize_ptsz"] { stream: 0 }
+    39 "cuEventSynchronize" CudaDriver Sync ["cuEventSynchronize"] { event: 0 }
+    40 "cuEventQuery" CudaDriver EventQuery ["cuEventQuery"] { event: 0 }
+    41 "cuCtxSynchronize" CudaDriver Sync ["cuCtxSynchronize"] {}
+    42 "cuMemAlloc" CudaDriver Alloc ["cuMemAlloc_v2"] { out: 0, count: 1, count_is_bytes: true }
+    43 "cuMemFree" CudaDriver Free ["cuMemFree_v2"] {}
+}
+
+/// A function id (index into [`FUNCS`]).
+pub type FuncId = u16;
+
+/// The spec of a function id, if it is one.
+pub fn spec(id: FuncId) -> Option<&'static FuncSpec> {
+    FUNCS.get(id as usize)
+}
+
+/// The function that a symbol name belongs to.
+pub fn by_symbol(sym: &str) -> Option<&'static FuncSpec> {
+    FUNCS.iter().find(|f| f.symbols.contains(&sym))
+}
+
+/// Size in bytes of an `ncclDataType_t` (None for unknown values).
+pub const fn nccl_dtype_size(dtype: u64) -> Option<u64> {
+    match dtype {
+        0 | 1 => Some(1),         // int8, uint8
+        2 | 3 | 7 => Some(4),     // int32, uint32, float32
+        4 | 5 | 8 => Some(8),     // int64, uint64, float64
+        6 | 9 => Some(2),         // float16, bfloat16
+        10 | 11 => Some(1),       // fp8 e4m3, e5m2
+        _ => None,
+    }
+}
+
+/// Name of an `ncclDataType_t`.
+pub const fn nccl_dtype_name(dtype: u64) -> &'static str {
+    match dtype {
+        0 => "int8",
+        1 => "uint8",
+        2 => "int32",
+        3 => "uint32",
+        4 => "int64",
+        5 => "uint64",
+        6 => "float16",
+        7 => "float32",
+        8 => "float64",
+        9 => "bfloat16",
+        10 => "fp8e4m3",
+        11 => "fp8e5m2",
+        _ => "unknown",
+    }
+}
+
+/// Name of an `ncclRedOp_t`.
+pub const fn nccl_op_name(op: u64) -> &'static str {
+    match op {
+        0 => "sum",
+        1 => "prod",
+        2 => "max",
+        3 => "min",
+        4 => "avg",
+        _ => "custom",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_indices_and_symbols_unique() {
+        for (i, f) in FUNCS.iter().enumerate() {
+            assert_eq!(f.id as usize, i, "{} has id {} at index {}", f.name, f.id, i);
+            assert!(!f.symbols.is_empty());
+        }
+        for f in FUNCS {
+            for s in f.symbols {
+                assert_eq!(by_symbol(s).map(|g| g.id), Some(f.id), "symbol {s} is listed twice");
+            }
+        }
+    }
+
+    #[test]
+    fn cookie_round_trips() {
+        let c = crate::call::Cookie::new(43, 4095, 5, 3, 0, 4, crate::call::C_UID);
+        assert_eq!(c.func(), 43);
+        assert_eq!(c.lib_slot(), 4095);
+        assert_eq!(c.comm_slot(), 5);
+        assert_eq!(c.out_slot(), 3);
+        assert_eq!(c.deref_slot(), 0);
+        assert_eq!(c.deref_word(), 4);
+        assert_eq!(c.flags(), crate::call::C_UID);
+    }
+}

@@ -1,0 +1,1 @@
+//! Facts about the running kernel that the probes need (BTF-derived struct offsets).

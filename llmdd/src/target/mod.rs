@@ -1,0 +1,1 @@
+//! Finding target processes, their libraries, and the probe points inside them.

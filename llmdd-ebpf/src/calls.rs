@@ -1,0 +1,223 @@
+//! The generic call path shared by the NCCL, CUDA runtime and CUDA driver probe families.
+//!
+//! Entry: capture arguments (registers and the first stack words), read the communicator's
+//! rank/nranks through the handle when the function takes one, hash a by-value
+//! `ncclUniqueId`, and park the half-filled record in `INFLIGHT`. Return: take the record
+//! back, add the exit time, the return value and whatever the out-pointer now holds, and
+//! submit it.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_user},
+    EbpfContext,
+};
+use llmdd_common::{
+    call::{
+        CallRecord, Cookie, InflightKey, ARG_WORDS, C_UID, F_DEREF, F_OUT, F_RANK, F_RETURNED,
+        F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT, uid_hash_step,
+    },
+    counters, RecordKind,
+};
+
+use crate::{
+    emit::wakeup_flags,
+    maps::{count, EVENTS, INFLIGHT, LIB_CFG},
+};
+
+/// Reads one word of user memory; counts a failure and gives `None`.
+#[inline(always)]
+fn read_user_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user validates the address and fails cleanly.
+    match unsafe { bpf_probe_read_user(addr as *const u64) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counters::USER_READ_FAILED);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn read_user_i32(addr: u64) -> Option<i32> {
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_user(addr as *const i32) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counters::USER_READ_FAILED);
+            None
+        }
+    }
+}
+
+/// The argument in `slot`, with a bound the verifier can see.
+#[inline(always)]
+fn arg_at(args: &[u64; ARG_WORDS], slot: u8) -> Option<u64> {
+    if (slot as usize) < ARG_WORDS {
+        Some(args[slot as usize])
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn key_of(pid_tgid: u64, func: u16) -> InflightKey {
+    InflightKey { pid_tgid, func: func as u32, _pad: 0 }
+}
+
+/// Entry half of the pair.
+#[inline(always)]
+pub fn on_entry<C: EbpfContext>(ctx: &C) -> u32 {
+    let regs = ctx.as_ptr() as *const pt_regs;
+    // SAFETY: the helper only reads the attachment's cookie.
+    let cookie = Cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let pid_tgid = bpf_get_current_pid_tgid();
+
+    let mut rec = CallRecord {
+        kind: RecordKind::Call as u32,
+        func: cookie.func(),
+        lib_slot: cookie.lib_slot(),
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        rank: -1,
+        nranks: -1,
+        ..CallRecord::default()
+    };
+    // SAFETY: `regs` is the program context (pt_regs) for a uprobe; direct reads are allowed.
+    let sp = unsafe {
+        rec.args[0] = (*regs).rdi;
+        rec.args[1] = (*regs).rsi;
+        rec.args[2] = (*regs).rdx;
+        rec.args[3] = (*regs).rcx;
+        rec.args[4] = (*regs).r8;
+        rec.args[5] = (*regs).r9;
+        (*regs).rsp
+    };
+    // Stack arguments 7-9 sit above the return address. A read can fail only if the stack
+    // page is not present, which is harmless: the slot stays 0.
+    let mut i = 0;
+    while i < 3 {
+        // SAFETY: validated user read.
+        if let Ok(v) = unsafe { bpf_probe_read_user((sp + 8 * (i as u64 + 1)) as *const u64) } {
+            rec.args[6 + i] = v;
+        }
+        i += 1;
+    }
+
+    // Rank and rank count through the communicator handle, at offsets decoded per library.
+    if let Some(comm) = arg_at(&rec.args, cookie.comm_slot()) {
+        if comm != 0 {
+            if let Some(cfg) = LIB_CFG.get(cookie.lib_slot() as u32) {
+                if cfg.comm_offsets_valid == 1 {
+                    if let (Some(r), Some(n)) = (
+                        read_user_i32(comm + cfg.rank_off as u64),
+                        read_user_i32(comm + cfg.nranks_off as u64),
+                    ) {
+                        rec.rank = r;
+                        rec.nranks = n;
+                        rec.flags |= F_RANK;
+                    }
+                }
+            }
+        }
+    }
+
+    // A word behind a pointer argument (a launch config's stream).
+    if let Some(p) = arg_at(&rec.args, cookie.deref_slot()) {
+        if p != 0 {
+            if let Some(v) = read_user_u64(p + 8 * cookie.deref_word() as u64) {
+                rec.deref_val = v;
+                rec.flags |= F_DEREF;
+            }
+        }
+    }
+
+    // ncclUniqueId passed by value: 128 bytes at sp+8.
+    if cookie.flags() & C_UID != 0 {
+        let mut h = UID_HASH_INIT;
+        let mut ok = true;
+        let mut w = 0;
+        while w < UID_BYTES / 8 {
+            // SAFETY: validated user read.
+            match unsafe { bpf_probe_read_user((sp + 8 + 8 * w as u64) as *const u64) } {
+                Ok(v) => h = uid_hash_step(h, v),
+                Err(_) => ok = false,
+            }
+            w += 1;
+        }
+        if ok {
+            rec.uid_hash = h;
+            rec.flags |= F_UID;
+        } else {
+            count(counters::USER_READ_FAILED);
+        }
+    }
+
+    // SAFETY: ktime is always readable.
+    rec.entry_ns = unsafe { bpf_ktime_get_ns() };
+    let key = key_of(pid_tgid, rec.func);
+    if INFLIGHT.insert(&key, &rec, 0).is_err() {
+        count(counters::INFLIGHT_FULL);
+    }
+    0
+}
+
+/// Return half of the pair.
+#[inline(always)]
+pub fn on_return<C: EbpfContext>(ctx: &C) -> u32 {
+    // SAFETY: ktime is always readable.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let regs = ctx.as_ptr() as *const pt_regs;
+    // SAFETY: the helper only reads the attachment's cookie.
+    let cookie = Cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = key_of(pid_tgid, cookie.func());
+
+    let Some(parked) = INFLIGHT.get_ptr(&key) else {
+        count(counters::RETURN_WITHOUT_ENTRY);
+        return 0;
+    };
+    match EVENTS.reserve::<CallRecord>(0) {
+        Some(mut entry) => {
+            // SAFETY: `parked` points at a live map value; the copy is a fixed-size struct.
+            let mut rec = unsafe { *parked };
+            rec.exit_ns = now;
+            // SAFETY: pt_regs context read.
+            rec.ret = unsafe { (*regs).rax };
+            rec.flags |= F_RETURNED;
+            rec.cpu = unsafe { bpf_get_smp_processor_id() };
+            if cookie.out_slot() != NO_SLOT {
+                if let Some(p) = arg_at(&rec.args, cookie.out_slot()) {
+                    if p != 0 {
+                        if let Some(v) = read_user_u64(p) {
+                            rec.out_val = v;
+                            rec.flags |= F_OUT;
+                        }
+                    }
+                }
+            }
+            entry.write(rec);
+            entry.submit(wakeup_flags());
+        }
+        None => count(counters::RING_FULL),
+    }
+    let _ = INFLIGHT.remove(&key);
+    0
+}
+
+/// Defines one family's uprobe/uretprobe program pair over the generic call path. Separate
+/// programs per family let userspace attach, detach or duty-cycle a family on its own.
+macro_rules! call_probe_pair {
+    ($entry:ident, $ret:ident) => {
+        #[aya_ebpf::macros::uprobe]
+        pub fn $entry(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+            $crate::calls::on_entry(&ctx)
+        }
+
+        #[aya_ebpf::macros::uretprobe]
+        pub fn $ret(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
+            $crate::calls::on_return(&ctx)
+        }
+    };
+}
+pub(crate) use call_probe_pair;

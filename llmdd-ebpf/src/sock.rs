@@ -1,0 +1,244 @@
+//! Kernel socket tracepoints. Sizes, addresses, ports and timing only: no payload is read.
+//!
+//! - sock:sock_send_length / sock:sock_recv_length: bytes per send/recv, from traced
+//!   processes only (filtered here by tgid). The records carry the socket's addresses, read
+//!   from `struct sock` at offsets userspace took from the kernel's BTF (`SOCK_CFG`).
+//! - sock:inet_sock_set_state: TCP state changes of traced processes' sockets.
+//! - tcp:tcp_retransmit_skb: retransmits on sockets traced processes used (softirq context,
+//!   so attributed through `KNOWN_SOCKS`).
+//!
+//! Field offsets below are those of the tracepoints' `format` files; userspace checks them
+//! against tracefs before attaching and refuses a mismatch with a clear message.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use llmdd_common::{
+    counters,
+    sock::{
+        SockRecord, AF_INET, AF_INET6, IPPROTO_TCP, SF_ADDR, SOCK_RECV, SOCK_RETRANSMIT, SOCK_SEND,
+        SOCK_STATE,
+    },
+    RecordKind,
+};
+
+use crate::{
+    emit::send,
+    maps::{count, is_traced, KNOWN_SOCKS, SOCK_CFG},
+};
+
+/// sock_send_length / sock_recv_length: sk, family, protocol, ret.
+const LEN_SK: usize = 8;
+const LEN_FAMILY: usize = 16;
+const LEN_PROTOCOL: usize = 18;
+const LEN_RET: usize = 20;
+/// inet_sock_set_state.
+const ST_SK: usize = 8;
+const ST_OLD: usize = 16;
+const ST_NEW: usize = 20;
+const ST_SPORT: usize = 24;
+const ST_DPORT: usize = 26;
+const ST_FAMILY: usize = 28;
+const ST_PROTOCOL: usize = 30;
+const ST_SADDR: usize = 32;
+const ST_DADDR: usize = 36;
+const ST_SADDR6: usize = 40;
+const ST_DADDR6: usize = 56;
+/// tcp_retransmit_skb.
+const RT_SK: usize = 16;
+const RT_STATE: usize = 24;
+const RT_SPORT: usize = 28;
+const RT_DPORT: usize = 30;
+const RT_FAMILY: usize = 32;
+const RT_SADDR: usize = 34;
+const RT_DADDR: usize = 38;
+const RT_SADDR6: usize = 42;
+const RT_DADDR6: usize = 58;
+
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;
+
+#[inline(always)]
+fn read_kernel<T: Copy + Default>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counters::KERNEL_READ_FAILED);
+            None
+        }
+    }
+}
+
+/// Fills addresses and ports from the socket itself.
+#[inline(always)]
+fn fill_addrs(rec: &mut SockRecord, sk: u64) {
+    let Some(cfg) = SOCK_CFG.get(0) else { return };
+    if cfg.valid != 1 {
+        return;
+    }
+    let Some(num) = read_kernel::<u16>(sk + cfg.num_off as u64) else { return };
+    let Some(dport_be) = read_kernel::<u16>(sk + cfg.dport_off as u64) else { return };
+    rec.sport = num;
+    rec.dport = u16::from_be(dport_be);
+    if rec.family == AF_INET {
+        let Some(d) = read_kernel::<[u8; 4]>(sk + cfg.daddr_off as u64) else { return };
+        let Some(s) = read_kernel::<[u8; 4]>(sk + cfg.rcv_saddr_off as u64) else { return };
+        rec.daddr[..4].copy_from_slice(&d);
+        rec.saddr[..4].copy_from_slice(&s);
+    } else {
+        let Some(d) = read_kernel::<[u8; 16]>(sk + cfg.v6_daddr_off as u64) else { return };
+        let Some(s) = read_kernel::<[u8; 16]>(sk + cfg.v6_rcv_saddr_off as u64) else { return };
+        rec.daddr = d;
+        rec.saddr = s;
+    }
+    rec.flags |= SF_ADDR;
+}
+
+#[inline(always)]
+fn on_length(ctx: &TracePointContext, event: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: reads of the tracepoint record at its format offsets.
+    let (sk, family, protocol, ret) = unsafe {
+        (
+            ctx.read_at::<u64>(LEN_SK).unwrap_or(0),
+            ctx.read_at::<u16>(LEN_FAMILY).unwrap_or(0),
+            ctx.read_at::<u16>(LEN_PROTOCOL).unwrap_or(0),
+            ctx.read_at::<i32>(LEN_RET).unwrap_or(0),
+        )
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    // Keep real transfers and the errors that mean a broken link; drop EAGAIN and friends,
+    // which non-blocking sockets produce in floods.
+    if ret <= 0 && ret != -ECONNRESET && ret != -EPIPE {
+        return 0;
+    }
+    // SAFETY: read-only lookup.
+    if unsafe { KNOWN_SOCKS.get(&sk) }.is_none() {
+        let _ = KNOWN_SOCKS.insert(&sk, &tgid, 0);
+    }
+    let mut rec = SockRecord {
+        kind: RecordKind::Sock as u32,
+        event,
+        pid: tgid,
+        tid: pid_tgid as u32,
+        // SAFETY: ktime is always readable.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        bytes: ret as i64,
+        family,
+        protocol,
+        ..SockRecord::default()
+    };
+    fill_addrs(&mut rec, sk);
+    send(&rec);
+    0
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    on_length(&ctx, SOCK_SEND)
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    on_length(&ctx, SOCK_RECV)
+}
+
+/// Which process a socket event belongs to: the current one when traced, else the owner
+/// remembered in `KNOWN_SOCKS`.
+#[inline(always)]
+fn owner(sk: u64) -> Option<(u32, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_traced(tgid) {
+        return Some((tgid, pid_tgid as u32));
+    }
+    // SAFETY: read-only lookup.
+    unsafe { KNOWN_SOCKS.get(&sk) }.map(|t| (*t, 0))
+}
+
+#[inline(always)]
+fn read_addrs(ctx: &TracePointContext, rec: &mut SockRecord, off4: (usize, usize), off6: (usize, usize)) {
+    // SAFETY: reads of the tracepoint record at its format offsets.
+    unsafe {
+        if rec.family == AF_INET {
+            rec.saddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(off4.0).unwrap_or_default());
+            rec.daddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(off4.1).unwrap_or_default());
+        } else {
+            rec.saddr = ctx.read_at::<[u8; 16]>(off6.0).unwrap_or_default();
+            rec.daddr = ctx.read_at::<[u8; 16]>(off6.1).unwrap_or_default();
+        }
+    }
+    rec.flags |= SF_ADDR;
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads of the tracepoint record at its format offsets.
+    let (sk, protocol) = unsafe {
+        (ctx.read_at::<u64>(ST_SK).unwrap_or(0), ctx.read_at::<u16>(ST_PROTOCOL).unwrap_or(0))
+    };
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let Some((pid, tid)) = owner(sk) else { return 0 };
+    let mut rec = SockRecord {
+        kind: RecordKind::Sock as u32,
+        event: SOCK_STATE,
+        pid,
+        tid,
+        // SAFETY: ktime is always readable.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        protocol,
+        ..SockRecord::default()
+    };
+    // SAFETY: as above.
+    unsafe {
+        rec.oldstate = ctx.read_at::<i32>(ST_OLD).unwrap_or(0);
+        rec.newstate = ctx.read_at::<i32>(ST_NEW).unwrap_or(0);
+        rec.sport = ctx.read_at::<u16>(ST_SPORT).unwrap_or(0);
+        rec.dport = ctx.read_at::<u16>(ST_DPORT).unwrap_or(0);
+        rec.family = ctx.read_at::<u16>(ST_FAMILY).unwrap_or(0);
+    }
+    read_addrs(&ctx, &mut rec, (ST_SADDR, ST_DADDR), (ST_SADDR6, ST_DADDR6));
+    send(&rec);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    // SAFETY: read of the tracepoint record at its format offset.
+    let sk = unsafe { ctx.read_at::<u64>(RT_SK).unwrap_or(0) };
+    let Some((pid, tid)) = owner(sk) else { return 0 };
+    let mut rec = SockRecord {
+        kind: RecordKind::Sock as u32,
+        event: SOCK_RETRANSMIT,
+        pid,
+        tid,
+        // SAFETY: ktime is always readable.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        protocol: IPPROTO_TCP,
+        ..SockRecord::default()
+    };
+    // SAFETY: as above.
+    unsafe {
+        rec.oldstate = ctx.read_at::<i32>(RT_STATE).unwrap_or(0);
+        rec.sport = ctx.read_at::<u16>(RT_SPORT).unwrap_or(0);
+        rec.dport = ctx.read_at::<u16>(RT_DPORT).unwrap_or(0);
+        rec.family = ctx.read_at::<u16>(RT_FAMILY).unwrap_or(0);
+    }
+    read_addrs(&ctx, &mut rec, (RT_SADDR, RT_DADDR), (RT_SADDR6, RT_DADDR6));
+    send(&rec);
+    0
+}

@@ -1,1 +1,97 @@
-fn main() {}
+//! Project automation: `cargo xtask <setup|build|demo|test>`.
+//!
+//! - `setup`: idempotent bootstrap of what building and testing need on a fresh machine
+//!   (Debian's BPF-capable rustc and LLVM, bpf-linker, a mounted tracefs).
+//! - `build`: `cargo build` of the whole workspace (llmdd's build.rs builds the eBPF object).
+//! - `demo`: run a simulated 4-rank job with a straggler and attach llmdd to it.
+//! - `test`: formatting, lints, and every test (unit and root-only integration tests).
+//!
+//! Every command that needs the toolchain runs `setup` first; it does nothing when all is
+//! in place.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "llmdd project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the BPF toolchain and mount tracefs when missing (idempotent; needs root).
+    Setup,
+    /// Build the whole workspace, including the embedded eBPF object.
+    Build,
+    /// Run a simulated 4-rank job with an injected straggler and trace it with llmdd.
+    Demo {
+        /// How long llmdd traces the job.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+    /// Run formatting and lint checks and the whole test suite (as root).
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for the test binaries (after `--`).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build => {
+            setup::ensure()?;
+            cargo(&["build", "--workspace"])
+        }
+        Cmd::Demo { duration } => {
+            setup::ensure()?;
+            cargo(&["build", "--workspace"])?;
+            cargo(&["run", "--quiet", "-p", "llmdd-tests", "--bin", "demo", "--", "--duration", &duration])
+        }
+        Cmd::Test { no_lint, test_args } => {
+            setup::ensure()?;
+            if !no_lint {
+                cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
+                cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            }
+            cargo(&["build", "--workspace"])?;
+            let mut args = vec!["test", "--workspace", "--no-fail-fast", "--"];
+            args.extend(test_args.iter().map(String::as_str));
+            cargo(&args)
+        }
+    }
+}
+
+/// Runs cargo with `args` in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(setup::workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! `llmdd attach`: resolve targets, load and attach the probes, read events until told to
+//! stop, detach, and print the summary.
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{BufWriter, Write},
+    path::Path,
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cli::AttachArgs,
+    events::Event,
+    kernel, privileges,
+    probe::{ObjectPlan, Tracer},
+    summary::Summary,
+    target,
+    transport::{Reader, DRAIN_INTERVAL},
+};
+
+/// Why tracing stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Signal(&'static str),
+    Duration,
+    TargetsGone,
+}
+
+/// Opens an output file now, so a bad path fails before any attach rather than after a long
+/// run. Created with mode 0600: traces describe other users' processes.
+pub fn create_output(path: &Path) -> Result<BufWriter<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}: choose a writable path", path.display()))?;
+    Ok(BufWriter::new(file))
+}
+
+pub async fn run(args: AttachArgs) -> Result<()> {
+    privileges::check().map_err(anyhow::Error::msg)?;
+    let mut dump = args.dump_events.as_deref().map(create_output).transpose()?;
+
+    let targets = if args.all {
+        let found = target::discover_all();
+        if found.is_empty() {
+            bail!(
+                "no process maps libnccl, librccl, libcudart or libcuda: nothing to trace \
+                 (`llmdd doctor` lists what it can see)"
+            );
+        }
+        found
+    } else {
+        let mut seen = BTreeSet::new();
+        let mut found = Vec::new();
+        for &pid in &args.pids {
+            if seen.insert(pid) {
+                found.push(target::inspect(pid)?);
+            }
+        }
+        found
+    };
+
+    let sock_cfg = match kernel::sock_offsets() {
+        Ok(cfg) => Some(cfg),
+        Err(e) => {
+            eprintln!("llmdd: warning: socket addresses and ports unavailable: {e}");
+            None
+        }
+    };
+    let mut tracer = Tracer::load(sock_cfg)?;
+    for kp in tracer.kernel_probes() {
+        if let Err(why) = &kp.status {
+            eprintln!("llmdd: warning: kernel probe {} disabled: {why}", kp.name);
+        }
+    }
+    let mut reader = Reader::new(tracer.take_events()?).context("watching the BPF ring buffer")?;
+
+    let mut live: BTreeSet<u32> = BTreeSet::new();
+    for t in &targets {
+        let plans = plan(t);
+        let attached = tracer.attach(t.pid, &plans)?;
+        let libs: Vec<String> = attached
+            .iter()
+            .map(|a| format!("{} {} ({} functions)", a.family.name(), a.path.display(), a.probes))
+            .collect();
+        eprintln!("llmdd: attached to pid {}{}: {}", t.pid, describe_rank(t), libs.join(", "));
+        for note in target_notes(t) {
+            eprintln!("llmdd: note: pid {}: {note}", t.pid);
+        }
+        live.insert(t.pid);
+    }
+    eprintln!("llmdd: tracing {} process(es); Ctrl-C to stop", live.len());
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let start = Instant::now();
+    let mut last_render = start;
+    let mut summary = Summary::default();
+    let mut batch = Vec::with_capacity(4096);
+    let stop = loop {
+        let wait = DRAIN_INTERVAL.min(args.interval);
+        let signalled = tokio::select! {
+            _ = reader.wait(wait) => None,
+            _ = sigint.recv() => Some(Stop::Signal("SIGINT")),
+            _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
+        };
+        reader.drain(&mut batch);
+        consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer)?;
+        if let Some(s) = signalled {
+            break s;
+        }
+        // Backstop for a lost or disabled exit tracepoint.
+        let gone: Vec<u32> = live.iter().copied().filter(|p| !Path::new(&format!("/proc/{p}")).exists()).collect();
+        for pid in gone {
+            target_exited(pid, &mut live, &mut tracer);
+        }
+        if live.is_empty() {
+            break Stop::TargetsGone;
+        }
+        if args.duration.is_some_and(|d| start.elapsed() >= d) {
+            break Stop::Duration;
+        }
+        if !args.quiet && last_render.elapsed() >= args.interval {
+            let interval = last_render.elapsed().as_secs_f64();
+            last_render = Instant::now();
+            let lost = tracer.counters()?;
+            print!("{}", summary.render(start.elapsed().as_secs_f64(), interval, &lost));
+            std::io::stdout().flush().ok();
+        }
+    };
+
+    // Final drain: whatever was submitted before we stopped is still counted.
+    reader.drain(&mut batch);
+    consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer)?;
+    let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+    for pid in pids {
+        tracer.detach(pid);
+    }
+    let lost = tracer.counters()?;
+    let why = match stop {
+        Stop::Signal(s) => format!("stopped by {s}"),
+        Stop::Duration => "duration reached".to_string(),
+        Stop::TargetsGone => "every target exited".to_string(),
+    };
+    println!("=== final summary ({why}) ===");
+    print!("{}", summary.render(start.elapsed().as_secs_f64(), last_render.elapsed().as_secs_f64(), &lost));
+    if reader.decode_errors > 0 {
+        println!("undecodable records: {}", reader.decode_errors);
+    }
+    if let Some(mut d) = dump {
+        d.flush().context("writing the event dump")?;
+    }
+    Ok(())
+}
+
+fn consume(
+    batch: &mut Vec<Event>,
+    summary: &mut Summary,
+    mut dump: Option<&mut BufWriter<File>>,
+    live: &mut BTreeSet<u32>,
+    tracer: &mut Tracer,
+) -> Result<()> {
+    for ev in batch.drain(..) {
+        summary.add(&ev);
+        if let Some(d) = dump.as_deref_mut() {
+            serde_json::to_writer(&mut *d, &ev).context("writing the event dump")?;
+            d.write_all(b"\n").context("writing the event dump")?;
+        }
+        if let Event::ProcExit(p) = &ev {
+            target_exited(p.pid, live, tracer);
+        }
+    }
+    Ok(())
+}
+
+fn target_exited(pid: u32, live: &mut BTreeSet<u32>, tracer: &mut Tracer) {
+    if live.remove(&pid) {
+        tracer.detach(pid);
+        eprintln!("llmdd: pid {pid} exited; {} still traced", live.len());
+    }
+}

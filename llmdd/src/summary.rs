@@ -1,0 +1,126 @@
+//! The plain live summary printed by `attach` (calls per function per process, bytes,
+//! errors, socket traffic, lost events). Pure aggregation over events; rendering is text.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+};
+
+use llmdd_common::counters;
+
+use crate::events::{Event, SockKind};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FuncStats {
+    pub calls: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    /// Non-success return codes and how often each was seen.
+    pub errors: BTreeMap<i64, u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockStats {
+    pub sent: u64,
+    pub received: u64,
+    pub sends: u64,
+    pub recvs: u64,
+    pub retransmits: u64,
+    pub state_changes: u64,
+}
+
+/// Aggregates since the start of the run, plus the counts at the last render (for rates).
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub funcs: BTreeMap<(u32, &'static str), FuncStats>,
+    pub socks: BTreeMap<u32, SockStats>,
+    pub exited: Vec<u32>,
+    pub events: u64,
+    last_calls: BTreeMap<(u32, &'static str), u64>,
+}
+
+impl Summary {
+    pub fn add(&mut self, ev: &Event) {
+        self.events += 1;
+        match ev {
+            Event::Call(c) => {
+                let s = self.funcs.entry((c.pid, c.name())).or_default();
+                s.calls += 1;
+                s.bytes += c.bytes.unwrap_or(0);
+                if let Some(d) = c.duration_ns() {
+                    s.total_ns += d;
+                    s.max_ns = s.max_ns.max(d);
+                }
+                if let Some(r) = c.ret.filter(|r| *r != 0) {
+                    *s.errors.entry(r).or_default() += 1;
+                }
+            }
+            Event::Sock(s) => {
+                let st = self.socks.entry(s.pid).or_default();
+                match s.kind {
+                    SockKind::Send if s.bytes > 0 => {
+                        st.sent += s.bytes as u64;
+                        st.sends += 1;
+                    }
+                    SockKind::Recv if s.bytes > 0 => {
+                        st.received += s.bytes as u64;
+                        st.recvs += 1;
+                    }
+                    SockKind::Retransmit => st.retransmits += 1,
+                    SockKind::State => st.state_changes += 1,
+                    _ => {}
+                }
+            }
+            Event::ProcExit(p) => self.exited.push(p.pid),
+        }
+    }
+
+    /// Renders one block; `interval_s` is the time since the previous render (for rates).
+    pub fn render(&mut self, elapsed_s: f64, interval_s: f64, lost: &[u64]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "--- llmdd  t={elapsed_s:.1}s  events={} ---", self.events);
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24} {:>10} {:>9} {:>12} {:>10} {:>10}  errors",
+            "pid", "function", "calls", "calls/s", "bytes", "avg_us", "max_us"
+        );
+        for ((pid, name), s) in &self.funcs {
+            let prev = self.last_calls.insert((*pid, name), s.calls).unwrap_or(0);
+            let rate = if interval_s > 0.0 { (s.calls - prev) as f64 / interval_s } else { 0.0 };
+            let avg = if s.calls > 0 { s.total_ns as f64 / s.calls as f64 / 1e3 } else { 0.0 };
+            let errors = s
+                .errors
+                .iter()
+                .map(|(code, n)| format!("{code}x{n}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = writeln!(
+                out,
+                "{pid:>8}  {name:<24} {:>10} {rate:>9.1} {:>12} {avg:>10.1} {:>10.1}  {errors}",
+                s.calls,
+                s.bytes,
+                s.max_ns as f64 / 1e3
+            );
+        }
+        for (pid, s) in &self.socks {
+            let _ = writeln!(
+                out,
+                "{pid:>8}  tcp: sent {} B in {} sends, received {} B in {} recvs, {} retransmits, {} state changes",
+                s.sent, s.sends, s.received, s.recvs, s.retransmits, s.state_changes
+            );
+        }
+        let lost_parts: Vec<String> = lost
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| format!("{}={n}", counters::NAMES.get(i).copied().unwrap_or("?")))
+            .collect();
+        if lost_parts.is_empty() {
+            let _ = writeln!(out, "lost events: 0");
+        } else {
+            let _ = writeln!(out, "lost events: {}", lost_parts.join(" "));
+        }
+        out
+    }
+}

@@ -1,0 +1,58 @@
+//! Ring-buffer reading: wait for data (a wakeup or the drain timer), then drain every
+//! record, decoding it into typed [`Event`]s in batches.
+//!
+//! The BPF side asks for a wakeup only when a large backlog waits (see
+//! `llmdd_common::RING_WAKEUP_BYTES`); otherwise the reader drains on its own timer. That
+//! keeps a wakeup off the per-call path and makes each read a batch.
+
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::events::Event;
+
+/// Default interval between timer drains.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The ring-buffer reader.
+pub struct Reader {
+    fd: AsyncFd<RingBuf<MapData>>,
+    /// Records that could not be decoded (counted, never silently dropped).
+    pub decode_errors: u64,
+    /// Records read.
+    pub records: u64,
+}
+
+impl Reader {
+    pub fn new(rb: RingBuf<MapData>) -> std::io::Result<Reader> {
+        // SAFETY: the ring buffer owns its map fd, which stays open for as long as the
+        // AsyncFd holds it (the RingBuf is moved in and dropped with it).
+        let fd = unsafe { AsyncFd::register(rb) }.map_err(std::io::Error::from)?;
+        Ok(Reader { fd, decode_errors: 0, records: 0 })
+    }
+
+    /// Waits until the kernel signals a backlog or `timeout` passes, whichever is first.
+    pub async fn wait(&mut self, timeout: Duration) {
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.fd.readable_mut()).await {
+            guard.clear_ready();
+        }
+    }
+
+    /// Drains every waiting record into `out`.
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let rb = self.fd.get_mut();
+        while let Some(item) = rb.next() {
+            self.records += 1;
+            match Event::decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    if self.decode_errors == 1 {
+                        tracing::warn!("undecodable record ({e}); further ones are only counted");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The idempotent bootstrap. Each step checks first and acts only when something is missing,
+//! so running it on a ready machine costs a few stat calls.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages: a rustc with a prebuilt `core` for bpfel-unknown-none, and the LLVM that
+/// bpf-linker links against.
+const APT_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev"];
+/// The bpf-linker release that builds with this machine's compilers and LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn workspace_root() -> PathBuf {
+    // xtask lives one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd.status().with_context(|| format!("starting: {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|v| v.split_whitespace().next() == Some("0")))
+        .unwrap_or(false)
+}
+
+fn apt_packages_missing() -> bool {
+    !Path::new("/usr/bin/rustc").exists()
+        || !Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").exists()
+        || !Path::new(LLVM_BIN).join("llvm-config").exists()
+}
+
+/// Brings the machine to a state where `cargo build` and the tests work.
+pub fn ensure() -> Result<()> {
+    if apt_packages_missing() {
+        if !is_root() {
+            bail!("the BPF toolchain is missing and installing it needs root: rerun as root");
+        }
+        run(
+            Command::new("apt-get").arg("update").arg("-qq"),
+            "apt-get update (the BPF toolchain is missing)",
+        )?;
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(APT_PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &format!("apt-get install {}", APT_PACKAGES.join(" ")),
+        )?;
+    }
+
+    let linker = cargo_home().join("bin").join("bpf-linker");
+    if !linker.exists() {
+        let path = format!("{LLVM_BIN}:{}", env::var("PATH").unwrap_or_default());
+        run(
+            Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("PATH", path),
+            &format!("cargo install bpf-linker {BPF_LINKER_VERSION} (built against LLVM 22; takes a few minutes once)"),
+        )?;
+    }
+
+    if is_root() && !Path::new(TRACEFS).join("events").exists() {
+        run(
+            Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]),
+            &format!("mount tracefs at {TRACEFS}"),
+        )?;
+    }
+    Ok(())
+}

@@ -1,1 +1,4 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (which run as root against real BPF programs
+//! and real processes) and by the demo.
+
+pub mod harness;

@@ -1,0 +1,162 @@
+//! Putting it together for one process ([`inspect`]) or all of them ([`discover`]).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use llmdd_common::funcs::Family;
+
+use super::{
+    elf::ElfError,
+    library::{version_from_file_name, LibraryCache, LibraryInfo},
+    maps::{mapped_files, parse_maps, MappedFile},
+    procfs, ObjectIssue, Target, TargetError, TracedObject,
+};
+
+/// The short name of a library family as shown to users.
+pub fn label(family: Family, path: &Path) -> &'static str {
+    match family {
+        Family::Nccl
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains("librccl")) =>
+        {
+            "rccl"
+        }
+        f => f.name(),
+    }
+}
+
+/// Where llmdd opens a file mapped by `pid`: through the process's root when that still
+/// names the mapped file (same inode), else through `/proc/PID/map_files/` (files deleted or
+/// replaced on disk since they were mapped).
+fn open_path(pid: u32, file: &MappedFile) -> Result<(PathBuf, std::fs::Metadata), io::Error> {
+    let by_map_files = || {
+        let m = file
+            .mappings
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no mapping"))?;
+        let p = procfs::proc_path(pid, "map_files").join(m.map_files_name());
+        let meta = std::fs::metadata(&p)?;
+        Ok((p, meta))
+    };
+    if file.deleted {
+        return by_map_files();
+    }
+    let p = procfs::host_path(pid, &file.path);
+    match std::fs::metadata(&p) {
+        Ok(meta) if std::os::unix::fs::MetadataExt::ino(&meta) == file.inode => Ok((p, meta)),
+        // Replaced on disk, or not visible by that path: the mapping still names the file.
+        Ok(meta) => by_map_files().or(Ok((p, meta))),
+        Err(e) => by_map_files().map_err(|_| e),
+    }
+}
+
+/// The traced objects of one analysed file (one per family it exports).
+fn traced_objects(file: &MappedFile, host_path: &Path, info: &LibraryInfo) -> Vec<TracedObject> {
+    info.families
+        .iter()
+        .map(|fp| {
+            let nccl = fp.family == Family::Nccl;
+            TracedObject {
+                family: fp.family,
+                label: label(fp.family, &file.path),
+                path: file.path.clone(),
+                host_path: host_path.to_path_buf(),
+                deleted: file.deleted,
+                build_id: info.build_id.clone(),
+                version: nccl
+                    .then(|| info.nccl_version.clone())
+                    .flatten()
+                    .or_else(|| version_from_file_name(&file.path)),
+                points: fp.points.clone(),
+                comm_offsets: if nccl {
+                    info.comm_offsets.clone()
+                } else {
+                    None
+                },
+            }
+        })
+        .collect()
+}
+
+/// Inspects process `pid` with the given cache: its identity, rank hints, and every mapped
+/// object that exports traced functions.
+pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetError> {
+    let status = procfs::read(pid, "status")?;
+    let status = procfs::parse_status(&String::from_utf8_lossy(&status));
+    if let Some(tgid) = status.tgid.filter(|&t| t != pid) {
+        return Err(TargetError::NotAProcess { pid, tgid });
+    }
+
+    let maps = procfs::read(pid, "maps")?;
+    let maps = parse_maps(&maps).map_err(|source| TargetError::MapsFormat { pid, source })?;
+    let files: Vec<MappedFile> = mapped_files(&maps)
+        .into_iter()
+        .filter(MappedFile::executable)
+        .collect();
+
+    let mut objects = Vec::new();
+    let mut issues = Vec::new();
+    for file in &files {
+        let (host_path, meta) = match open_path(pid, file) {
+            Ok(found) => found,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(TargetError::PermissionDenied {
+                    pid,
+                    path: procfs::host_path(pid, &file.path),
+                })
+            }
+            Err(e) => {
+                // The process may have exited meanwhile: say so rather than list every file.
+                if !procfs::proc_path(pid, "").exists() {
+                    return Err(TargetError::NoSuchProcess { pid });
+                }
+                issues.push(ObjectIssue {
+                    path: file.path.clone(),
+                    reason: format!("cannot open it from llmdd: {e}"),
+                });
+                continue;
+            }
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        match cache.get(&host_path, &meta) {
+            Ok(info) => objects.extend(traced_objects(file, &host_path, &info)),
+            Err(e) => match &*e {
+                ElfError::NotElf { .. } => {}
+                other => issues.push(ObjectIssue {
+                    path: file.path.clone(),
+                    reason: other.to_string(),
+                }),
+            },
+        }
+    }
+    if objects.is_empty() {
+        return Err(TargetError::NoSupportedLibrary {
+            pid,
+            looked_at: files.len(),
+        });
+    }
+
+    // Best effort from here on: the libraries are what matter.
+    let cmdline = procfs::read(pid, "cmdline")
+        .map(|raw| procfs::split_nul(&raw))
+        .unwrap_or_default();
+    let rank_hints = procfs::read(pid, "environ")
+        .map(|raw| procfs::rank_hints(&procfs::split_nul(&raw)))
+        .unwrap_or_default();
+    Ok(Target {
+        pid,
+        ns_pid: status.ns_pid(),
+        comm: status.name,
+        exe: procfs::exe(pid),
+        cmdline,
+        rank_hints,
+        objects,
+        issues,
+    })
+}

@@ -2,3 +2,4 @@
 //! and real processes) and by the demo.
 
 pub mod harness;
+pub mod reallibs;

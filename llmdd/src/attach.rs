@@ -187,3 +187,66 @@ fn target_exited(pid: u32, live: &mut BTreeSet<u32>, tracer: &mut Tracer) {
         eprintln!("llmdd: pid {pid} exited; {} still traced", live.len());
     }
 }
+
+/// The probe plan for a target: every traced object with its points and offsets.
+pub fn plan(t: &target::Target) -> Vec<ObjectPlan> {
+    t.objects
+        .iter()
+        .map(|o| ObjectPlan {
+            family: o.family,
+            path: o.host_path.clone(),
+            comm_offsets: o.comm_offsets.as_ref().and_then(|r| r.as_ref().ok()).map(|c| (c.rank_off, c.nranks_off)),
+            points: o.points.iter().map(|p| (p.func, p.file_offset)).collect(),
+        })
+        .collect()
+}
+
+/// ` (rank R of W)` from the environment hints, or nothing.
+pub fn describe_rank(t: &target::Target) -> String {
+    match (t.rank_hints.rank, t.rank_hints.world_size) {
+        (Some(r), Some(w)) => format!(" (env rank {r} of {w})"),
+        (Some(r), None) => format!(" (env rank {r})"),
+        _ => String::new(),
+    }
+}
+
+/// Things worth telling the user about a target before tracing it.
+pub fn target_notes(t: &target::Target) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(ns) = t.ns_pid.filter(|ns| *ns != t.pid) {
+        notes.push(format!("runs in its own pid namespace as pid {ns}"));
+    }
+    for o in &t.objects {
+        if let Some(Err(why)) = &o.comm_offsets {
+            notes.push(format!(
+                "{}: communicator offsets unknown ({why}); ranks will be matched by rank count and call order",
+                o.path.display()
+            ));
+        }
+        if o.deleted {
+            notes.push(format!("{} was replaced on disk; probing the mapped copy", o.path.display()));
+        }
+    }
+    notes
+}
+
+/// One paragraph describing a target (for `doctor`).
+pub fn describe_target(t: &target::Target) -> String {
+    let mut s = format!("  pid {} ({}){}", t.pid, t.comm, describe_rank(t));
+    for o in &t.objects {
+        let offs = match &o.comm_offsets {
+            Some(Ok(c)) => format!(", comm rank@{:#x} nranks@{:#x}", c.rank_off, c.nranks_off),
+            Some(Err(_)) => ", comm offsets unknown".to_string(),
+            None => String::new(),
+        };
+        s.push_str(&format!(
+            "\n    {:<6} {} ({} functions{}{})",
+            o.label,
+            o.path.display(),
+            o.points.len(),
+            o.version.as_deref().map(|v| format!(", version {v}")).unwrap_or_default(),
+            offs
+        ));
+    }
+    s
+}

@@ -38,10 +38,11 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("targets").required(true).args(["pids", "all"])))]
 pub struct AttachArgs {
     /// Process to trace (repeatable). Its NCCL/RCCL, CUDA runtime and CUDA driver libraries
     /// are found in /proc/PID/maps.
-    #[arg(long = "pid", short = 'p', value_name = "PID", required_unless_present = "all")]
+    #[arg(long = "pid", short = 'p', value_name = "PID")]
     pub pids: Vec<u32>,
     /// Trace every process that maps libnccl, librccl, libcudart or libcuda.
     #[arg(long, conflicts_with = "pids")]

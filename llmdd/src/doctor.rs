@@ -47,9 +47,12 @@ pub fn run() -> bool {
     });
     checks.push(Check {
         name: "tracefs",
-        result: kernel::tracefs_root()
-            .map(|p| format!("mounted at {}", p.display()))
-            .map_err(|e| format!("{e}: mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")),
+        result: match kernel::tracefs_root() {
+            Ok(p) => Ok(format!("mounted at {}", p.display())),
+            Err(_) => kernel::mount_tracefs()
+                .map(|p| format!("was not mounted; mounted it at {}", p.display()))
+                .map_err(|e| format!("{e}: mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")),
+        },
     });
     checks.push(Check {
         name: "ring buffers",

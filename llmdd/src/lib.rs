@@ -2,10 +2,17 @@
 //!
 //! Data flows one way through these modules:
 //! `target` (find processes, libraries, symbol offsets) → `probe` (load the embedded BPF
-//! object, attach per target) → `transport` (ring buffer → typed `events`) → `engine`
-//! (matching, findings) → views.
+//! object, attach per target) → `transport` (ring buffer → typed `events`) → consumers
+//! (`engine`, `summary`). `attach` and `doctor` are the subcommands; `cli` holds their flags.
 
+pub mod attach;
+pub mod cli;
+pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod privileges;
+pub mod probe;
+pub mod summary;
 pub mod target;
+pub mod transport;

@@ -53,17 +53,7 @@ pub fn require_root() {
 /// libcudart.so.12, libcuda.so.1), private to this test process.
 pub fn fake_lib_dir() -> PathBuf {
     let dir = build_dir().join("fixture-libs").join(std::process::id().to_string());
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    for (built_name, soname) in
-        [("libnccl.so", "libnccl.so.2"), ("libcudart.so", "libcudart.so.12"), ("libcuda.so", "libcuda.so.1")]
-    {
-        let dst = dir.join(soname);
-        if !dst.exists() {
-            let tmp = dir.join(format!(".{soname}.tmp"));
-            std::fs::copy(built(built_name), &tmp).unwrap_or_else(|e| panic!("copying {built_name}: {e}"));
-            std::fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("placing {soname}: {e}"));
-        }
-    }
+    simjob::fixture::stage_libs(&dir).unwrap_or_else(|e| panic!("staging the fake libraries: {e:#}"));
     dir
 }
 

@@ -2,4 +2,5 @@
 //! and real processes) and by the demo.
 
 pub mod harness;
+pub mod job;
 pub mod reallibs;

@@ -119,7 +119,7 @@ fn check(tracefs: &Path, spec: &Spec) -> Result<(), String> {
 
 /// Loads and attaches every kernel-side program; never fails as a whole.
 pub fn attach_all(bpf: &mut Ebpf) -> Vec<KernelProbe> {
-    let tracefs = crate::kernel::tracefs_root();
+    let tracefs = crate::kernel::mount_tracefs();
     SPECS
         .iter()
         .map(|spec| {

@@ -1,0 +1,420 @@
+//! Communicator identity: which per-process handles are one communicator across processes.
+//!
+//! * **Unique id.** `ncclCommInitRank*` carries the hash of the `ncclUniqueId` every rank of
+//!   one communicator was given: identity = (uid hash, nranks). Members join at their init and
+//!   start counting calls from instance 0.
+//! * **Split.** `ncclCommSplit` is collective over the parent: the k-th split of a parent with
+//!   colour c is the same child on every rank. Identity = (parent id, k, colour); members start
+//!   at instance 0 of the child. Ranks in the child come from its first call (read through the
+//!   handle).
+//! * **Fallback (no creation seen; the usual case when attaching to running processes).** A
+//!   handle first seen in a call is grouped with handles of other processes by its rank count
+//!   and the rank read through it (or, when the probes could not read them, the process's
+//!   `RANK`/`WORLD_SIZE` hints): it joins an existing inferred communicator with the same
+//!   rank count that has no live member of that rank, no other handle of this process (unless
+//!   all its members are this process, as with `ncclCommInitAll`) and no conflicting job key;
+//!   among several, it prefers the same job, the same host, the same last call signature, and
+//!   the most recent activity, in that order. Otherwise it starts a new one. Its position in
+//!   the call sequence is then aligned with the other members' (see `matching`).
+//!   Limitation: two communicators of the same size with the same rank numbers in one job,
+//!   created before tracing, whose processes give no distinguishing hint, can be mixed up.
+//!   Handles whose rank cannot be known at all form a communicator of their own.
+
+use serde::Serialize;
+
+use super::{
+    config::Config,
+    matching::{Evidence, Lane},
+    procs::{ProcId, Procs},
+    util::{mix, FastMap},
+};
+
+/// How a communicator's identity was established.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Identity {
+    UniqueId {
+        uid_hash: u64,
+    },
+    Split {
+        parent: u64,
+        split: u32,
+        color: i64,
+    },
+    /// Grouped by rank count and ranks (see the module doc); `rank_source` says where the
+    /// ranks came from ("handle" or "environment", or "unknown" for a lone handle).
+    Inferred {
+        ordinal: u32,
+        rank_source: &'static str,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct CommMember {
+    pub proc: ProcId,
+    pub pid: u32,
+    pub handle: u64,
+    pub rank: Option<u32>,
+    pub lane_member: u32,
+    /// Splits this member has made of this communicator (numbering children).
+    pub splits: u32,
+    pub left_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Communicator {
+    pub id: u64,
+    pub identity: Identity,
+    pub nranks: Option<u32>,
+    pub job: Option<String>,
+    pub lane: u32,
+    pub members: Vec<CommMember>,
+    pub created_ns: u64,
+    pub last_sig: u64,
+}
+
+/// Where a call lands: communicator, member, and the member's index in the lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub comm: u32,
+    pub member: u32,
+    pub lane: u32,
+    pub lane_member: u32,
+}
+
+#[derive(Default)]
+pub struct Comms {
+    pub list: Vec<Communicator>,
+    handles: FastMap<(ProcId, u64), (u32, u32)>,
+    by_uid: FastMap<(u64, u32), u32>,
+    by_split: FastMap<(u64, u32, i64), u32>,
+    by_proc: FastMap<ProcId, Vec<(u32, u32)>>,
+    /// Communicators not tracked because the cap was reached.
+    pub refused: u64,
+}
+
+/// Facts a call carries about its communicator.
+pub struct CallFacts {
+    pub proc: ProcId,
+    pub pid: u32,
+    pub handle: u64,
+    pub rank: Option<i32>,
+    pub nranks: Option<i32>,
+    pub sig: u64,
+    pub t: u64,
+}
+
+fn valid(rank: Option<i32>, nranks: Option<i32>) -> Option<(u32, u32)> {
+    match (rank, nranks) {
+        (Some(r), Some(n)) if r >= 0 && n > 0 && r < n => Some((r as u32, n as u32)),
+        _ => None,
+    }
+}
+
+impl Comms {
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        id: u64,
+        identity: Identity,
+        nranks: Option<u32>,
+        job: Option<String>,
+        t: u64,
+        lanes: &mut Vec<Lane>,
+        cfg: &Config,
+    ) -> Option<u32> {
+        if self.list.len() >= cfg.max_communicators {
+            self.refused += 1;
+            return None;
+        }
+        let mut lane = Lane::new(id, Evidence::Collectives, t, cfg);
+        lane.nranks = nranks.unwrap_or(0);
+        lanes.push(lane);
+        self.list.push(Communicator {
+            id,
+            identity,
+            nranks,
+            job,
+            lane: (lanes.len() - 1) as u32,
+            members: Vec::new(),
+            created_ns: t,
+            last_sig: 0,
+        });
+        Some((self.list.len() - 1) as u32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        c: u32,
+        proc: ProcId,
+        pid: u32,
+        handle: u64,
+        rank: Option<u32>,
+        at_start: bool,
+        t: u64,
+        lanes: &mut [Lane],
+    ) -> Resolved {
+        let comm = &mut self.list[c as usize];
+        let lane = comm.lane;
+        let lm = lanes[lane as usize].add_member(proc, pid, rank, at_start, t);
+        comm.members.push(CommMember {
+            proc,
+            pid,
+            handle,
+            rank,
+            lane_member: lm,
+            splits: 0,
+            left_ns: None,
+        });
+        let member = (comm.members.len() - 1) as u32;
+        self.handles.insert((proc, handle), (c, member));
+        self.by_proc.entry(proc).or_default().push((c, member));
+        Resolved {
+            comm: c,
+            member,
+            lane,
+            lane_member: lm,
+        }
+    }
+
+    /// `ncclCommInitRank*` returned `handle` for rank `rank` of `nranks` under `uid`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn init(
+        &mut self,
+        proc: ProcId,
+        pid: u32,
+        uid: u64,
+        rank: Option<i32>,
+        nranks: Option<i32>,
+        handle: u64,
+        t: u64,
+        procs: &Procs,
+        lanes: &mut Vec<Lane>,
+        cfg: &Config,
+    ) -> Option<Resolved> {
+        let (r, n) = valid(rank, nranks)?;
+        if handle == 0 || self.handles.contains_key(&(proc, handle)) {
+            return None;
+        }
+        let c = match self.by_uid.get(&(uid, n)) {
+            Some(&c) => c,
+            None => {
+                let job = procs.proc(proc).hints.job.clone();
+                let c = self.create(
+                    mix(&[uid, n as u64]),
+                    Identity::UniqueId { uid_hash: uid },
+                    Some(n),
+                    job,
+                    t,
+                    lanes,
+                    cfg,
+                )?;
+                self.by_uid.insert((uid, n), c);
+                c
+            }
+        };
+        if self.list[c as usize]
+            .members
+            .iter()
+            .any(|m| m.rank == Some(r) && m.left_ns.is_none())
+        {
+            return None;
+        }
+        Some(self.join(c, proc, pid, handle, Some(r), true, t, lanes))
+    }
+
+    /// `ncclCommSplit(parent, color, key, &new)` returned `new`. Every member of the parent
+    /// must be told (NOCOLOR included) so that split numbering stays equal across ranks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn split(
+        &mut self,
+        proc: ProcId,
+        pid: u32,
+        parent: u64,
+        color: i64,
+        new: u64,
+        t: u64,
+        lanes: &mut Vec<Lane>,
+        cfg: &Config,
+    ) -> Option<Resolved> {
+        let &(pc, pm) = self.handles.get(&(proc, parent))?;
+        let k = {
+            let m = &mut self.list[pc as usize].members[pm as usize];
+            m.splits += 1;
+            m.splits
+        };
+        if color < 0 || new == 0 || self.handles.contains_key(&(proc, new)) {
+            return None;
+        }
+        let pid_ = self.list[pc as usize].id;
+        let c = match self.by_split.get(&(pid_, k, color)) {
+            Some(&c) => c,
+            None => {
+                let job = self.list[pc as usize].job.clone();
+                let id = mix(&[pid_, k as u64, color as u64, 0x5b11]);
+                let c = self.create(
+                    id,
+                    Identity::Split {
+                        parent: pid_,
+                        split: k,
+                        color,
+                    },
+                    None,
+                    job,
+                    t,
+                    lanes,
+                    cfg,
+                )?;
+                self.by_split.insert((pid_, k, color), c);
+                c
+            }
+        };
+        Some(self.join(c, proc, pid, new, None, true, t, lanes))
+    }
+
+    /// The communicator of a call's handle, grouping an unknown handle (see the module doc).
+    pub fn resolve(
+        &mut self,
+        f: &CallFacts,
+        procs: &Procs,
+        lanes: &mut Vec<Lane>,
+        cfg: &Config,
+    ) -> Option<Resolved> {
+        if let Some(&(c, m)) = self.handles.get(&(f.proc, f.handle)) {
+            let comm = &mut self.list[c as usize];
+            comm.last_sig = f.sig;
+            let lane = comm.lane;
+            let member = &mut comm.members[m as usize];
+            let lm = member.lane_member;
+            if member.rank.is_none() {
+                // Split children learn ranks from their first calls.
+                if let Some((r, n)) = valid(f.rank, f.nranks) {
+                    member.rank = Some(r);
+                    lanes[lane as usize].set_rank(lm, r);
+                    if comm.nranks.is_none() {
+                        comm.nranks = Some(n);
+                        lanes[lane as usize].nranks = n;
+                    }
+                }
+            }
+            return Some(Resolved {
+                comm: c,
+                member: m,
+                lane,
+                lane_member: lm,
+            });
+        }
+        let hints = &procs.proc(f.proc).hints;
+        let (rn, source) = match valid(f.rank, f.nranks) {
+            Some(rn) => (Some(rn), "handle"),
+            None => match (hints.rank, hints.world_size) {
+                (Some(r), Some(n)) if r < n => (Some((r, n)), "environment"),
+                _ => (None, "unknown"),
+            },
+        };
+        let job = hints.job.clone();
+        let Some((rank, n)) = rn else {
+            // Nothing to group by: a communicator of its own.
+            let id = mix(&[f.pid as u64, f.handle, f.proc as u64, 0x10e1]);
+            let c = self.create(
+                id,
+                Identity::Inferred {
+                    ordinal: 0,
+                    rank_source: source,
+                },
+                None,
+                job,
+                f.t,
+                lanes,
+                cfg,
+            )?;
+            return Some(self.join(c, f.proc, f.pid, f.handle, None, false, f.t, lanes));
+        };
+        let host = hints.host.as_deref();
+        let mut best: Option<((u8, u8, u8, u64), u32)> = None;
+        for (ci, c) in self.list.iter().enumerate() {
+            if c.nranks != Some(n) || matches!(c.identity, Identity::Split { .. }) {
+                continue;
+            }
+            if c.members
+                .iter()
+                .any(|m| m.rank == Some(rank) && m.left_ns.is_none())
+            {
+                continue;
+            }
+            let live = || c.members.iter().filter(|m| m.left_ns.is_none());
+            if live().any(|m| m.proc == f.proc) && !live().all(|m| m.proc == f.proc) {
+                continue;
+            }
+            if let (Some(a), Some(b)) = (&c.job, &job) {
+                if a != b {
+                    continue;
+                }
+            }
+            let same_job = u8::from(c.job.is_some() && c.job == job);
+            let same_host =
+                u8::from(host.is_some() && c.members.iter().any(|m| procs.host(m.proc) == host));
+            let same_sig = u8::from(c.last_sig != 0 && c.last_sig == f.sig);
+            let recency = u64::MAX - lanes[c.lane as usize].last_ns.abs_diff(f.t);
+            let score = (same_job, same_host, same_sig, recency);
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((score, ci as u32));
+            }
+        }
+        let c = match best {
+            Some((_, c)) => c,
+            None => {
+                let ordinal = self
+                    .list
+                    .iter()
+                    .filter(|c| {
+                        c.nranks == Some(n)
+                            && matches!(c.identity, Identity::Inferred { .. })
+                            && c.job == job
+                    })
+                    .count() as u32;
+                let jh = job
+                    .as_deref()
+                    .map(|j| mix(&j.bytes().map(u64::from).collect::<Vec<_>>()))
+                    .unwrap_or(0);
+                let id = mix(&[0x1f, n as u64, jh, ordinal as u64]);
+                let identity = Identity::Inferred {
+                    ordinal,
+                    rank_source: source,
+                };
+                self.create(id, identity, Some(n), job, f.t, lanes, cfg)?
+            }
+        };
+        self.list[c as usize].last_sig = f.sig;
+        Some(self.join(c, f.proc, f.pid, f.handle, Some(rank), false, f.t, lanes))
+    }
+
+    /// `ncclCommDestroy`/`ncclCommAbort`: the member leaves.
+    pub fn end(&mut self, proc: ProcId, handle: u64, t: u64) -> Option<(u32, u32)> {
+        let (c, m) = self.handles.remove(&(proc, handle))?;
+        let mem = &mut self.list[c as usize].members[m as usize];
+        mem.left_ns.get_or_insert(t);
+        Some((c, m))
+    }
+
+    /// The process exited: every membership it held ends.
+    pub fn proc_exit(&mut self, proc: ProcId, t: u64) -> Vec<(u32, u32)> {
+        let list = self.by_proc.remove(&proc).unwrap_or_default();
+        let mut out = Vec::new();
+        for (c, m) in list {
+            let mem = &mut self.list[c as usize].members[m as usize];
+            self.handles.remove(&(proc, mem.handle));
+            if mem.left_ns.is_none() {
+                mem.left_ns = Some(t);
+                out.push((c, m));
+            }
+        }
+        out
+    }
+
+    /// Live memberships of a process: (communicator, member).
+    pub fn memberships(&self, proc: ProcId) -> &[(u32, u32)] {
+        self.by_proc.get(&proc).map(Vec::as_slice).unwrap_or(&[])
+    }
+}

@@ -1,0 +1,1242 @@
+//! Matching calls across ranks into instances. THIS is where a collective is matched across
+//! ranks (and, with the same machinery, where graph launches become steps).
+//!
+//! A *lane* is one communicator (or one graph group). Every member calls into it in the same
+//! order, so a member's k-th call is instance `k + offset(member)`:
+//!
+//! * Members that were seen creating the communicator (`ncclCommInitRank*`) start at offset 0:
+//!   their first call is instance 0 on every rank.
+//! * Members that were already running when tracing began (the main use case: attach after
+//!   the communicators exist) start *pending*: their first calls are buffered and then aligned
+//!   against the instances the already-aligned members have built, choosing the shift that
+//!   (1) breaks no causality (a rank cannot arrive at an instance after another rank saw it
+//!   complete through a stream sync, and vice versa), (2) keeps call signatures equal (function,
+//!   bytes, op, dtype), and (3) among those, puts its arrivals closest in time to the others'.
+//!   The very first member of a lane defines instance numbering.
+//!
+//! An instance is finished once every member expected at it has arrived: aligned members whose
+//! first call is at or before it and who had not left before it. Finished instances feed the
+//! straggler evidence and the distributions. An instance that some expected members entered and
+//! others have not is a stall candidate once it is older than the threshold (see `tick`).
+//!
+//! After lost events a lane is *unverified*: a missing arrival may be a lost record, and a lost
+//! record shifts that member's numbering by one. Stalls are not raised then; when the lane would
+//! stall, the behind members are assumed to have lost calls and are shifted forward (the
+//! instances they skipped are excused), which makes the lane verified again.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use super::{
+    config::Config,
+    procs::ProcId,
+    stats::{Pctl, RollingHist},
+    stragglers::{EvidenceEntry, EvidenceRing},
+    util::{median_i64, size_bucket},
+};
+
+/// Slot value: the member has not arrived.
+const ABSENT: u64 = u64::MAX;
+/// Slot value: the member's arrival was given up as lost (after lost events).
+const EXCUSED: u64 = u64::MAX - 1;
+/// `op` of an instance formed by a group (ncclGroupStart/End) of calls.
+pub const GROUP_OP: u16 = u16::MAX;
+/// `op` of a graph-launch step.
+pub const GRAPH_OP: u16 = u16::MAX - 1;
+/// Recent calls remembered per member (for alignment and late completions).
+const MEMBER_RING: usize = 256;
+/// Op × size series kept per lane; rank series kept per lane.
+const MAX_OP_SERIES: usize = 32;
+const MAX_RANK_SERIES: usize = 64;
+
+/// Which evidence a lane's instances are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    Collectives,
+    GraphSteps,
+}
+
+impl Evidence {
+    pub fn label(self) -> &'static str {
+        match self {
+            Evidence::Collectives => "collective instances",
+            Evidence::GraphSteps => "graph-launch steps",
+        }
+    }
+}
+
+/// One call of a member as the lane sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub entry_ns: u64,
+    pub exit_ns: Option<u64>,
+    /// Equal on every rank for the same instance (0 = unknown, never compared).
+    pub sig: u64,
+    pub bytes: u64,
+    /// Function id, `GROUP_OP` or `GRAPH_OP`.
+    pub op: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MemberCall {
+    entry_ns: u64,
+    sig: u64,
+    bytes: u64,
+    op: u16,
+    /// Completion upper bound from a later sync (0 = none).
+    ub: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct LaneMember {
+    pub proc: ProcId,
+    pub pid: u32,
+    /// Rank in the communicator (`u32::MAX` until known).
+    pub rank: u32,
+    calls: VecDeque<MemberCall>,
+    /// Call index of `calls[0]`.
+    calls_base: u64,
+    /// Calls seen (index of the next call).
+    pub n_calls: u64,
+    /// Instance of call index `i` is `i + offset`; `None` while pending alignment.
+    pub offset: Option<i64>,
+    /// First instance this member takes part in.
+    first_seq: u64,
+    pending_since: u64,
+    pub left_ns: Option<u64>,
+    /// Last instance this member took part in before leaving.
+    last_seq: Option<u64>,
+    pub last_arrival_ns: u64,
+    /// Instances excused for this member after lost events.
+    pub excused: u64,
+    rank_lag: Option<RollingHist>,
+    rank_latency: Option<RollingHist>,
+}
+
+impl LaneMember {
+    fn next_seq(&self) -> Option<u64> {
+        self.offset.map(|o| (self.n_calls as i64 + o).max(0) as u64)
+    }
+
+    fn expected_at(&self, seq: u64) -> bool {
+        self.offset.is_some()
+            && seq >= self.first_seq
+            && self.last_seq.is_none_or(|l| seq <= l)
+            && !(self.left_ns.is_some() && self.last_seq.is_none())
+    }
+
+    pub fn pending(&self) -> bool {
+        self.offset.is_none() && self.left_ns.is_none()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Instance {
+    seq: u64,
+    /// Entry time per member (`ABSENT`, `EXCUSED`).
+    slots: Vec<u64>,
+    arrived: u32,
+    /// Real (not excused) arrivals.
+    real: u32,
+    first_ns: u64,
+    last_ns: u64,
+    sig: u64,
+    op: u16,
+    bytes: u64,
+    /// Tightest completion upper bound seen (0 = none).
+    ub: u64,
+    /// Members whose call set `sig` and `ub` (so a member is never checked against itself).
+    sig_by: u32,
+    ub_by: u32,
+    finished: bool,
+    ub_recorded: bool,
+    stall_raised: bool,
+    /// Finished while the lane was unverified (kept out of straggler evidence).
+    unverified: bool,
+}
+
+impl Instance {
+    fn reset(&mut self, seq: u64, n: usize) {
+        self.seq = seq;
+        self.slots.clear();
+        self.slots.resize(n, ABSENT);
+        self.arrived = 0;
+        self.real = 0;
+        self.first_ns = u64::MAX;
+        self.last_ns = 0;
+        self.sig = 0;
+        self.op = 0;
+        self.bytes = 0;
+        self.ub = 0;
+        self.sig_by = u32::MAX;
+        self.ub_by = u32::MAX;
+        self.finished = false;
+        self.ub_recorded = false;
+        self.stall_raised = false;
+        self.unverified = false;
+    }
+}
+
+/// Distributions of one (op, message-size bucket) on a lane.
+pub struct OpSeries {
+    pub op: u16,
+    pub bucket: u8,
+    pub calls: u64,
+    /// Call duration (exit - entry) per call.
+    pub latency: RollingHist,
+    /// Arrival skew (last minus first arrival) per instance.
+    pub skew: RollingHist,
+    /// Completion upper bound minus last arrival, per instance with sync evidence.
+    pub completion: RollingHist,
+    /// Bus bandwidth lower bound in MB/s (bytes, nccl-tests factor, completion bound).
+    pub busbw_mbps: RollingHist,
+}
+
+/// A stall: an instance some expected members entered while others have not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StallInfo {
+    pub seq: u64,
+    pub first_ns: u64,
+    pub op: u16,
+    /// Members (indices) that arrived and that are missing.
+    pub arrived: Vec<u32>,
+    pub missing: Vec<u32>,
+}
+
+/// Things a lane reports back to the engine.
+#[derive(Default)]
+pub struct LaneOut {
+    /// Instances whose stall finding should be closed (the missing members arrived or left).
+    pub resolved_stalls: Vec<(u64, u64)>,
+    /// (member, instances skipped) realignments after lost events.
+    pub realigned: Vec<(u32, u64)>,
+    /// Calls that fell before the kept history when a member was aligned.
+    pub dropped_calls: u64,
+    /// Open instances evicted because too many were open.
+    pub evicted_open: u64,
+}
+
+/// One communicator's (or graph group's) matcher.
+pub struct Lane {
+    pub id: u64,
+    pub evidence: Evidence,
+    pub members: Vec<LaneMember>,
+    instances: VecDeque<Instance>,
+    base_seq: u64,
+    pool: Vec<Instance>,
+    pending: usize,
+    open: usize,
+    /// Expected count for seq >= `exp_from` (fast path).
+    exp_from: u64,
+    exp_n: u32,
+    /// Lost events may have affected this lane since this time: its instances are kept out
+    /// of straggler evidence until the members' numbering has been re-checked.
+    pub unverified_since: Option<u64>,
+    /// Lost events may hide arrivals: a missing member is taken as a lost record (the member
+    /// is shifted forward), not a stall, until the lane is seen complete and quiet, or a check
+    /// with causality or signature evidence confirms the numbering.
+    pub suspect_since: Option<u64>,
+    /// Latest report of lost events that touched this lane: a missing arrival at an instance
+    /// that began before it may be a lost record.
+    pub last_loss_ns: u64,
+    pub finished_total: u64,
+    pub last_ns: u64,
+    pub series: Vec<OpSeries>,
+    pub series_dropped: u64,
+    pub evidence_ring: EvidenceRing,
+    /// nranks for bus-bandwidth factors (the communicator size when known).
+    pub nranks: u32,
+    pub last_eval_ns: u64,
+    pub stalls_suppressed: u64,
+    pub realignments: u64,
+    slice_ns: u64,
+    slices: usize,
+}
+
+impl Lane {
+    pub fn new(id: u64, evidence: Evidence, now: u64, cfg: &Config) -> Lane {
+        Lane {
+            id,
+            evidence,
+            members: Vec::new(),
+            instances: VecDeque::new(),
+            base_seq: 0,
+            pool: Vec::new(),
+            pending: 0,
+            open: 0,
+            exp_from: 0,
+            exp_n: 0,
+            unverified_since: None,
+            suspect_since: None,
+            last_loss_ns: 0,
+            finished_total: 0,
+            last_ns: now,
+            series: Vec::new(),
+            series_dropped: 0,
+            evidence_ring: EvidenceRing::new(cfg.evidence_instances),
+            nranks: 0,
+            last_eval_ns: 0,
+            stalls_suppressed: 0,
+            realignments: 0,
+            slice_ns: cfg.slice_ns(),
+            slices: cfg.window_slices,
+        }
+    }
+
+    fn end_seq(&self) -> u64 {
+        self.base_seq + self.instances.len() as u64
+    }
+
+    /// Adds a member. `at_start`: it was seen creating the communicator, so its first call is
+    /// instance 0; otherwise it is aligned from its first calls (the lane's first member
+    /// defines the numbering and is aligned at once).
+    pub fn add_member(
+        &mut self,
+        proc: ProcId,
+        pid: u32,
+        rank: Option<u32>,
+        at_start: bool,
+        now: u64,
+    ) -> u32 {
+        let first_aligned = !self
+            .members
+            .iter()
+            .any(|m| m.offset.is_some() || m.pending());
+        let offset = if at_start {
+            Some(0)
+        } else if first_aligned {
+            Some(self.end_seq() as i64)
+        } else {
+            None
+        };
+        let m = LaneMember {
+            proc,
+            pid,
+            rank: rank.unwrap_or(u32::MAX),
+            calls: VecDeque::new(),
+            calls_base: 0,
+            n_calls: 0,
+            offset,
+            first_seq: offset.map(|o| o.max(0) as u64).unwrap_or(0),
+            pending_since: now,
+            left_ns: None,
+            last_seq: None,
+            last_arrival_ns: 0,
+            excused: 0,
+            rank_lag: None,
+            rank_latency: None,
+        };
+        if m.offset.is_none() {
+            self.pending += 1;
+        }
+        self.members.push(m);
+        self.recompute_expected();
+        (self.members.len() - 1) as u32
+    }
+
+    pub fn set_rank(&mut self, m: u32, rank: u32) {
+        if let Some(mm) = self.members.get_mut(m as usize) {
+            mm.rank = rank;
+        }
+    }
+
+    fn recompute_expected(&mut self) {
+        let mut from = 0u64;
+        let mut n = 0u32;
+        for m in &self.members {
+            if m.offset.is_none() {
+                continue;
+            }
+            if m.left_ns.is_some() {
+                if let Some(l) = m.last_seq {
+                    from = from.max(l + 1);
+                }
+                continue;
+            }
+            from = from.max(m.first_seq);
+            n += 1;
+        }
+        self.exp_from = from;
+        self.exp_n = n;
+    }
+
+    fn expected(&self, seq: u64) -> u32 {
+        if seq >= self.exp_from {
+            return self.exp_n;
+        }
+        self.members.iter().filter(|m| m.expected_at(seq)).count() as u32
+    }
+
+    /// A member's call. Returns its call index (for completion bounds from later syncs).
+    pub fn arrive(&mut self, m: u32, a: Arrival, cfg: &Config, out: &mut LaneOut) -> u64 {
+        self.last_ns = self.last_ns.max(a.entry_ns);
+        let mi = m as usize;
+        let call = MemberCall {
+            entry_ns: a.entry_ns,
+            sig: a.sig,
+            bytes: a.bytes,
+            op: a.op,
+            ub: 0,
+        };
+        let idx = {
+            let mm = &mut self.members[mi];
+            let idx = mm.n_calls;
+            mm.n_calls += 1;
+            mm.last_arrival_ns = a.entry_ns;
+            if mm.calls.len() >= MEMBER_RING {
+                mm.calls.pop_front();
+                mm.calls_base += 1;
+            }
+            mm.calls.push_back(call);
+            idx
+        };
+        if let Some(d) = a.exit_ns.map(|x| x.saturating_sub(a.entry_ns)) {
+            self.record_latency(m, a.op, a.bytes, a.entry_ns, d);
+        }
+        match self.members[mi].offset {
+            Some(o) => {
+                let seq = idx as i64 + o;
+                if seq >= 0 {
+                    self.place(m, seq as u64, call, cfg, out);
+                }
+            }
+            None => {
+                if self.members[mi].calls.len() >= cfg.align_min_calls.max(1) {
+                    self.align(m, cfg, out);
+                }
+            }
+        }
+        idx
+    }
+
+    fn record_latency(&mut self, m: u32, op: u16, bytes: u64, t: u64, d: u64) {
+        if let Some(s) = self.series_for(op, bytes) {
+            self.series[s].calls += 1;
+            self.series[s].latency.record(t, d);
+        }
+        let (slice_ns, slices) = (self.slice_ns, self.slices);
+        if (m as usize) < MAX_RANK_SERIES {
+            self.members[m as usize]
+                .rank_latency
+                .get_or_insert_with(|| RollingHist::new(slice_ns, slices))
+                .record(t, d);
+        }
+    }
+
+    fn series_for(&mut self, op: u16, bytes: u64) -> Option<usize> {
+        let bucket = size_bucket(bytes);
+        if let Some(i) = self
+            .series
+            .iter()
+            .position(|s| s.op == op && s.bucket == bucket)
+        {
+            return Some(i);
+        }
+        if self.series.len() >= MAX_OP_SERIES {
+            self.series_dropped += 1;
+            return None;
+        }
+        let (sn, k) = (self.slice_ns, self.slices);
+        self.series.push(OpSeries {
+            op,
+            bucket,
+            calls: 0,
+            latency: RollingHist::new(sn, k),
+            skew: RollingHist::new(sn, k),
+            completion: RollingHist::new(sn, k),
+            busbw_mbps: RollingHist::new(sn, k),
+        });
+        Some(self.series.len() - 1)
+    }
+
+    fn take_instance(&mut self, seq: u64) -> Instance {
+        let n = self.members.len();
+        let mut inst = self.pool.pop().unwrap_or(Instance {
+            seq,
+            slots: Vec::new(),
+            arrived: 0,
+            real: 0,
+            first_ns: 0,
+            last_ns: 0,
+            sig: 0,
+            op: 0,
+            bytes: 0,
+            ub: 0,
+            sig_by: u32::MAX,
+            ub_by: u32::MAX,
+            finished: false,
+            ub_recorded: false,
+            stall_raised: false,
+            unverified: false,
+        });
+        inst.reset(seq, n);
+        inst
+    }
+
+    /// Makes sure instance `seq` exists; false when it is older than the kept history.
+    fn ensure(&mut self, seq: u64, cfg: &Config, out: &mut LaneOut) -> bool {
+        if seq < self.base_seq {
+            return false;
+        }
+        if self.instances.is_empty() {
+            self.base_seq = seq;
+        }
+        let end = self.end_seq();
+        if seq >= end + cfg.max_open_instances as u64 {
+            // A jump far ahead (a member far out of step): start over from here.
+            out.evicted_open += self.open as u64;
+            while let Some(i) = self.instances.pop_front() {
+                self.pool.push(i);
+            }
+            self.open = 0;
+            self.base_seq = seq;
+        }
+        while self.end_seq() <= seq {
+            let s = self.end_seq();
+            let inst = self.take_instance(s);
+            self.instances.push_back(inst);
+            self.open += 1;
+        }
+        true
+    }
+
+    fn place(&mut self, m: u32, seq: u64, c: MemberCall, cfg: &Config, out: &mut LaneOut) {
+        if !self.ensure(seq, cfg, out) {
+            out.dropped_calls += 1;
+            return;
+        }
+        let i = (seq - self.base_seq) as usize;
+        let n = self.members.len();
+        let inst = &mut self.instances[i];
+        if inst.slots.len() < n {
+            inst.slots.resize(n, ABSENT);
+        }
+        let slot = &mut inst.slots[m as usize];
+        if *slot != ABSENT {
+            return; // duplicate (cannot happen with a consistent stream)
+        }
+        *slot = c.entry_ns;
+        inst.arrived += 1;
+        inst.real += 1;
+        inst.first_ns = inst.first_ns.min(c.entry_ns);
+        inst.last_ns = inst.last_ns.max(c.entry_ns);
+        if inst.sig_by == u32::MAX {
+            inst.sig = c.sig;
+            inst.sig_by = m;
+            inst.op = c.op;
+            inst.bytes = c.bytes;
+        }
+        if c.ub != 0 && (inst.ub == 0 || c.ub < inst.ub) {
+            inst.ub = c.ub;
+            inst.ub_by = m;
+        }
+        self.check_finished(i, cfg, out);
+        self.trim(cfg, out);
+    }
+
+    fn check_finished(&mut self, i: usize, _cfg: &Config, out: &mut LaneOut) {
+        if self.pending > 0 {
+            return;
+        }
+        let seq = self.instances[i].seq;
+        let exp = self.expected(seq);
+        let inst = &self.instances[i];
+        if inst.finished || exp == 0 || inst.arrived < exp {
+            return;
+        }
+        self.finish(i, out);
+    }
+
+    fn finish(&mut self, i: usize, out: &mut LaneOut) {
+        let unverified = self.unverified_since.is_some();
+        let inst = &mut self.instances[i];
+        inst.finished = true;
+        inst.unverified = unverified;
+        self.open -= 1;
+        self.finished_total += 1;
+        if inst.stall_raised {
+            out.resolved_stalls.push((self.id, inst.seq));
+        }
+        if inst.real < 2 {
+            return;
+        }
+        // Late member, its lag behind the others' median, the wait the others absorbed.
+        let (first, last) = (inst.first_ns, inst.last_ns);
+        let late = inst.slots.iter().position(|&e| e == last).unwrap_or(0) as u32;
+        let mut others: [i64; 64] = [0; 64];
+        let mut k = 0usize;
+        let mut waited = 0u64;
+        for (mi, &e) in inst.slots.iter().enumerate() {
+            if e >= EXCUSED || mi as u32 == late {
+                continue;
+            }
+            waited += last - e;
+            if k < others.len() {
+                others[k] = e as i64;
+                k += 1;
+            }
+        }
+        let med_others = median_i64(&mut others[..k]) as u64;
+        let lag = last.saturating_sub(med_others);
+        let (op, bytes, ub, seq) = (inst.op, inst.bytes, inst.ub, inst.seq);
+        let (slice_ns, slices) = (self.slice_ns, self.slices);
+        // Per-rank arrival lag behind the first arrival.
+        for mi in 0..self.instances[i].slots.len().min(MAX_RANK_SERIES) {
+            let e = self.instances[i].slots[mi];
+            if e >= EXCUSED {
+                continue;
+            }
+            self.members[mi]
+                .rank_lag
+                .get_or_insert_with(|| RollingHist::new(slice_ns, slices))
+                .record(first, e - first);
+        }
+        if let Some(s) = self.series_for(op, bytes) {
+            self.series[s].skew.record(first, last - first);
+        }
+        if ub != 0 {
+            self.record_completion(i);
+        }
+        if !unverified {
+            self.evidence_ring.push(EvidenceEntry {
+                seq,
+                start_ns: first,
+                end_ns: last,
+                late,
+                lag_ns: lag,
+                waited_ns: waited,
+                others: (k as u32).max(1),
+                op,
+            });
+        }
+    }
+
+    fn record_completion(&mut self, i: usize) {
+        let inst = &mut self.instances[i];
+        if inst.ub_recorded || inst.ub == 0 || inst.real == 0 {
+            return;
+        }
+        inst.ub_recorded = true;
+        let (op, bytes, first, last, ub) =
+            (inst.op, inst.bytes, inst.first_ns, inst.last_ns, inst.ub);
+        let dur = ub.saturating_sub(last).max(1);
+        let n = self.nranks.max(inst.real);
+        let bw = busbw_mbps(op, bytes, n, dur);
+        if let Some(s) = self.series_for(op, bytes) {
+            self.series[s].completion.record(first, dur);
+            if let Some(bw) = bw {
+                self.series[s].busbw_mbps.record(first, bw);
+            }
+        }
+    }
+
+    /// A sync that returned at `ub` covered call `call` of member `m`.
+    pub fn set_ub(&mut self, m: u32, call: u64, ub: u64) {
+        let Some(mm) = self.members.get_mut(m as usize) else {
+            return;
+        };
+        if call < mm.calls_base {
+            return;
+        }
+        if let Some(c) = mm.calls.get_mut((call - mm.calls_base) as usize) {
+            if c.ub == 0 || ub < c.ub {
+                c.ub = ub;
+            }
+        }
+        let Some(o) = mm.offset else { return };
+        let seq = call as i64 + o;
+        if seq < self.base_seq as i64 {
+            return;
+        }
+        let i = (seq as u64 - self.base_seq) as usize;
+        if let Some(inst) = self.instances.get_mut(i) {
+            if inst.ub == 0 || ub < inst.ub {
+                inst.ub = ub;
+                inst.ub_by = m;
+            }
+            if inst.finished {
+                self.record_completion(i);
+            }
+        }
+    }
+
+    fn trim(&mut self, cfg: &Config, out: &mut LaneOut) {
+        while self.instances.len() > cfg.instance_history {
+            let front_finished = self.instances.front().is_some_and(|f| f.finished);
+            if !front_finished && self.open <= cfg.max_open_instances {
+                break;
+            }
+            if let Some(f) = self.instances.pop_front() {
+                if !f.finished {
+                    self.open -= 1;
+                    out.evicted_open += 1;
+                    if f.stall_raised {
+                        out.resolved_stalls.push((self.id, f.seq));
+                    }
+                }
+                self.base_seq += 1;
+                self.pool.push(f);
+            }
+        }
+    }
+
+    /// Aligns a pending member against the instances the aligned members have built.
+    fn align(&mut self, m: u32, cfg: &Config, out: &mut LaneOut) {
+        let mi = m as usize;
+        let buf: Vec<MemberCall> = self.members[mi].calls.iter().copied().collect();
+        let base_idx = self.members[mi].calls_base;
+        let have_history = self.instances.iter().any(|i| i.real > 0);
+        let start_seq = if buf.is_empty() || !have_history {
+            self.end_seq()
+        } else {
+            self.best_start(&buf, mi, cfg)
+        };
+        let offset = start_seq as i64 - base_idx as i64;
+        {
+            let mm = &mut self.members[mi];
+            mm.offset = Some(offset);
+            mm.first_seq = start_seq.max(self.base_seq);
+        }
+        self.pending -= 1;
+        self.recompute_expected();
+        for (j, c) in buf.iter().enumerate() {
+            let seq = start_seq + j as u64;
+            if seq < self.base_seq {
+                out.dropped_calls += 1;
+                continue;
+            }
+            self.place(m, seq, *c, cfg, out);
+        }
+        // Instances before this member's first call may be complete now.
+        self.recheck_all(cfg, out);
+    }
+
+    /// The instance the first buffered call belongs to.
+    fn best_start(&self, buf: &[MemberCall], mi: usize, cfg: &Config) -> u64 {
+        // Centre: the kept instance whose first arrival is closest to the first call.
+        let e0 = buf[0].entry_ns;
+        let centre = self
+            .instances
+            .iter()
+            .filter(|i| i.real > 0)
+            .min_by_key(|i| i.first_ns.abs_diff(e0))
+            .map(|i| i.seq)
+            .unwrap_or(self.end_seq());
+        let k = cfg.align_max_shift as u64;
+        let lo = centre.saturating_sub(k);
+        let hi = centre + k;
+        let mut best: Option<((u64, u64, u64), u64)> = None;
+        let mut dists: Vec<u64> = Vec::with_capacity(buf.len());
+        for s0 in lo..=hi {
+            let mut bad = 0u64;
+            let mut pairs = 0u64;
+            dists.clear();
+            for (j, c) in buf.iter().enumerate() {
+                let seq = s0 + j as u64;
+                if seq < self.base_seq {
+                    continue;
+                }
+                let Some(inst) = self.instances.get((seq - self.base_seq) as usize) else {
+                    break;
+                };
+                if let Some(k) = contradictions(c, inst, mi) {
+                    pairs += 1;
+                    bad += k.bad;
+                    dists.push(k.dist);
+                }
+            }
+            let need = (buf.len().min(self.instances.len()) as u64 / 2).max(1);
+            if pairs < need {
+                continue;
+            }
+            let d = super::util::median(&mut dists);
+            // Fewest contradictions, then most overlap, then closest in time.
+            let score = (bad, u64::MAX - pairs, d);
+            if best.as_ref().is_none_or(|(b, _)| score < *b) {
+                best = Some((score, s0));
+            }
+        }
+        best.map(|(_, s)| s).unwrap_or(self.end_seq())
+    }
+
+    fn recheck_all(&mut self, cfg: &Config, out: &mut LaneOut) {
+        for i in 0..self.instances.len() {
+            if !self.instances[i].finished {
+                self.check_finished(i, cfg, out);
+            }
+        }
+        self.trim(cfg, out);
+    }
+
+    /// A member left (process exit, communicator destroyed): it is not expected at instances
+    /// after its last call.
+    pub fn member_left(&mut self, m: u32, t: u64, cfg: &Config, out: &mut LaneOut) {
+        let Some(mm) = self.members.get_mut(m as usize) else {
+            return;
+        };
+        if mm.left_ns.is_some() {
+            return;
+        }
+        let was_pending = mm.pending();
+        mm.left_ns = Some(t);
+        mm.last_seq = mm
+            .next_seq()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&l| l >= mm.first_seq);
+        if mm.last_seq.is_none() && mm.offset.is_some() {
+            // Never took part: not expected anywhere.
+            mm.first_seq = u64::MAX;
+        }
+        if was_pending {
+            self.pending -= 1;
+        }
+        self.recompute_expected();
+        self.recheck_all(cfg, out);
+    }
+
+    /// Lost events may have hidden arrivals of this lane.
+    pub fn mark_unverified(&mut self, t: u64) {
+        self.unverified_since = Some(self.unverified_since.map_or(t, |u| u.max(t)));
+        self.suspect_since = Some(self.suspect_since.map_or(t, |u| u.max(t)));
+        self.last_loss_ns = self.last_loss_ns.max(t);
+    }
+
+    /// Periodic work at safe event time `now`: align members that waited long enough, resolve
+    /// unverified lanes, and return the oldest open instance when it has stalled.
+    pub fn tick(&mut self, now: u64, cfg: &Config, out: &mut LaneOut) -> Option<StallInfo> {
+        if self.pending > 0 {
+            for m in 0..self.members.len() {
+                let mm = &self.members[m];
+                if mm.pending()
+                    && !mm.calls.is_empty()
+                    && now.saturating_sub(mm.pending_since) >= cfg.align_timeout_ns
+                {
+                    self.align(m as u32, cfg, out);
+                }
+            }
+        }
+        if let Some(since) = self.unverified_since {
+            if self.pending == 0 && now >= since.saturating_add(cfg.align_timeout_ns) {
+                self.verify(cfg, out);
+            }
+        }
+        if self.open == 0 {
+            if let Some(since) = self.suspect_since {
+                if now >= since && now.saturating_sub(self.last_ns) >= cfg.reorder_window_ns {
+                    // Quiet and nothing open: every member is at the same instance again.
+                    self.suspect_since = None;
+                }
+            }
+            return None;
+        }
+        if self.pending > 0 {
+            return None;
+        }
+        let i = self.instances.iter().position(|x| !x.finished)?;
+        let inst = &self.instances[i];
+        if inst.real == 0 || now.saturating_sub(inst.first_ns) < cfg.stall_threshold_ns {
+            return None;
+        }
+        let seq = inst.seq;
+        let mut arrived = Vec::new();
+        let mut missing = Vec::new();
+        for (m, mm) in self.members.iter().enumerate() {
+            if !mm.expected_at(seq) {
+                continue;
+            }
+            if inst.slots.get(m).copied().unwrap_or(ABSENT) == ABSENT {
+                missing.push(m as u32);
+            } else {
+                arrived.push(m as u32);
+            }
+        }
+        if missing.is_empty() {
+            return None;
+        }
+        if self.suspect_since.is_some() || self.last_loss_ns >= inst.first_ns {
+            // Possibly lost arrivals: shift the behind members instead of raising a stall.
+            self.stalls_suppressed += 1;
+            self.realign_behind(&missing, cfg, out);
+            return None;
+        }
+        let (first_ns, op) = (inst.first_ns, inst.op);
+        self.instances[i].stall_raised = true;
+        Some(StallInfo {
+            seq,
+            first_ns,
+            op,
+            arrived,
+            missing,
+        })
+    }
+
+    fn furthest_next(&self) -> Option<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.left_ns.is_none())
+            .filter_map(|m| m.next_seq())
+            .max()
+    }
+
+    /// Shifts members that lag behind the lane's furthest instance forward, excusing the
+    /// instances they skipped (their records were presumably lost).
+    fn realign_behind(&mut self, missing: &[u32], cfg: &Config, out: &mut LaneOut) {
+        let Some(furthest) = self.furthest_next() else {
+            return;
+        };
+        for &m in missing {
+            let Some(next) = self.members[m as usize].next_seq() else {
+                continue;
+            };
+            if next < furthest {
+                self.shift_member(m, furthest - next, out);
+            }
+        }
+        self.recheck_all(cfg, out);
+        if self.open == 0 {
+            self.suspect_since = None;
+            self.unverified_since = None;
+        }
+    }
+
+    /// Moves a member's numbering `skip` instances forward; the instances it skipped are
+    /// excused for it.
+    fn shift_member(&mut self, m: u32, skip: u64, out: &mut LaneOut) {
+        let n = self.members.len();
+        let mm = &mut self.members[m as usize];
+        let Some(next) = mm.next_seq() else { return };
+        mm.offset = mm.offset.map(|o| o + skip as i64);
+        mm.excused += skip;
+        self.realignments += 1;
+        out.realigned.push((m, skip));
+        for seq in next..next + skip {
+            if seq < self.base_seq {
+                continue;
+            }
+            if let Some(inst) = self.instances.get_mut((seq - self.base_seq) as usize) {
+                if inst.slots.len() < n {
+                    inst.slots.resize(n, ABSENT);
+                }
+                if inst.slots[m as usize] == ABSENT {
+                    inst.slots[m as usize] = EXCUSED;
+                    inst.arrived += 1;
+                }
+            }
+        }
+    }
+
+    /// After lost events: re-checks each member that is behind the furthest one against the
+    /// others' arrivals, and shifts it forward when a shift removes contradictions (signature
+    /// or causality). With such evidence confirming the numbering the lane is no longer
+    /// suspect; without any, it stays suspect until it is seen complete and quiet.
+    fn verify(&mut self, cfg: &Config, out: &mut LaneOut) {
+        let Some(furthest) = self.furthest_next() else {
+            self.unverified_since = None;
+            return;
+        };
+        let window = (2 * cfg.align_min_calls).max(4);
+        let mut conclusive = true;
+        for m in 0..self.members.len() {
+            let mm = &self.members[m];
+            if mm.left_ns.is_some() {
+                continue;
+            }
+            let (Some(o), Some(next)) = (mm.offset, mm.next_seq()) else {
+                continue;
+            };
+            let maxd = furthest
+                .saturating_sub(next)
+                .min(cfg.align_max_shift as u64);
+            let skip = mm.calls.len().saturating_sub(window);
+            let calls: Vec<(i64, MemberCall)> = mm
+                .calls
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .map(|(j, c)| ((mm.calls_base + j as u64) as i64 + o, *c))
+                .collect();
+            let score = |d: u64| -> (u64, u64) {
+                let (mut bad, mut pairs) = (0, 0);
+                for (seq, c) in &calls {
+                    let s = *seq + d as i64;
+                    if s < self.base_seq as i64 {
+                        continue;
+                    }
+                    let Some(inst) = self.instances.get((s as u64 - self.base_seq) as usize) else {
+                        break;
+                    };
+                    if let Some(k) = contradictions(c, inst, m) {
+                        bad += k.bad;
+                        pairs += 1;
+                    }
+                }
+                (bad, pairs)
+            };
+            let (bad0, _) = score(0);
+            if bad0 == 0 {
+                // Confirmed only when every shift it could have suffered contradicts.
+                let ambiguous = (1..=maxd).any(|d| matches!(score(d), (0, p) if p > 0));
+                conclusive &= !ambiguous;
+                continue;
+            }
+            let best = (1..=maxd)
+                .map(|d| (score(d), d))
+                .filter(|((_, p), _)| *p > 0)
+                .min_by_key(|((b, _), d)| (*b, *d));
+            match best {
+                Some(((b, _), d)) if b < bad0 => self.shift_member(m as u32, d, out),
+                _ => conclusive = false,
+            }
+        }
+        self.unverified_since = None;
+        if conclusive {
+            self.suspect_since = None;
+        }
+        self.recheck_all(cfg, out);
+    }
+
+    // ---- views ----
+
+    pub fn open_instances(&self) -> usize {
+        self.open
+    }
+
+    pub fn rank_lag(&self, m: usize, now: u64) -> Pctl {
+        self.members[m]
+            .rank_lag
+            .as_ref()
+            .map(|h| h.pctl(now))
+            .unwrap_or_default()
+    }
+
+    pub fn rank_latency(&self, m: usize, now: u64) -> Pctl {
+        self.members[m]
+            .rank_latency
+            .as_ref()
+            .map(|h| h.pctl(now))
+            .unwrap_or_default()
+    }
+
+    /// Matched instances kept, oldest first: (seq, entry per member (None = not arrived),
+    /// finished, completion upper bound). For tests and detailed views.
+    pub fn instances(
+        &self,
+    ) -> impl Iterator<Item = (u64, Vec<Option<u64>>, bool, Option<u64>)> + '_ {
+        self.instances.iter().map(|i| {
+            let mut slots: Vec<Option<u64>> = i
+                .slots
+                .iter()
+                .map(|&e| if e >= EXCUSED { None } else { Some(e) })
+                .collect();
+            slots.resize(self.members.len(), None);
+            (i.seq, slots, i.finished, (i.ub != 0).then_some(i.ub))
+        })
+    }
+}
+
+/// Compares a member's call with the other members' arrivals at an instance: the number of
+/// contradictions (different signature; the call came after the instance was seen complete;
+/// the others arrived after the call was seen complete) and the distance to the others' first
+/// arrival. None when no other member arrived there.
+fn contradictions(c: &MemberCall, inst: &Instance, exclude: usize) -> Option<Check> {
+    let mut first = u64::MAX;
+    for (mi, &e) in inst.slots.iter().enumerate() {
+        if mi != exclude && e < EXCUSED {
+            first = first.min(e);
+        }
+    }
+    if first == u64::MAX {
+        return None;
+    }
+    let mut k = Check {
+        bad: 0,
+        dist: c.entry_ns.abs_diff(first),
+    };
+    if inst.sig_by as usize != exclude && inst.sig != 0 && c.sig != 0 && inst.sig != c.sig {
+        k.bad += 1;
+    }
+    if inst.ub_by as usize != exclude && inst.ub != 0 && c.entry_ns > inst.ub {
+        k.bad += 1;
+    }
+    if c.ub != 0 && first > c.ub {
+        k.bad += 1;
+    }
+    Some(k)
+}
+
+struct Check {
+    bad: u64,
+    dist: u64,
+}
+
+/// Bus bandwidth in MB/s with the nccl-tests factors, from the per-rank byte count of the call
+/// (`bytes` = count × type size as passed to NCCL) over `dur_ns`. None for groups, graph steps
+/// and unknown sizes.
+pub fn busbw_mbps(op: u16, bytes: u64, n: u32, dur_ns: u64) -> Option<u64> {
+    let (size, factor) = bus_factor(op, bytes, n)?;
+    let algbw = size as f64 / dur_ns.max(1) as f64 * 1e3; // bytes/ns -> MB/s
+    Some((algbw * factor).round().max(1.0) as u64)
+}
+
+/// nccl-tests' (message size, bus-bandwidth factor) for a collective: all-reduce 2(n-1)/n on
+/// the buffer size; all-gather, reduce-scatter, all-to-all, gather and scatter (n-1)/n on the
+/// total (per-rank count × n); broadcast and reduce 1.
+pub fn bus_factor(op: u16, bytes: u64, n: u32) -> Option<(u64, f64)> {
+    if bytes == 0 || n == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    match op {
+        0 => Some((bytes, 2.0 * (nf - 1.0) / nf)),
+        1 | 2 | 6 | 7 | 8 => Some((bytes * n as u64, (nf - 1.0) / nf)),
+        3..=5 => Some((bytes, 1.0)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config {
+            align_min_calls: 4,
+            ..Config::default()
+        }
+    }
+
+    fn arr(t: u64) -> Arrival {
+        Arrival {
+            entry_ns: t,
+            exit_ns: Some(t + 10),
+            sig: 7,
+            bytes: 1024,
+            op: 0,
+        }
+    }
+
+    #[test]
+    fn members_from_init_match_by_sequence() {
+        let c = cfg();
+        let mut l = Lane::new(1, Evidence::Collectives, 0, &c);
+        let a = l.add_member(0, 10, Some(0), true, 0);
+        let b = l.add_member(1, 11, Some(1), true, 0);
+        let mut out = LaneOut::default();
+        for k in 0..10u64 {
+            l.arrive(a, arr(1000 * k), &c, &mut out);
+        }
+        for k in 0..10u64 {
+            l.arrive(b, arr(1000 * k + 300), &c, &mut out);
+        }
+        assert_eq!(l.finished_total, 10);
+        assert_eq!(l.open_instances(), 0);
+        let e = l.evidence_ring.iter().next().expect("evidence");
+        assert_eq!((e.late, e.lag_ns, e.waited_ns), (b, 300, 300));
+    }
+
+    #[test]
+    fn late_joiner_is_aligned_by_time_and_signature() {
+        let c = cfg();
+        let mut l = Lane::new(1, Evidence::Collectives, 0, &c);
+        let mut out = LaneOut::default();
+        let a = l.add_member(0, 10, Some(0), false, 0);
+        // a: a call every 1000 ns from t=0; b attached later and first saw a's 5th instance.
+        for k in 0..12u64 {
+            l.arrive(a, arr(1000 * k), &c, &mut out);
+        }
+        let b = l.add_member(1, 11, Some(1), false, 0);
+        for k in 5..12u64 {
+            l.arrive(b, arr(1000 * k + 100), &c, &mut out);
+        }
+        let inst: Vec<_> = l.instances().collect();
+        for (seq, slots, _, _) in &inst {
+            if *seq >= 5 {
+                assert_eq!(slots[1], Some(1000 * seq + 100), "seq {seq}");
+            } else {
+                assert_eq!(slots[1], None);
+            }
+        }
+        assert_eq!(l.open_instances(), 0);
+    }
+
+    #[test]
+    fn causality_beats_time_for_a_late_straggler() {
+        // b lags 700 ns with a period of 1000: by time alone its call k looks closest to a's
+        // k+1, but both ranks' syncs saw instance k complete before anyone called k+1.
+        let c = cfg();
+        let mut l = Lane::new(1, Evidence::Collectives, 0, &c);
+        let mut out = LaneOut::default();
+        let a = l.add_member(0, 10, Some(0), false, 0);
+        for k in 0..12u64 {
+            let idx = l.arrive(a, arr(1000 * k), &c, &mut out);
+            // a's sync returns once b's call k is in: at 1000k + 750.
+            l.set_ub(a, idx, 1000 * k + 750);
+        }
+        let b = l.add_member(1, 11, Some(1), false, 0);
+        for k in 3..12u64 {
+            let idx = l.arrive(b, arr(1000 * k + 700), &c, &mut out);
+            l.set_ub(b, idx, 1000 * k + 750);
+        }
+        for (seq, slots, _, _) in l.instances() {
+            if seq >= 3 {
+                assert_eq!(slots[1], Some(1000 * seq + 700), "seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn stall_names_missing_then_member_left_closes_it() {
+        let c = cfg();
+        let mut l = Lane::new(1, Evidence::Collectives, 0, &c);
+        let mut out = LaneOut::default();
+        let m: Vec<u32> = (0..3)
+            .map(|r| l.add_member(r, 10 + r, Some(r), true, 0))
+            .collect();
+        l.arrive(m[0], arr(100), &c, &mut out);
+        l.arrive(m[1], arr(120), &c, &mut out);
+        assert!(l.tick(1_000, &c, &mut out).is_none());
+        let s = l
+            .tick(100 + c.stall_threshold_ns, &c, &mut out)
+            .expect("stall");
+        assert_eq!(
+            (s.seq, s.missing.clone(), s.arrived.clone()),
+            (0, vec![2], vec![0, 1])
+        );
+        l.member_left(m[2], 5_000_000_000, &c, &mut out);
+        assert_eq!(out.resolved_stalls, vec![(1, 0)]);
+        assert_eq!(l.open_instances(), 0);
+    }
+
+    #[test]
+    fn unverified_lane_realigns_instead_of_stalling() {
+        let c = cfg();
+        let mut l = Lane::new(1, Evidence::Collectives, 0, &c);
+        let mut out = LaneOut::default();
+        let a = l.add_member(0, 10, Some(0), true, 0);
+        let b = l.add_member(1, 11, Some(1), true, 0);
+        // b's call 2 is lost: b's calls 3..5 land one instance early, instance 5 lacks b.
+        for k in 0..6u64 {
+            l.arrive(a, arr(1000 * k), &c, &mut out);
+            if k != 2 {
+                l.arrive(b, arr(1000 * k + 50), &c, &mut out);
+            }
+        }
+        l.mark_unverified(2000);
+        assert!(l.tick(5000 + c.stall_threshold_ns, &c, &mut out).is_none());
+        assert_eq!(out.realigned, vec![(b, 1)]);
+        assert_eq!(l.open_instances(), 0);
+        assert!(l.suspect_since.is_none());
+    }
+
+    #[test]
+    fn bus_bandwidth_factors() {
+        // 1 GB all-reduce on 8 ranks in 10 ms: algbw 100 GB/s, busbw 175 GB/s.
+        assert_eq!(busbw_mbps(0, 1_000_000_000, 8, 10_000_000), Some(175_000));
+        let (size, f) = bus_factor(1, 1000, 4).expect("all-gather");
+        assert_eq!((size, f), (4000, 0.75));
+        assert_eq!(bus_factor(3, 1000, 4), Some((1000, 1.0)));
+        assert_eq!(bus_factor(GROUP_OP, 1000, 4), None);
+    }
+}

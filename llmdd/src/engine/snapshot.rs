@@ -1,0 +1,271 @@
+//! Plain-data views of the engine's state for the TUI, Prometheus and JSON reports.
+
+use serde::Serialize;
+
+use super::{
+    comm::Identity,
+    findings::Finding,
+    graphs::GroupBasis,
+    links::LinkView,
+    matching::{Evidence, Lane, GRAPH_OP, GROUP_OP},
+    memory::MemoryView,
+    op_label,
+    requests::RequestsView,
+    stats::Pctl,
+    util::{fmt_id, size_bucket_label},
+    Engine,
+};
+
+/// Counters of what the engine saw, dropped and decided not to do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub events: u64,
+    pub calls: u64,
+    pub sock_events: u64,
+    pub proc_exits: u64,
+    /// Events that came in out of order and were put back in order.
+    pub reordered: u64,
+    /// Events that came in after their time had already been processed (handled at once).
+    pub late: u64,
+    /// Events held in the reorder buffer now.
+    pub held: u64,
+    pub lost_reported: u64,
+    pub lost_windows: u64,
+    /// NCCL calls that returned an error (not matched).
+    pub call_errors: u64,
+    pub calls_without_comm: u64,
+    pub inits_ignored: u64,
+    pub completions_bounded: u64,
+    pub completions_forgotten: u64,
+    /// Calls of late-aligned members that fell before the kept history.
+    pub calls_dropped_aligning: u64,
+    pub evicted_open_instances: u64,
+    pub realignments: u64,
+    pub stalls_suppressed: u64,
+    pub comms_refused: u64,
+    pub graph_groups_refused: u64,
+    pub findings_evicted: u64,
+    pub connections_evicted: u64,
+    pub p2p_unmatched_dropped: u64,
+    pub processes_live: u64,
+    pub pids_reused: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemberView {
+    pub pid: u32,
+    pub rank: Option<u32>,
+    pub host: Option<String>,
+    /// "aligned", "pending" (first calls being aligned) or "left".
+    pub state: &'static str,
+    pub calls: u64,
+    /// Arrival lag behind the first rank, per instance.
+    pub lag: Pctl,
+    /// Call duration.
+    pub latency: Pctl,
+    /// Instances given up for it after lost events.
+    pub excused: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpView {
+    pub op: &'static str,
+    pub size: String,
+    pub calls: u64,
+    pub latency: Pctl,
+    pub skew: Pctl,
+    /// Completion upper bound minus last arrival (from syncs).
+    pub completion: Pctl,
+    /// Bus bandwidth lower bound, GB/s, median over the window.
+    pub busbw_gbps_p50: Option<f64>,
+}
+
+/// What communicators and graph groups share.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LaneView {
+    pub id: String,
+    pub evidence: &'static str,
+    pub members: Vec<MemberView>,
+    pub finished: u64,
+    pub open: usize,
+    /// Lost events may have touched it and its numbering is not yet re-checked.
+    pub unverified: bool,
+    pub realignments: u64,
+    pub ops: Vec<OpView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CommView {
+    pub identity: Identity,
+    pub nranks: Option<u32>,
+    /// Event time the communicator was first seen (created, or its first call).
+    pub first_seen_ns: u64,
+    #[serde(flatten)]
+    pub lane: LaneView,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupView {
+    pub basis: GroupBasis,
+    #[serde(flatten)]
+    pub lane: LaneView,
+}
+
+/// A receiving pipeline stage.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageView {
+    pub comm: String,
+    pub rank: u32,
+    pub upstream: u32,
+    pub transfers: u64,
+    pub bubble_ratio: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub now_ns: u64,
+    pub communicators: Vec<CommView>,
+    pub graph_groups: Vec<GroupView>,
+    pub findings: Vec<Finding>,
+    pub requests: RequestsView,
+    pub memory: Vec<MemoryView>,
+    pub links: Vec<LinkView>,
+    pub stages: Vec<StageView>,
+    pub counts: Counts,
+}
+
+fn lane_view(e: &Engine, l: &Lane, now: u64) -> LaneView {
+    let members = l
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MemberView {
+            pid: m.pid,
+            rank: (m.rank != u32::MAX).then_some(m.rank),
+            host: e.procs.host(m.proc).map(str::to_owned),
+            state: if m.left_ns.is_some() {
+                "left"
+            } else if m.offset.is_none() {
+                "pending"
+            } else {
+                "aligned"
+            },
+            calls: m.n_calls,
+            lag: l.rank_lag(i, now),
+            latency: l.rank_latency(i, now),
+            excused: m.excused,
+        })
+        .collect();
+    let ops = l
+        .series
+        .iter()
+        .map(|s| {
+            let bw = s.busbw_mbps.pctl(now);
+            OpView {
+                op: match s.op {
+                    GROUP_OP => "grouped",
+                    GRAPH_OP => "graph-launch",
+                    x => op_label(x),
+                },
+                size: size_bucket_label(s.bucket),
+                calls: s.calls,
+                latency: s.latency.pctl(now),
+                skew: s.skew.pctl(now),
+                completion: s.completion.pctl(now),
+                busbw_gbps_p50: (bw.count > 0).then(|| bw.p50 as f64 / 1000.0),
+            }
+        })
+        .collect();
+    LaneView {
+        id: fmt_id(l.id),
+        evidence: match l.evidence {
+            Evidence::Collectives => "collective instances",
+            Evidence::GraphSteps => "graph-launch steps",
+        },
+        members,
+        finished: l.finished_total,
+        open: l.open_instances(),
+        unverified: l.unverified_since.is_some() || l.suspect_since.is_some(),
+        realignments: l.realignments,
+        ops,
+    }
+}
+
+pub fn build(e: &Engine) -> Snapshot {
+    let now = e.now();
+    let communicators = e
+        .comms
+        .list
+        .iter()
+        .map(|c| CommView {
+            identity: c.identity.clone(),
+            nranks: c.nranks,
+            first_seen_ns: c.created_ns,
+            lane: lane_view(e, &e.lanes[c.lane as usize], now),
+        })
+        .collect();
+    let graph_groups = e
+        .graphs
+        .groups
+        .iter()
+        .map(|g| GroupView {
+            basis: g.basis.clone(),
+            lane: lane_view(e, &e.lanes[g.lane as usize], now),
+        })
+        .collect();
+    let mut memory: Vec<MemoryView> = e
+        .memory
+        .procs
+        .iter()
+        .map(|(p, m)| MemoryView {
+            pid: e.procs.proc(*p).pid,
+            outstanding_bytes: m.outstanding,
+            peak_bytes: m.peak,
+            host_outstanding_bytes: m.host_outstanding,
+            failures: m.failures,
+            unmatched_frees: m.unmatched_frees,
+        })
+        .collect();
+    memory.sort_by_key(|m| m.pid);
+    let mut stages: Vec<StageView> = e
+        .bubbles
+        .stages
+        .values()
+        .map(|s| {
+            let (ratio, n) = super::bubbles::stage_ratio(s, now, &e.cfg);
+            StageView {
+                comm: fmt_id(e.comms.list[s.comm as usize].id),
+                rank: s.rank,
+                upstream: s.upstream,
+                transfers: n,
+                bubble_ratio: ratio,
+            }
+        })
+        .collect();
+    stages.sort_by(|a, b| (&a.comm, a.rank).cmp(&(&b.comm, b.rank)));
+    let mut counts = e.counts.clone();
+    counts.reordered = e.reorder.reordered;
+    counts.late = e.reorder.late;
+    counts.held = e.reorder.len() as u64;
+    counts.lost_reported = e.lost_total;
+    counts.lost_windows = e.lost.len() as u64;
+    counts.completions_forgotten = e.sync.forgotten;
+    counts.comms_refused = e.comms.refused;
+    counts.graph_groups_refused = e.graphs.refused;
+    counts.findings_evicted = e.findings.evicted;
+    counts.connections_evicted = e.links.evicted + e.requests.evicted;
+    counts.p2p_unmatched_dropped = e.bubbles.unmatched_dropped;
+    counts.processes_live = e.procs.live_count() as u64;
+    counts.pids_reused = e.procs.reused_pids;
+    Snapshot {
+        now_ns: now,
+        communicators,
+        graph_groups,
+        findings: e.findings.list.clone(),
+        requests: e.requests.view(now, &e.cfg, 32),
+        memory,
+        links: e.links.view(now, &e.cfg, 32),
+        stages,
+        counts,
+    }
+}

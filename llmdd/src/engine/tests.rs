@@ -1,0 +1,1159 @@
+//! Engine scenarios on synthetic event streams.
+
+#![allow(clippy::needless_range_loop)]
+
+use proptest::prelude::*;
+
+use super::{synth::*, *};
+use crate::events::SockKind;
+
+const MS: u64 = 1_000_000;
+const T0: u64 = 1_000 * MS;
+const HANDLE: u64 = 0xc0ffee;
+const STREAM: u64 = 0x5;
+const MIB: u64 = 1 << 20;
+
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *seed >> 33
+}
+
+/// A synthetic data-parallel job: `n` ranks (pids 100+r) calling one all-reduce per step.
+struct Job {
+    n: usize,
+    pid_base: u32,
+    uid: u64,
+    handle: u64,
+    period: u64,
+    /// Emit ncclCommInitRank events before the first step.
+    init: bool,
+    /// Each rank syncs its stream after each all-reduce (completion bound).
+    sync: bool,
+    /// Ranks report rank/nranks through the handle (else only env hints could tell).
+    ranks_known: bool,
+    /// Extra arrival delay of (rank, step).
+    delay: fn(usize, u64) -> u64,
+    seed: u64,
+    func: u16,
+}
+
+impl Job {
+    fn new(n: usize) -> Job {
+        Job {
+            n,
+            pid_base: 100,
+            uid: 0xabcdef,
+            handle: HANDLE,
+            period: 50 * MS,
+            init: true,
+            sync: true,
+            ranks_known: true,
+            delay: |_, _| 0,
+            seed: 7,
+            func: ALL_REDUCE,
+        }
+    }
+
+    fn pid(&self, r: usize) -> u32 {
+        self.pid_base + r as u32
+    }
+
+    /// Events of steps `from..to`, in the order the kernel would emit them (by exit time).
+    fn events(&self, from: u64, to: u64) -> Vec<Event> {
+        let mut seed = self.seed ^ from;
+        let mut out = Vec::new();
+        if self.init && from == 0 {
+            for r in 0..self.n {
+                out.push(init(
+                    self.pid(r),
+                    self.uid,
+                    r as i32,
+                    self.n as i32,
+                    self.handle,
+                    T0 - 20 * MS,
+                    T0 - 10 * MS + r as u64,
+                ));
+            }
+        }
+        for k in from..to {
+            let base = T0 + k * self.period;
+            let arr: Vec<u64> = (0..self.n)
+                .map(|r| base + lcg(&mut seed) % 200_000 + (self.delay)(r, k))
+                .collect();
+            let done = arr.iter().max().copied().unwrap_or(base) + 300_000;
+            for r in 0..self.n {
+                let rank = self.ranks_known.then_some(r as i32);
+                out.push(coll(
+                    self.func,
+                    self.pid(r),
+                    self.handle,
+                    rank,
+                    self.n as i32,
+                    MIB,
+                    STREAM,
+                    arr[r],
+                    arr[r] + 20_000,
+                ));
+                if self.sync {
+                    let e = arr[r] + 30_000;
+                    out.push(on_stream(
+                        STREAM_SYNC,
+                        self.pid(r),
+                        STREAM,
+                        e,
+                        done.max(e + 5_000) + r as u64,
+                    ));
+                }
+            }
+        }
+        out.sort_by_key(reorder::key_of);
+        out
+    }
+}
+
+fn run(events: Vec<Event>) -> Engine {
+    let mut e = Engine::new(Config::default());
+    for ev in events {
+        e.ingest(ev);
+    }
+    e.flush();
+    e
+}
+
+fn of_kind(e: &Engine, k: FindingKind) -> Vec<&Finding> {
+    e.findings().iter().filter(|f| f.kind == k).collect()
+}
+
+#[test]
+fn clean_stream_yields_no_finding() {
+    let job = Job::new(8);
+    let e = run(job.events(0, 200));
+    assert!(e.findings().is_empty(), "{:#?}", e.findings());
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 1);
+    let c = &s.communicators[0];
+    assert_eq!(c.nranks, Some(8));
+    assert!(matches!(
+        c.identity,
+        Identity::UniqueId { uid_hash: 0xabcdef }
+    ));
+    assert_eq!((c.lane.finished, c.lane.open), (200, 0));
+    let op = &c.lane.ops[0];
+    assert_eq!(
+        (op.op, op.size.as_str(), op.calls),
+        ("all-reduce", "<=1 MiB", 1600)
+    );
+    assert_eq!(op.skew.count, 200);
+    assert!(op.skew.max < 250_000, "{:?}", op.skew);
+    // Completion bound from the stream syncs, and a bus bandwidth from it.
+    assert_eq!(op.completion.count, 200);
+    assert!(op.busbw_gbps_p50.is_some());
+    assert_eq!(s.counts.held, 0);
+}
+
+#[test]
+fn straggler_named_with_magnitude_within_20_percent_and_updated_in_place() {
+    let mut job = Job::new(8);
+    // Rank 2 is 20 ms late in 47 of every 50 steps.
+    job.delay = |r, k| if r == 2 && k % 50 >= 3 { 20 * MS } else { 0 };
+    let events = job.events(0, 200);
+    let mut e = Engine::new(Config::default());
+    for ev in events {
+        e.ingest(ev);
+    }
+    e.flush();
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    let f = f[0];
+    assert_eq!((f.culprit.rank, f.culprit.pid), (Some(2), Some(102)));
+    assert!(f.active);
+    assert_eq!(f.magnitude.name, "median_lag_ns");
+    let lag = f.magnitude.value;
+    assert!((lag - 20e6).abs() <= 0.2 * 20e6, "lag {lag}");
+    assert!(
+        f.evidence.contains("rank 2 (pid 102) arrived last in"),
+        "{}",
+        f.evidence
+    );
+    assert!(
+        f.evidence.contains("all-reduce instances on communicator"),
+        "{}",
+        f.evidence
+    );
+    assert_eq!(f.source, "collective instances");
+    // Raised within 1 s of the evidence being there (8 late instances from step 3 on).
+    let evidence_at = T0 + (3 + 8) * job.period + 20 * MS;
+    assert!(
+        f.raised_ns <= evidence_at + 1_000_000_000,
+        "raised at {} (evidence at {evidence_at})",
+        f.raised_ns
+    );
+    assert!(
+        f.updates > 10,
+        "updated in place, not duplicated: {}",
+        f.updates
+    );
+    assert!(f.severity >= Severity::Warning);
+    // The idle that rank 2 causes is a data-parallel bubble blamed on it.
+    let b = of_kind(&e, FindingKind::Bubble);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].culprit.rank, Some(2));
+}
+
+#[test]
+fn straggler_found_without_init_after_staggered_attach() {
+    // Attach after the communicator exists: no init, and each process's probes start at a
+    // different time (rank r's events before step 3r are never seen).
+    let mut job = Job::new(4);
+    job.init = false;
+    job.delay = |r, _| if r == 1 { 10 * MS } else { 0 };
+    let events: Vec<Event> = job
+        .events(0, 120)
+        .into_iter()
+        .filter(|ev| {
+            let r = (ev.pid() - 100) as u64;
+            reorder::key_of(ev) >= T0 + 3 * r * job.period
+        })
+        .collect();
+    let e = run(events);
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 1, "{:#?}", s.communicators);
+    let c = &s.communicators[0];
+    assert!(matches!(
+        c.identity,
+        Identity::Inferred {
+            rank_source: "handle",
+            ..
+        }
+    ));
+    assert!(c.lane.members.iter().all(|m| m.state == "aligned"));
+    // Every instance pairs the same step on every rank (arrivals within the 10 ms delay).
+    let inst = e.instances(super::util::mix(&[0x1f, 4, 0, 0]));
+    assert!(!inst.is_empty());
+    for (_, slots, _) in &inst {
+        let t: Vec<u64> = slots.iter().flatten().copied().collect();
+        let (lo, hi) = (t.iter().min().unwrap(), t.iter().max().unwrap());
+        assert!(hi - lo < 11 * MS, "misaligned instance {slots:?}");
+    }
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].culprit.rank, Some(1));
+    assert!(
+        (f[0].magnitude.value - 10e6).abs() <= 2e6,
+        "{}",
+        f[0].magnitude.value
+    );
+}
+
+#[test]
+fn out_of_order_batches_give_the_same_result() {
+    let mut job = Job::new(4);
+    job.delay = |r, k| if r == 3 && k % 2 == 0 { 5 * MS } else { 0 };
+    let ordered = job.events(0, 100);
+    // Shuffle within batches of 8 consecutive records (a step's worth: several CPUs, a few ms).
+    let mut shuffled = ordered.clone();
+    let mut seed = 99;
+    for chunk in shuffled.chunks_mut(8) {
+        for i in (1..chunk.len()).rev() {
+            let j = (lcg(&mut seed) as usize) % (i + 1);
+            chunk.swap(i, j);
+        }
+    }
+    assert_ne!(ordered, shuffled);
+    let a = run(ordered).snapshot();
+    let b = run(shuffled).snapshot();
+    assert!(b.counts.reordered > 0);
+    assert_eq!(b.counts.late, 0);
+    assert_eq!(a.communicators, b.communicators);
+    let ev = |s: &Snapshot| {
+        s.findings
+            .iter()
+            .map(|f| (f.kind, f.evidence.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ev(&a), ev(&b));
+}
+
+#[test]
+fn stall_names_the_missing_rank_while_it_is_going_on() {
+    let job = Job::new(4);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 10));
+    // Step 10: ranks 0, 1, 3 call in; rank 2 does not.
+    let t = T0 + 10 * job.period;
+    for r in [0usize, 1, 3] {
+        e.ingest(coll(
+            ALL_REDUCE,
+            job.pid(r),
+            HANDLE,
+            Some(r as i32),
+            4,
+            MIB,
+            STREAM,
+            t + r as u64,
+            t + 20_000,
+        ));
+    }
+    e.advance(t + 1_000 * MS);
+    assert!(of_kind(&e, FindingKind::Stall).is_empty());
+    e.advance(t + 2_500 * MS);
+    let f = of_kind(&e, FindingKind::Stall);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert!(f[0].active);
+    assert_eq!((f[0].culprit.rank, f[0].culprit.pid), (Some(2), Some(102)));
+    assert!(
+        f[0].evidence
+            .contains("ranks 0, 1, 3 entered all-reduce #10"),
+        "{}",
+        f[0].evidence
+    );
+    assert!(
+        f[0].evidence.contains("rank 2 has not arrived"),
+        "{}",
+        f[0].evidence
+    );
+    let first_age = f[0].magnitude.value;
+    // Still going on: the same finding grows.
+    e.advance(t + 4_000 * MS);
+    let f = of_kind(&e, FindingKind::Stall);
+    assert_eq!(f.len(), 1);
+    assert!(f[0].magnitude.value > first_age);
+    // Rank 2 finally arrives: the stall is over.
+    e.ingest(coll(
+        ALL_REDUCE,
+        job.pid(2),
+        HANDLE,
+        Some(2),
+        4,
+        MIB,
+        STREAM,
+        t + 4_500 * MS,
+        t + 4_500 * MS + 20_000,
+    ));
+    e.advance(t + 5_000 * MS);
+    let f = of_kind(&e, FindingKind::Stall);
+    assert_eq!(f.len(), 1);
+    assert!(!f[0].active);
+    assert!(
+        f[0].evidence.contains("resolved after"),
+        "{}",
+        f[0].evidence
+    );
+}
+
+#[test]
+fn process_dying_inside_a_call_is_a_member_leaving_not_a_stall() {
+    let job = Job::new(4);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 10));
+    let t = T0 + 10 * job.period;
+    for r in [0usize, 1, 3] {
+        e.ingest(coll(
+            ALL_REDUCE,
+            job.pid(r),
+            HANDLE,
+            Some(r as i32),
+            4,
+            MIB,
+            STREAM,
+            t,
+            t + 20_000,
+        ));
+    }
+    // Rank 2 dies inside a call that never returns (an entry-only record), then exits.
+    let mut c = call(MALLOC, job.pid(2), job.pid(2), t + MS, None);
+    c.bytes = Some(MIB);
+    e.ingest(Event::Call(c));
+    e.ingest(exit(job.pid(2), t + 5 * MS));
+    e.advance(t + 10_000 * MS);
+    assert!(
+        of_kind(&e, FindingKind::Stall).is_empty(),
+        "{:#?}",
+        e.findings()
+    );
+    let f = of_kind(&e, FindingKind::MemberLeft);
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].culprit.rank, f[0].culprit.pid), (Some(2), Some(102)));
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert!(f[0].evidence.contains("exited"), "{}", f[0].evidence);
+    assert!(
+        f[0].evidence.contains("1 instance(s) it never reached"),
+        "{}",
+        f[0].evidence
+    );
+    let s = e.snapshot();
+    assert_eq!(s.communicators[0].lane.members[2].state, "left");
+    assert_eq!(s.counts.processes_live, 3);
+    // The survivors keep calling (they would hang in reality): still no stall.
+    for r in [0usize, 1, 3] {
+        e.ingest(coll(
+            ALL_REDUCE,
+            job.pid(r),
+            HANDLE,
+            Some(r as i32),
+            4,
+            MIB,
+            STREAM,
+            t + 11_000 * MS,
+            t + 11_000 * MS + 20_000,
+        ));
+    }
+    e.advance(t + 20_000 * MS);
+    assert!(of_kind(&e, FindingKind::Stall).is_empty());
+}
+
+#[test]
+fn member_left_is_noted_on_existing_findings() {
+    let mut job = Job::new(4);
+    job.delay = |r, _| if r == 2 { 20 * MS } else { 0 };
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 40));
+    e.ingest(exit(job.pid(1), T0 + 41 * job.period));
+    e.flush();
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1);
+    assert!(
+        f[0].evidence.contains("rank 1 (pid 101) exited at"),
+        "{}",
+        f[0].evidence
+    );
+}
+
+#[test]
+fn pid_reuse_starts_a_new_process() {
+    let job = Job::new(2);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 5));
+    let t = T0 + 5 * job.period;
+    e.ingest(exit(job.pid(0), t));
+    e.ingest(exit(job.pid(1), t + 1));
+    // Two new processes get the same pids, and the same handle value, in a new communicator.
+    let mut job2 = Job::new(2);
+    job2.uid = 0x5eed;
+    let later: Vec<Event> = job2
+        .events(0, 5)
+        .into_iter()
+        .map(|ev| match ev {
+            Event::Call(mut c) => {
+                c.entry_ns += 10_000 * MS;
+                c.exit_ns = c.exit_ns.map(|x| x + 10_000 * MS);
+                Event::Call(c)
+            }
+            other => other,
+        })
+        .collect();
+    e.ingest_batch(later);
+    e.advance(T0 + 30_000 * MS);
+    let s = e.snapshot();
+    assert_eq!(s.counts.pids_reused, 2);
+    assert_eq!(s.communicators.len(), 2);
+    let old = &s.communicators[0].lane;
+    let new = &s.communicators[1].lane;
+    assert!(old.members.iter().all(|m| m.state == "left"));
+    assert!(new.members.iter().all(|m| m.state == "aligned"));
+    assert_eq!((old.finished, new.finished), (5, 5));
+    assert!(of_kind(&e, FindingKind::Stall).is_empty());
+}
+
+#[test]
+fn split_communicators_are_matched_separately() {
+    let job = Job::new(4);
+    let mut evs = job.events(0, 3);
+    // Every rank splits the world by colour r / 2 into two pairs.
+    let t = T0 + 3 * job.period;
+    for r in 0..4usize {
+        evs.push(split(
+            job.pid(r),
+            HANDLE,
+            (r / 2) as i32,
+            r as i32,
+            0x5e0 + r as u64,
+            t,
+            t + MS,
+        ));
+    }
+    // Each pair all-gathers 10 times; in pair {2,3} rank 3 is 8 ms late.
+    for k in 0..30u64 {
+        let base = t + 10 * MS + k * 20 * MS;
+        for r in 0..4usize {
+            let late = if r == 3 { 8 * MS } else { 0 };
+            let at = base + late + r as u64 * 1000;
+            evs.push(coll(
+                ALL_GATHER,
+                job.pid(r),
+                0x5e0 + r as u64,
+                Some((r % 2) as i32),
+                2,
+                4096,
+                STREAM,
+                at,
+                at + 10_000,
+            ));
+        }
+    }
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 3);
+    let kids: Vec<&CommView> = s
+        .communicators
+        .iter()
+        .filter(|c| matches!(c.identity, Identity::Split { .. }))
+        .collect();
+    assert_eq!(kids.len(), 2);
+    assert_ne!(kids[0].lane.id, kids[1].lane.id);
+    for k in &kids {
+        assert_eq!(k.nranks, Some(2));
+        assert_eq!(k.lane.finished, 30);
+        let ranks: Vec<Option<u32>> = k.lane.members.iter().map(|m| m.rank).collect();
+        assert_eq!(ranks, vec![Some(0), Some(1)]);
+    }
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].culprit.pid, Some(103));
+    assert!(f[0].evidence.contains("all-gather"), "{}", f[0].evidence);
+}
+
+#[test]
+fn two_interleaved_communicators() {
+    // The same 4 processes: a world communicator (uid A) and a second one (uid B) with a
+    // different handle; rank 1 is late only on B.
+    let job_a = Job::new(4);
+    let mut job_b = Job::new(4);
+    job_b.uid = 0xb;
+    job_b.handle = 0xbbbb;
+    job_b.sync = false;
+    job_b.delay = |r, _| if r == 1 { 6 * MS } else { 0 };
+    let mut evs = job_a.events(0, 60);
+    evs.extend(job_b.events(0, 60).into_iter().map(|ev| match ev {
+        Event::Call(mut c) => {
+            c.entry_ns += 10 * MS;
+            c.exit_ns = c.exit_ns.map(|x| x + 10 * MS);
+            Event::Call(c)
+        }
+        o => o,
+    }));
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 2);
+    assert!(s
+        .communicators
+        .iter()
+        .all(|c| c.lane.finished == 60 && c.lane.open == 0));
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].culprit.comm, Some(super::util::mix(&[0xb, 4])));
+    assert_eq!(f[0].culprit.rank, Some(1));
+}
+
+#[test]
+fn two_inferred_communicators_of_different_sizes() {
+    // No init: a 4-rank world and two 2-rank pairs on the same processes.
+    let mut world = Job::new(4);
+    world.init = false;
+    let mut evs = world.events(0, 30);
+    for k in 0..30u64 {
+        let base = T0 + k * world.period + 20 * MS;
+        for r in 0..4usize {
+            let at = base + r as u64 * 1000;
+            evs.push(coll(
+                ALL_REDUCE,
+                world.pid(r),
+                0x7700,
+                Some((r % 2) as i32),
+                2,
+                256,
+                0x9,
+                at,
+                at + 5_000,
+            ));
+        }
+    }
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let s = e.snapshot();
+    let sizes: Vec<(Option<u32>, usize, u64)> = s
+        .communicators
+        .iter()
+        .map(|c| (c.nranks, c.lane.members.len(), c.lane.finished))
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![(Some(4), 4, 30), (Some(2), 2, 30), (Some(2), 2, 30)]
+    );
+    assert!(e.findings().is_empty(), "{:#?}", e.findings());
+}
+
+#[test]
+fn group_calls_form_one_instance() {
+    let n = 4usize;
+    let mut evs = Vec::new();
+    for r in 0..n {
+        evs.push(init(
+            100 + r as u32,
+            0x9,
+            r as i32,
+            n as i32,
+            HANDLE,
+            T0 - 20 * MS,
+            T0 - 10 * MS,
+        ));
+    }
+    for k in 0..20u64 {
+        for r in 0..n {
+            let pid = 100 + r as u32;
+            let base = T0 + k * 10 * MS + r as u64 * 2_000;
+            evs.push(plain(GROUP_START, pid, base, base + 100));
+            evs.push(coll(
+                ALL_REDUCE,
+                pid,
+                HANDLE,
+                Some(r as i32),
+                n as i32,
+                4096,
+                STREAM,
+                base + 200,
+                base + 300,
+            ));
+            evs.push(coll(
+                ALL_REDUCE,
+                pid,
+                HANDLE,
+                Some(r as i32),
+                n as i32,
+                8192,
+                STREAM,
+                base + 400,
+                base + 500,
+            ));
+            evs.push(coll(
+                BROADCAST,
+                pid,
+                HANDLE,
+                Some(r as i32),
+                n as i32,
+                64,
+                STREAM,
+                base + 600,
+                base + 700,
+            ));
+            evs.push(plain(GROUP_END, pid, base + 800, base + 5_000));
+        }
+    }
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let s = e.snapshot();
+    let c = &s.communicators[0];
+    assert_eq!((c.lane.finished, c.lane.open), (20, 0));
+    assert_eq!(c.lane.members[0].calls, 20);
+    let ops: Vec<(&str, &str)> = c.lane.ops.iter().map(|o| (o.op, o.size.as_str())).collect();
+    assert_eq!(ops, vec![("grouped", "<=16 KiB")]);
+    // Arrival = the group end's entry.
+    let inst = e.instances(super::util::mix(&[0x9, 4]));
+    assert_eq!(inst[0].1[1], Some(T0 + 2_000 + 800));
+}
+
+#[test]
+fn lost_events_suppress_stalls_and_annotate_findings() {
+    let mut job = Job::new(4);
+    job.delay = |r, _| if r == 0 { 15 * MS } else { 0 };
+    job.sync = false;
+    let mut evs = job.events(0, 40);
+    // Rank 2's all-reduce of step 20 was lost in the ring buffer.
+    let t20 = T0 + 20 * job.period;
+    evs.retain(|ev| {
+        !(ev.pid() == 102
+            && reorder::key_of(ev) > t20
+            && reorder::key_of(ev) < t20 + job.period / 2)
+    });
+    let mut e = Engine::new(Config::default());
+    for ev in evs {
+        e.ingest(ev);
+    }
+    e.report_lost(t20 + job.period, 1);
+    let end = T0 + 40 * job.period;
+    e.advance(end + 10_000 * MS);
+    assert!(
+        of_kind(&e, FindingKind::Stall).is_empty(),
+        "{:#?}",
+        e.findings()
+    );
+    let lost = of_kind(&e, FindingKind::LostEvents);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].magnitude.value, 1.0);
+    let s = e.snapshot();
+    assert_eq!(s.counts.lost_reported, 1);
+    assert!(s.counts.realignments >= 1, "{:?}", s.counts);
+    assert_eq!(s.communicators[0].lane.open, 0);
+    assert_eq!(s.communicators[0].lane.members[2].excused, 1);
+    // The straggler seen before and after the loss says events were lost in its window.
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].culprit.rank, Some(0));
+    assert!(f[0].lost_events_in_window >= 1);
+    assert!(
+        f[0].evidence.contains("events were lost in this window"),
+        "{}",
+        f[0].evidence
+    );
+}
+
+#[test]
+fn lost_events_reported_after_a_stall_retract_it() {
+    let job = Job::new(3);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 10));
+    let t = T0 + 10 * job.period;
+    for r in [0usize, 1] {
+        e.ingest(coll(
+            ALL_REDUCE,
+            job.pid(r),
+            HANDLE,
+            Some(r as i32),
+            3,
+            MIB,
+            STREAM,
+            t,
+            t + 20_000,
+        ));
+    }
+    e.advance(t + 3_000 * MS);
+    assert_eq!(of_kind(&e, FindingKind::Stall).len(), 1);
+    // The drop counters read afterwards say a record was lost around then.
+    e.report_lost(t + 3_000 * MS, 1);
+    e.advance(t + 6_000 * MS);
+    let f = of_kind(&e, FindingKind::Stall);
+    assert!(!f[0].active, "{:#?}", f);
+    assert!(f[0].lost_events_in_window >= 1);
+}
+
+#[test]
+fn graph_launch_steps_find_the_straggler() {
+    let n = 4usize;
+    let mut e = Engine::new(Config::default());
+    for r in 0..n {
+        let env = [
+            ("RANK", r.to_string()),
+            ("WORLD_SIZE", n.to_string()),
+            ("MASTER_PORT", "29500".to_string()),
+        ];
+        e.register_process(
+            200 + r as u32,
+            ProcessHints::from_env(env.iter().map(|(k, v)| (*k, v.as_str())), Some("node-a")),
+        );
+    }
+    let mut evs = Vec::new();
+    let mut seed = 3;
+    for k in 0..100u64 {
+        let base = T0 + k * 30 * MS;
+        let arr: Vec<u64> = (0..n)
+            .map(|r| base + lcg(&mut seed) % 100_000 + if r == 1 { 8 * MS } else { 0 })
+            .collect();
+        let done = arr.iter().max().unwrap() + 2 * MS;
+        for r in 0..n {
+            let pid = 200 + r as u32;
+            evs.push(on_stream(
+                if r % 2 == 0 {
+                    GRAPH_LAUNCH
+                } else {
+                    CU_GRAPH_LAUNCH
+                },
+                pid,
+                STREAM,
+                arr[r],
+                arr[r] + 15_000,
+            ));
+            evs.push(on_stream(STREAM_SYNC, pid, STREAM, arr[r] + 20_000, done));
+        }
+    }
+    // Attach skew: rank 3's first 5 steps were not traced.
+    evs.retain(|ev| !(ev.pid() == 203 && reorder::key_of(ev) < T0 + 5 * 30 * MS));
+    evs.sort_by_key(reorder::key_of);
+    e.ingest_batch(evs);
+    e.flush();
+    let s = e.snapshot();
+    assert_eq!(s.graph_groups.len(), 1);
+    let g = &s.graph_groups[0];
+    assert!(matches!(
+        &g.basis,
+        GroupBasis::Environment { world_size: 4, .. }
+    ));
+    let mut ranks: Vec<Option<u32>> = g.lane.members.iter().map(|m| m.rank).collect();
+    ranks.sort();
+    assert_eq!(ranks, vec![Some(0), Some(1), Some(2), Some(3)]);
+    assert_eq!(g.lane.open, 0);
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].source, "graph-launch steps");
+    assert_eq!(
+        (f[0].culprit.rank, f[0].culprit.host.as_deref()),
+        (Some(1), Some("node-a"))
+    );
+    assert!(
+        (f[0].magnitude.value - 8e6).abs() <= 1.6e6,
+        "{}",
+        f[0].magnitude.value
+    );
+    assert!(
+        f[0].evidence.contains("graph-launch steps"),
+        "{}",
+        f[0].evidence
+    );
+}
+
+#[test]
+fn requests_from_a_serving_port() {
+    let mut e = Engine::new(Config::default());
+    let pid = 300;
+    // An NCCL-ish connection that sends first is not a serving connection.
+    e.ingest(sock(SockKind::Send, pid, 1, T0, 4096, 40000, 50000));
+    e.ingest(sock(SockKind::Recv, pid, 1, T0 + MS, 4096, 40000, 50000));
+    // Five requests on port 8000, two at a time.
+    for i in 0..5u64 {
+        let sk = 100 + i;
+        let start = T0 + 10 * MS + (i / 2) * 500 * MS + (i % 2) * MS;
+        e.ingest(state(pid, sk, start - 1000, 3, 1, 8000, 50000 + i as u16));
+        e.ingest(sock(
+            SockKind::Recv,
+            pid,
+            sk,
+            start,
+            700,
+            8000,
+            50000 + i as u16,
+        ));
+        e.ingest(sock(
+            SockKind::Send,
+            pid,
+            sk,
+            start + 50 * MS,
+            200,
+            8000,
+            50000 + i as u16,
+        ));
+        for k in 1..=10u64 {
+            let ts = start + 50 * MS + k * 20 * MS;
+            e.ingest(sock(
+                SockKind::Send,
+                pid,
+                sk,
+                ts,
+                40,
+                8000,
+                50000 + i as u16,
+            ));
+            // Chunk framing right after: coalesced into the same token.
+            e.ingest(sock(
+                SockKind::Send,
+                pid,
+                sk,
+                ts + 10_000,
+                2,
+                8000,
+                50000 + i as u16,
+            ));
+        }
+        e.ingest(state(
+            pid,
+            sk,
+            start + 300 * MS,
+            1,
+            4,
+            8000,
+            50000 + i as u16,
+        ));
+    }
+    e.advance(T0 + 5_000 * MS);
+    let r = e.snapshot().requests;
+    assert_eq!((r.serving_port, r.port_source), (Some(8000), "detected"));
+    assert_eq!(
+        r.finished,
+        5 - 2,
+        "the first connections ran before the port was detected"
+    );
+    assert!((49 * MS..=51 * MS).contains(&r.ttft.p50), "{:?}", r.ttft);
+    assert!(
+        (19 * MS..=21 * MS).contains(&r.inter_token.p50),
+        "{:?}",
+        r.inter_token
+    );
+    assert_eq!(r.recent[0].tokens, 11);
+    assert_eq!(r.recent[0].end, "closed");
+    assert_eq!(r.peak_concurrency, 2);
+    assert_eq!(r.in_flight, 0);
+
+    // With the port configured, every request counts.
+    let cfg = Config {
+        serving_ports: vec![8000],
+        ..Config::default()
+    };
+    let mut e2 = Engine::new(cfg);
+    e2.ingest(sock(SockKind::Recv, pid, 9, T0, 100, 8000, 1));
+    e2.ingest(sock(SockKind::Send, pid, 9, T0 + 30 * MS, 100, 8000, 1));
+    e2.ingest(sock(SockKind::Send, pid, 9, T0 + 40 * MS, 100, 8000, 1));
+    // Next request on the same keep-alive connection, then idle.
+    e2.ingest(sock(SockKind::Recv, pid, 9, T0 + 100 * MS, 100, 8000, 1));
+    e2.ingest(sock(SockKind::Send, pid, 9, T0 + 120 * MS, 100, 8000, 1));
+    e2.advance(T0 + 10_000 * MS);
+    let r = e2.snapshot().requests;
+    assert_eq!(r.finished, 2);
+    let ends: Vec<&str> = r.recent.iter().map(|x| x.end).collect();
+    assert_eq!(ends, vec!["idle", "next_request"]);
+    assert_eq!(r.recent[1].ttft_ns, Some(30 * MS));
+}
+
+#[test]
+fn memory_pressure_from_allocation_failures() {
+    let mut e = Engine::new(Config::default());
+    e.ingest(alloc(MALLOC, 400, 1 << 30, 0x7000_0000, 0, T0, T0 + 1000));
+    e.ingest(alloc(
+        CU_MEM_ALLOC,
+        400,
+        1 << 29,
+        0x9000_0000,
+        0,
+        T0 + MS,
+        T0 + MS + 1000,
+    ));
+    e.ingest(free(FREE, 400, 0x9000_0000, T0 + 2 * MS, T0 + 2 * MS + 100));
+    e.ingest(alloc(
+        MALLOC,
+        400,
+        2 << 30,
+        0,
+        2,
+        T0 + 3 * MS,
+        T0 + 3 * MS + 100,
+    ));
+    e.ingest(alloc(
+        MALLOC,
+        400,
+        2 << 30,
+        0,
+        2,
+        T0 + 4 * MS,
+        T0 + 4 * MS + 100,
+    ));
+    e.flush();
+    let f = of_kind(&e, FindingKind::MemoryPressure);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].culprit.pid, Some(400));
+    assert!(
+        f[0].evidence.contains("cudaMalloc of 2.0 GiB failed"),
+        "{}",
+        f[0].evidence
+    );
+    assert!(f[0].evidence.contains("2 failure(s)"), "{}", f[0].evidence);
+    let m = &e.snapshot().memory[0];
+    assert_eq!(
+        (m.outstanding_bytes, m.peak_bytes, m.failures),
+        (1 << 30, (1 << 30) + (1 << 29), 2)
+    );
+}
+
+#[test]
+fn link_retransmits_and_resets() {
+    let mut e = Engine::new(Config::default());
+    for i in 0..12u64 {
+        e.ingest(sock(
+            SockKind::Send,
+            500,
+            77,
+            T0 + i * MS,
+            1 << 20,
+            40000,
+            50000,
+        ));
+        e.ingest(sock(
+            SockKind::Retransmit,
+            500,
+            77,
+            T0 + i * MS + 10,
+            0,
+            40000,
+            50000,
+        ));
+    }
+    e.ingest(state(500, 77, T0 + 20 * MS, 1, 7, 40000, 50000));
+    e.flush();
+    let f = of_kind(&e, FindingKind::Link);
+    assert_eq!(f.len(), 2, "{:#?}", f);
+    assert_eq!(
+        f[0].culprit.connection.as_deref(),
+        Some("127.0.0.1:40000 -> 127.0.0.2:50000")
+    );
+    assert_eq!(f[0].magnitude.value, 12.0);
+    assert!(f[1].evidence.contains("was reset"));
+    let l = &e.snapshot().links[0];
+    assert_eq!((l.sent_bytes, l.retransmits, l.resets), (12 << 20, 12, 1));
+}
+
+#[test]
+fn pipeline_stage_waiting_for_upstream_is_a_bubble() {
+    let mut evs = Vec::new();
+    for r in 0..2u32 {
+        evs.push(init(
+            600 + r,
+            0x77,
+            r as i32,
+            2,
+            0xaa,
+            T0 - 20 * MS,
+            T0 - 10 * MS,
+        ));
+    }
+    for k in 0..30u64 {
+        let base = T0 + k * 10 * MS;
+        // Stage 1 posts its receive at once; stage 0 sends 5 ms later.
+        evs.push(p2p(false, 601, 0xaa, 1, 2, 0, 4096, base, base + 1000));
+        evs.push(p2p(
+            true,
+            600,
+            0xaa,
+            0,
+            2,
+            1,
+            4096,
+            base + 5 * MS,
+            base + 5 * MS + 1000,
+        ));
+    }
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let f = of_kind(&e, FindingKind::Bubble);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!((f[0].culprit.rank, f[0].culprit.pid), (Some(0), Some(600)));
+    assert!(
+        f[0].evidence
+            .contains("pipeline stage rank 1 (pid 601) waited for upstream rank 0"),
+        "{}",
+        f[0].evidence
+    );
+    assert!(
+        (0.4..0.6).contains(&f[0].magnitude.value),
+        "{}",
+        f[0].magnitude.value
+    );
+    let st = &e.snapshot().stages;
+    assert_eq!(st.len(), 1);
+    assert_eq!((st[0].rank, st[0].upstream, st[0].transfers), (1, 0, 30));
+}
+
+#[test]
+fn env_hints_give_ranks_when_handles_cannot_be_read() {
+    let mut job = Job::new(4);
+    job.init = false;
+    job.ranks_known = false;
+    job.delay = |r, _| if r == 3 { 4 * MS } else { 0 };
+    let mut e = Engine::new(Config::default());
+    for r in 0..4usize {
+        let hints = ProcessHints {
+            rank: Some(r as u32),
+            world_size: Some(4),
+            ..Default::default()
+        };
+        e.register_process(job.pid(r), hints);
+    }
+    e.ingest_batch(job.events(0, 40));
+    e.flush();
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 1);
+    assert!(matches!(
+        s.communicators[0].identity,
+        Identity::Inferred {
+            rank_source: "environment",
+            ..
+        }
+    ));
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].culprit.rank, Some(3));
+}
+
+#[test]
+fn state_stays_bounded_over_a_long_run() {
+    let job = Job::new(4);
+    let mut e = Engine::new(Config::default());
+    for chunk in 0..20u64 {
+        e.ingest_batch(job.events(chunk * 250, (chunk + 1) * 250));
+    }
+    e.flush();
+    let s = e.snapshot();
+    assert_eq!(s.communicators[0].lane.finished, 5000);
+    let kept = e.instances(super::util::mix(&[0xabcdef, 4])).len();
+    assert!(kept <= e.config().instance_history, "{kept}");
+    assert_eq!(
+        e.lanes[0].evidence_ring.len(),
+        e.config().evidence_instances.min(5000)
+    );
+    assert!(e.findings().is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Instance matching does not depend on how the per-rank streams are interleaved.
+    #[test]
+    fn matching_is_independent_of_interleaving(
+        n in 2usize..6,
+        calls in 1usize..30,
+        delays in proptest::collection::vec(0u64..40_000_000, 6 * 30),
+        order in proptest::collection::vec(0usize..6, 6 * 30 + 6),
+    ) {
+        // Per-rank streams (each in its own order), with inits so numbering starts at 0.
+        let per_rank: Vec<Vec<Event>> = (0..n)
+            .map(|r| {
+                let mut v = vec![init(100 + r as u32, 0x42, r as i32, n as i32, HANDLE, T0 - 2 * MS, T0 - MS)];
+                for k in 0..calls {
+                    let at = T0 + k as u64 * 50 * MS + delays[r * 30 + k];
+                    let bytes = 1024 << (k % 3);
+                    v.push(coll(ALL_REDUCE, 100 + r as u32, HANDLE, Some(r as i32), n as i32, bytes, STREAM, at, at + 1000));
+                }
+                v
+            })
+            .collect();
+        let feed = |interleaving: &[usize]| -> Vec<(u64, Vec<Option<u64>>, bool)> {
+            // No reorder window: events are processed in exactly the given order.
+            let mut e = Engine::new(Config { reorder_window_ns: 0, ..Config::default() });
+            let mut pos = vec![0usize; n];
+            let mut pick = interleaving.iter().copied();
+            loop {
+                let live: Vec<usize> = (0..n).filter(|&r| pos[r] < per_rank[r].len()).collect();
+                if live.is_empty() {
+                    break;
+                }
+                let r = live[pick.next().unwrap_or(0) % live.len()];
+                e.ingest(per_rank[r][pos[r]].clone());
+                pos[r] += 1;
+            }
+            e.flush();
+            // Member order is join order: put the slots in rank (pid) order.
+            let pids: Vec<u32> = e.snapshot().communicators[0].lane.members.iter().map(|m| m.pid).collect();
+            e.instances(super::util::mix(&[0x42, n as u64]))
+                .into_iter()
+                .map(|(seq, slots, fin)| {
+                    let mut by_rank = vec![None; n];
+                    for (i, s) in slots.into_iter().enumerate() {
+                        by_rank[(pids[i] - 100) as usize] = s;
+                    }
+                    (seq, by_rank, fin)
+                })
+                .collect::<Vec<_>>()
+        };
+        let rank_by_rank: Vec<usize> = (0..n).flat_map(|r| std::iter::repeat_n(r, calls + 1)).collect();
+        let reference = feed(&rank_by_rank);
+        prop_assert_eq!(reference.len(), calls);
+        for (k, (seq, slots, finished)) in reference.iter().enumerate() {
+            prop_assert_eq!(*seq, k as u64);
+            prop_assert!(*finished);
+            for r in 0..n {
+                prop_assert_eq!(slots[r], Some(T0 + k as u64 * 50 * MS + delays[r * 30 + k]));
+            }
+        }
+        prop_assert_eq!(feed(&order), reference);
+    }
+}

@@ -16,7 +16,7 @@ use crate::{
     cli::AttachArgs,
     events::Event,
     kernel, privileges,
-    probe::{ObjectPlan, Tracer},
+    probe::{Detached, ObjectPlan, Tracer},
     summary::Summary,
     target,
     transport::{Reader, DRAIN_INTERVAL},
@@ -84,6 +84,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut reader = Reader::new(tracer.take_events()?).context("watching the BPF ring buffer")?;
 
     let mut live: BTreeSet<u32> = BTreeSet::new();
+    let attach_start = Instant::now();
     for t in &targets {
         let plans = plan(t);
         let attached = tracer.attach(t.pid, &plans)?;
@@ -97,6 +98,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
         live.insert(t.pid);
     }
+    tracing::info!("attached {} process(es) in {:?}", live.len(), attach_start.elapsed());
     eprintln!("llmdd: tracing {} process(es); Ctrl-C to stop", live.len());
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -105,6 +107,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut last_render = start;
     let mut summary = Summary::default();
     let mut batch = Vec::with_capacity(4096);
+    // Threads releasing the probes of targets that exited (slow; never on the reading path).
+    let mut reaper: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let stop = loop {
         let wait = DRAIN_INTERVAL.min(args.interval);
         let signalled = tokio::select! {
@@ -113,14 +117,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
         };
         reader.drain(&mut batch);
-        consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer)?;
+        consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer, &mut reaper)?;
         if let Some(s) = signalled {
             break s;
         }
         // Backstop for a lost or disabled exit tracepoint.
         let gone: Vec<u32> = live.iter().copied().filter(|p| !Path::new(&format!("/proc/{p}")).exists()).collect();
         for pid in gone {
-            target_exited(pid, &mut live, &mut tracer);
+            target_exited(pid, &mut live, &mut tracer, &mut reaper);
         }
         if live.is_empty() {
             break Stop::TargetsGone;
@@ -139,12 +143,20 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 
     // Final drain: whatever was submitted before we stopped is still counted.
     reader.drain(&mut batch);
-    consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer)?;
-    let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
-    for pid in pids {
-        tracer.detach(pid);
-    }
+    consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer, &mut reaper)?;
+    // Counters as of the stop: events the targets make while the probes are being removed
+    // are outside the traced window and are not reported as lost.
     let lost = tracer.counters()?;
+    let detach_start = Instant::now();
+    let mut detached = Detached::default();
+    for t in &targets {
+        detached.extend(tracer.detach(t.pid));
+    }
+    detached.release();
+    for h in reaper.drain(..) {
+        let _ = h.join();
+    }
+    tracing::info!("detached in {:?}", detach_start.elapsed());
     let why = match stop {
         Stop::Signal(s) => format!("stopped by {s}"),
         Stop::Duration => "duration reached".to_string(),
@@ -167,6 +179,7 @@ fn consume(
     mut dump: Option<&mut BufWriter<File>>,
     live: &mut BTreeSet<u32>,
     tracer: &mut Tracer,
+    reaper: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> Result<()> {
     for ev in batch.drain(..) {
         summary.add(&ev);
@@ -175,15 +188,16 @@ fn consume(
             d.write_all(b"\n").context("writing the event dump")?;
         }
         if let Event::ProcExit(p) = &ev {
-            target_exited(p.pid, live, tracer);
+            target_exited(p.pid, live, tracer, reaper);
         }
     }
     Ok(())
 }
 
-fn target_exited(pid: u32, live: &mut BTreeSet<u32>, tracer: &mut Tracer) {
+fn target_exited(pid: u32, live: &mut BTreeSet<u32>, tracer: &mut Tracer, reaper: &mut Vec<std::thread::JoinHandle<()>>) {
     if live.remove(&pid) {
-        tracer.detach(pid);
+        let links = tracer.detach(pid);
+        reaper.push(std::thread::spawn(move || links.release()));
         eprintln!("llmdd: pid {pid} exited; {} still traced", live.len());
     }
 }

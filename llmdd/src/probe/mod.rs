@@ -4,15 +4,16 @@
 //! each attachment carries a cookie that names the function and the library slot, so a
 //! target's probe points become `(program, file offset, cookie)` triples here.
 
+mod multi;
 mod object;
 mod tracepoints;
 
-use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+use std::{collections::HashMap, num::NonZeroU32, os::fd::OwnedFd, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader, VerifierLogLevel,
@@ -25,6 +26,7 @@ use llmdd_common::{
     MAX_LIBS,
 };
 
+pub use multi::MultiError;
 pub use tracepoints::KernelProbe;
 
 /// Errors of loading and attaching.
@@ -57,6 +59,12 @@ pub enum ProbeError {
     },
     #[error("more than {MAX_LIBS} probed libraries in one run")]
     TooManyLibraries,
+    #[error("attaching to pid {pid}: {source}")]
+    Multi {
+        pid: u32,
+        #[source]
+        source: MultiError,
+    },
 }
 
 /// One object (shared library or executable) of a target to probe.
@@ -101,11 +109,21 @@ pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
     Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, if r.unique_id { C_UID } else { 0 })
 }
 
+/// One attachment held for a target.
+enum Link {
+    /// A uprobe-multi link: every point of one object, entry or return.
+    Multi(OwnedFd),
+    /// One aya perf-event uprobe (the fallback on kernels without uprobe-multi).
+    Single(&'static str, UProbeLinkId),
+}
+
 /// The loaded object and everything attached from it.
 pub struct Tracer {
     bpf: Ebpf,
+    /// The uprobe programs loaded for uprobe-multi, when the kernel has it.
+    multi: Option<multi::MultiPrograms>,
     libs: Vec<AttachedObject>,
-    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    links: HashMap<u32, Vec<Link>>,
     kernel: Vec<KernelProbe>,
 }
 
@@ -117,16 +135,23 @@ impl Tracer {
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
             .load(object::BYTES)
             .map_err(ProbeError::Load)?;
-        for name in UPROBE_PROGRAMS {
-            let prog: &mut UProbe = program_mut(&mut bpf, name)?;
-            prog.load().map_err(|source| ProbeError::Program { name, source })?;
-        }
+        let multi = match multi::MultiPrograms::load(object::BYTES, &bpf, &UPROBE_PROGRAMS) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::info!("uprobe-multi unavailable ({e}); attaching one perf-event uprobe per point");
+                for name in UPROBE_PROGRAMS {
+                    let prog: &mut UProbe = program_mut(&mut bpf, name)?;
+                    prog.load().map_err(|source| ProbeError::Program { name, source })?;
+                }
+                None
+            }
+        };
         if let Some(cfg) = sock_cfg {
             let mut map: Array<_, SockCfg> = map_mut(&mut bpf, "SOCK_CFG")?;
             map.set(0, cfg, 0).map_err(|source| ProbeError::Map { name: "SOCK_CFG", source })?;
         }
         let kernel = tracepoints::attach_all(&mut bpf);
-        Ok(Tracer { bpf, libs: Vec::new(), links: HashMap::new(), kernel })
+        Ok(Tracer { bpf, multi, libs: Vec::new(), links: HashMap::new(), kernel })
     }
 
     /// Status of each kernel-side probe (attached, or why not).
@@ -150,7 +175,7 @@ impl Tracer {
     pub fn attach(&mut self, pid: u32, objects: &[ObjectPlan]) -> Result<Vec<AttachedObject>, ProbeError> {
         let result = self.attach_inner(pid, objects);
         if result.is_err() {
-            self.detach(pid);
+            self.detach(pid).release();
         }
         result
     }
@@ -175,22 +200,33 @@ impl Tracer {
                     .map_err(|source| ProbeError::Map { name: "LIB_CFG", source })?;
             }
             let (entry, ret) = programs(obj.family);
-            for &(func, offset) in &obj.points {
-                let cookie = cookie_for(func, slot).0;
-                for name in [entry, ret] {
-                    let prog: &mut UProbe = program_mut(&mut self.bpf, name)?;
-                    let point = UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(offset),
-                        cookie: Some(cookie),
-                    };
-                    let link = prog.attach(point, &obj.path, scope).map_err(|source| ProbeError::Attach {
-                        func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
-                        path: obj.path.clone(),
-                        offset,
-                        pid,
-                        source,
-                    })?;
-                    self.links.entry(pid).or_default().push((name, link));
+            if let Some(m) = &self.multi {
+                let points: Vec<(u64, u64)> =
+                    obj.points.iter().map(|&(func, offset)| (offset, cookie_for(func, slot).0)).collect();
+                for (name, is_ret) in [(entry, false), (ret, true)] {
+                    let fd = m
+                        .attach(name, &obj.path, &points, is_ret, pid)
+                        .map_err(|source| ProbeError::Multi { pid, source })?;
+                    self.links.entry(pid).or_default().push(Link::Multi(fd));
+                }
+            } else {
+                for &(func, offset) in &obj.points {
+                    let cookie = cookie_for(func, slot).0;
+                    for name in [entry, ret] {
+                        let prog: &mut UProbe = program_mut(&mut self.bpf, name)?;
+                        let point = UProbeAttachPoint {
+                            location: UProbeAttachLocation::AbsoluteOffset(offset),
+                            cookie: Some(cookie),
+                        };
+                        let link = prog.attach(point, &obj.path, scope).map_err(|source| ProbeError::Attach {
+                            func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
+                            path: obj.path.clone(),
+                            offset,
+                            pid,
+                            source,
+                        })?;
+                        self.links.entry(pid).or_default().push(Link::Single(name, link));
+                    }
                 }
             }
             let attached =
@@ -201,20 +237,36 @@ impl Tracer {
         Ok(done)
     }
 
-    /// Detaches every probe of `pid` and stops its kernel-side tracing.
-    pub fn detach(&mut self, pid: u32) {
-        for (name, link) in self.links.remove(&pid).unwrap_or_default() {
-            if let Ok(prog) = program_mut::<UProbe>(&mut self.bpf, name) {
-                // The process may be gone, in which case the kernel dropped the probe already.
-                let _ = prog.detach(link);
+    /// Stops tracing `pid`: its kernel-side filter entry is removed at once, and its uprobe
+    /// links are handed back for [`Detached::release`], which is slow (see there) and so is
+    /// left to the caller to run where it does not block event reading.
+    pub fn detach(&mut self, pid: u32) -> Detached {
+        let mut links = Vec::new();
+        for link in self.links.remove(&pid).unwrap_or_default() {
+            match link {
+                Link::Multi(fd) => links.push(DetachedLink::Multi(fd)),
+                Link::Single(name, id) => {
+                    if let Ok(prog) = program_mut::<UProbe>(&mut self.bpf, name) {
+                        // A link the kernel already dropped (process gone) is not returned.
+                        if let Ok(link) = prog.take_link(id) {
+                            links.push(DetachedLink::Single(link));
+                        }
+                    }
+                }
             }
         }
         if let Ok(mut traced) = map_mut::<BpfHashMap<_, u32, u32>>(&mut self.bpf, "TRACED") {
             let _ = traced.remove(&pid);
         }
+        Detached(links)
     }
 
-    /// Number of uprobe attachments currently held for `pid`.
+    /// Whether probes go through uprobe-multi links (else one perf event per point).
+    pub fn uses_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// Number of uprobe attachments (links) currently held for `pid`.
     pub fn probe_count(&self, pid: u32) -> usize {
         self.links.get(&pid).map_or(0, Vec::len)
     }
@@ -235,6 +287,18 @@ impl Tracer {
     }
 }
 
+impl Drop for Tracer {
+    /// Releases every remaining probe in parallel: left to aya, they would go one by one.
+    fn drop(&mut self) {
+        let pids: Vec<u32> = self.links.keys().copied().collect();
+        let mut all = Detached::default();
+        for pid in pids {
+            all.extend(self.detach(pid));
+        }
+        all.release();
+    }
+}
+
 fn program_mut<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -249,4 +313,58 @@ where
 {
     let map = bpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// A link taken out of the tracer; dropping it detaches it.
+enum DetachedLink {
+    Multi(#[allow(dead_code)] OwnedFd),
+    Single(#[allow(dead_code)] UProbeLink),
+}
+
+/// Uprobe links taken out of the tracer, not yet released.
+///
+/// Releasing a link costs the kernel a grace-period wait (about 0.1 s measured on this
+/// machine kind). Released from several threads at once, the waits of multi links overlap.
+#[must_use = "links stay attached until released"]
+#[derive(Default)]
+pub struct Detached(Vec<DetachedLink>);
+
+impl Detached {
+    /// Number of links held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds another set.
+    pub fn extend(&mut self, other: Detached) {
+        self.0.extend(other.0);
+    }
+
+    /// Detaches every link, in parallel; returns when all are gone from the kernel.
+    pub fn release(self) {
+        const MAX_THREADS: usize = 128;
+        let links = self.0;
+        if links.is_empty() {
+            return;
+        }
+        let per_thread = links.len().div_ceil(MAX_THREADS);
+        let mut chunks: Vec<Vec<DetachedLink>> = Vec::new();
+        let mut it = links.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(per_thread).collect());
+        }
+        std::thread::scope(|scope| {
+            for chunk in chunks {
+                // Dropping a link closes its perf event and BPF link, which detaches it.
+                if std::thread::Builder::new().name("llmdd-detach".into()).spawn_scoped(scope, move || drop(chunk)).is_err() {
+                    // Could not start a thread: the chunk was moved into the failed closure and
+                    // dropped right here, serially, which is slower but still correct.
+                }
+            }
+        });
+    }
 }

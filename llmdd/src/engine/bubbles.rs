@@ -194,6 +194,12 @@ impl Bubbles {
         alert
     }
 
+    /// The communicator slot `comm` was reused for another communicator.
+    pub fn forget_comm(&mut self, comm: u32) {
+        self.pairs.retain(|(c, _, _), _| *c != comm);
+        self.stages.retain(|(c, _), _| *c != comm);
+    }
+
     pub fn forget_proc(&mut self, proc: ProcId) {
         self.streams.retain(|(p, _), _| *p != proc);
         self.proc_last.remove(&proc);

@@ -89,8 +89,12 @@ pub struct Comms {
     by_uid: FastMap<(u64, u32), u32>,
     by_split: FastMap<(u64, u32, i64), u32>,
     by_proc: FastMap<ProcId, Vec<(u32, u32)>>,
-    /// Communicators not tracked because the cap was reached.
+    /// Communicators not tracked because the cap was reached and none could be evicted.
     pub refused: u64,
+    /// Communicators (all members gone) evicted to make room.
+    pub evicted: u64,
+    /// Slots reused since the engine last looked (it drops what it keyed by them).
+    pub recycled: Vec<u32>,
 }
 
 /// Facts a call carries about its communicator.
@@ -123,24 +127,48 @@ impl Comms {
         lanes: &mut Vec<Lane>,
         cfg: &Config,
     ) -> Option<u32> {
-        if self.list.len() >= cfg.max_communicators {
-            self.refused += 1;
-            return None;
-        }
         let mut lane = Lane::new(id, Evidence::Collectives, t, cfg);
         lane.nranks = nranks.unwrap_or(0);
-        lanes.push(lane);
-        self.list.push(Communicator {
+        let mut comm = Communicator {
             id,
             identity,
             nranks,
             job,
-            lane: (lanes.len() - 1) as u32,
+            lane: lanes.len() as u32,
             members: Vec::new(),
             created_ns: t,
             last_sig: 0,
-        });
-        Some((self.list.len() - 1) as u32)
+        };
+        if self.list.len() < cfg.max_communicators {
+            lanes.push(lane);
+            self.list.push(comm);
+            return Some((self.list.len() - 1) as u32);
+        }
+        // At the cap: reuse the slot of the least recently active communicator whose members
+        // have all left; with none, refuse (counted).
+        let victim = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.members.iter().all(|m| m.left_ns.is_some()))
+            .min_by_key(|(i, c)| (lanes[c.lane as usize].last_ns, *i))
+            .map(|(i, _)| i as u32);
+        let Some(v) = victim else {
+            self.refused += 1;
+            return None;
+        };
+        self.by_uid.retain(|_, c| *c != v);
+        self.by_split.retain(|_, c| *c != v);
+        self.handles.retain(|_, (c, _)| *c != v);
+        for list in self.by_proc.values_mut() {
+            list.retain(|(c, _)| *c != v);
+        }
+        comm.lane = self.list[v as usize].lane;
+        lanes[comm.lane as usize] = lane;
+        self.list[v as usize] = comm;
+        self.evicted += 1;
+        self.recycled.push(v);
+        Some(v)
     }
 
     #[allow(clippy::too_many_arguments)]

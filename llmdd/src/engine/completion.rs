@@ -14,6 +14,8 @@ use super::{procs::ProcId, util::FastMap};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingWork {
     pub lane: u32,
+    /// Id of the lane when the work was enqueued (a reused lane slot has another).
+    pub lane_id: u64,
     pub member: u32,
     pub call: u64,
     pub entry_ns: u64,
@@ -138,6 +140,7 @@ mod tests {
     fn w(call: u64, t: u64) -> PendingWork {
         PendingWork {
             lane: 0,
+            lane_id: 0,
             member: 0,
             call,
             entry_ns: t,

@@ -420,13 +420,15 @@ impl Engine {
                         if r.is_none() {
                             self.counts.inits_ignored += 1;
                         }
+                        self.comms_recycled();
                     }
                 }
             }
             CallKind::CommInitAll => {}
             CallKind::CommSplit => {
                 if ok {
-                    if let (Some(parent), Some(new)) = (c.comm, c.out.or(Some(0))) {
+                    if let Some(parent) = c.comm {
+                        let new = c.out.unwrap_or(0);
                         let color = c.args[1] as u32 as i32 as i64;
                         let t = c.exit_ns.unwrap_or(c.entry_ns);
                         self.comms.split(
@@ -439,6 +441,7 @@ impl Engine {
                             &mut self.lanes,
                             &self.cfg,
                         );
+                        self.comms_recycled();
                     }
                 }
             }
@@ -571,11 +574,31 @@ impl Engine {
 
     fn apply_bounds(&mut self) {
         for &(w, ub) in &self.bounds {
-            if let Some(l) = self.lanes.get_mut(w.lane as usize) {
+            if let Some(l) = self
+                .lanes
+                .get_mut(w.lane as usize)
+                .filter(|l| l.id == w.lane_id)
+            {
                 l.set_ub(w.member, w.call, ub);
             }
         }
         self.counts.completions_bounded += self.bounds.len() as u64;
+    }
+
+    /// Drops what was keyed by communicator slots that were reused for new communicators.
+    fn comms_recycled(&mut self) {
+        if self.comms.recycled.is_empty() {
+            return;
+        }
+        for c in std::mem::take(&mut self.comms.recycled) {
+            let lane = self.comms.list[c as usize].lane;
+            self.stragglers.remove(&lane);
+            self.idle_blame.remove(&lane);
+            if let Some(d) = self.dirty.get_mut(lane as usize) {
+                *d = false;
+            }
+            self.bubbles.forget_comm(c);
+        }
     }
 
     /// One NCCL call, or the calls of one group, arriving at `entry`.
@@ -619,6 +642,7 @@ impl Engine {
                 self.counts.calls_without_comm += 1;
                 continue;
             };
+            self.comms_recycled();
             let a = Arrival {
                 entry_ns: entry,
                 exit_ns: exit,
@@ -646,6 +670,7 @@ impl Engine {
                 self.counts.calls_without_comm += 1;
                 continue;
             };
+            self.comms_recycled();
             let rank = self.comms.list[r.comm as usize].members[r.member as usize].rank;
             let (Some(me), Some(peer)) = (rank, op.peer.filter(|&p| p >= 0)) else {
                 continue;
@@ -662,12 +687,14 @@ impl Engine {
     fn arrive(&mut self, lane: u32, m: u32, a: Arrival, proc: ProcId, stream: u64) {
         let entry = a.entry_ns;
         let l = &mut self.lanes[lane as usize];
+        let lane_id = l.id;
         let call = l.arrive(m, a, &self.cfg, &mut self.out);
         self.sync.enqueue(
             proc,
             stream,
             PendingWork {
                 lane,
+                lane_id,
                 member: m,
                 call,
                 entry_ns: entry,

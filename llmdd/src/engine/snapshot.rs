@@ -43,6 +43,8 @@ pub struct Counts {
     pub realignments: u64,
     pub stalls_suppressed: u64,
     pub comms_refused: u64,
+    /// Communicators whose members had all left, evicted at the cap to make room.
+    pub comms_evicted: u64,
     pub graph_groups_refused: u64,
     pub findings_evicted: u64,
     pub connections_evicted: u64,
@@ -251,6 +253,7 @@ pub fn build(e: &Engine) -> Snapshot {
     counts.lost_windows = e.lost.len() as u64;
     counts.completions_forgotten = e.sync.forgotten;
     counts.comms_refused = e.comms.refused;
+    counts.comms_evicted = e.comms.evicted;
     counts.graph_groups_refused = e.graphs.refused;
     counts.findings_evicted = e.findings.evicted;
     counts.connections_evicted = e.links.evicted + e.requests.evicted;

@@ -1157,3 +1157,51 @@ proptest! {
         prop_assert_eq!(feed(&order), reference);
     }
 }
+
+#[test]
+fn communicators_of_departed_processes_are_evicted_at_the_cap() {
+    let cfg = Config {
+        max_communicators: 2,
+        ..Config::default()
+    };
+    let mut e = Engine::new(cfg);
+    // Three jobs one after the other, each 2 ranks with its own unique id; each exits.
+    for j in 0..3u64 {
+        let mut job = Job::new(2);
+        job.uid = 0x100 + j;
+        job.pid_base = 100 + 10 * j as u32;
+        let shift = j * 10_000 * MS;
+        let evs: Vec<Event> = job
+            .events(0, 20)
+            .into_iter()
+            .map(|ev| match ev {
+                Event::Call(mut c) => {
+                    c.entry_ns += shift;
+                    c.exit_ns = c.exit_ns.map(|x| x + shift);
+                    Event::Call(c)
+                }
+                o => o,
+            })
+            .collect();
+        e.ingest_batch(evs);
+        let end = T0 + shift + 21 * job.period;
+        e.ingest(exit(job.pid(0), end));
+        e.ingest(exit(job.pid(1), end));
+        e.advance(end + 200 * MS);
+    }
+    e.flush();
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 2);
+    assert_eq!((s.counts.comms_evicted, s.counts.comms_refused), (1, 0));
+    let uids: Vec<u64> = s
+        .communicators
+        .iter()
+        .map(|c| match c.identity {
+            Identity::UniqueId { uid_hash } => uid_hash,
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(uids, vec![0x102, 0x101]);
+    assert!(s.communicators.iter().all(|c| c.lane.finished == 20));
+    assert!(of_kind(&e, FindingKind::Stall).is_empty());
+}

@@ -51,10 +51,15 @@ pub fn require_root() {
 
 /// A directory holding the fake libraries under their real sonames (libnccl.so.2,
 /// libcudart.so.12, libcuda.so.1), private to this test process.
+/// Staged once per test process, however many tests ask at once.
 pub fn fake_lib_dir() -> PathBuf {
-    let dir = build_dir().join("fixture-libs").join(std::process::id().to_string());
-    simjob::fixture::stage_libs(&dir).unwrap_or_else(|e| panic!("staging the fake libraries: {e:#}"));
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = build_dir().join("fixture-libs").join(std::process::id().to_string());
+        simjob::fixture::stage_libs(&dir).unwrap_or_else(|e| panic!("staging the fake libraries: {e:#}"));
+        dir
+    })
+    .clone()
 }
 
 /// Which stream a line came from.

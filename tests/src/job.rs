@@ -30,6 +30,29 @@ impl Job {
         Ok(Job { proc, pids, front })
     }
 
+    /// Starts the job with `--gate-init`: the rank processes have loaded the libraries but
+    /// not yet created their communicator. `pids` are known; call [`Job::init`] next.
+    pub fn start_before_init(lib_dir: &Path, args: &[&str]) -> Result<Job> {
+        let mut cmd = Command::new(built("simjob"));
+        cmd.arg("--lib-dir").arg(lib_dir).arg("--gate-init").args(args);
+        let mut proc = Proc::spawn("simjob", cmd)?;
+        let spawned = proc.wait_line("SPAWNED line", Duration::from_secs(120), |s, l| {
+            s == Stream::Stdout && l.starts_with("SPAWNED ")
+        })?;
+        let Ready { pids, .. } = parse_ready(&spawned).with_context(|| format!("parsing `{spawned}`"))?;
+        Ok(Job { proc, pids, front: None })
+    }
+
+    /// Lets the ranks create their communicator, and waits for READY.
+    pub fn init(&mut self) -> Result<()> {
+        self.proc.send_line("init")?;
+        let ready = self.proc.wait_line("READY line", Duration::from_secs(120), |s, l| {
+            s == Stream::Stdout && l.starts_with("READY ")
+        })?;
+        self.front = parse_ready(&ready).with_context(|| format!("parsing `{ready}`"))?.front;
+        Ok(())
+    }
+
     /// Releases the measured phase.
     pub fn go(&mut self) -> Result<()> {
         self.proc.send_line("go")
@@ -51,7 +74,7 @@ pub struct Ready {
     pub front: Option<(u32, u16)>,
 }
 
-/// Parses `READY pids=1,2,3 [front=PID port=PORT]`.
+/// Parses `READY pids=1,2,3 [front=PID port=PORT]` (and `SPAWNED pids=...`).
 pub fn parse_ready(line: &str) -> Option<Ready> {
     let mut pids = None;
     let mut front = None;

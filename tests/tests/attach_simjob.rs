@@ -123,3 +123,48 @@ fn attach_to_running_job_matches_ground_truth() {
         }
     }
 }
+
+/// Attached before the communicator exists, llmdd sees ncclCommInitRank itself: the hash of
+/// the by-value ncclUniqueId (read from the stack), the rank and rank count from the
+/// arguments, and the new handle written back through the out-pointer.
+#[test]
+fn comm_init_yields_unique_id_hash_rank_and_handle() {
+    require_root();
+    let lib_dir = fake_lib_dir();
+    let work = lib_dir.join("attach_before_init");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let truth_path = work.join("truth.json");
+    let events_path = work.join("events.jsonl");
+    let truth_arg = truth_path.to_string_lossy().into_owned();
+    let mut job = Job::start_before_init(
+        &lib_dir,
+        &["--ranks", "4", "--steps", "2", "--warmup", "1", "--compute-us", "200", "--truth", &truth_arg, "--timeout-s", "240"],
+    )
+    .expect("simjob starts");
+    let events_arg = events_path.to_string_lossy().into_owned();
+    let mut llmdd = start_llmdd(&job.pids, &["--quiet", "--dump-events", &events_arg]).expect("llmdd attaches");
+    job.init().expect("communicators created");
+    job.go().expect("releasing the job");
+    let truth = job.finish(&truth_path).expect("job completes");
+    assert!(llmdd.wait_exit(std::time::Duration::from_secs(60)).expect("llmdd exits").success());
+
+    let events = read_events(&events_path).expect("event dump");
+    for rt in &truth.ranks {
+        let inits: Vec<&Value> =
+            events.iter().filter(|e| e["pid"] == rt.pid && e["func"] == "ncclCommInitRank").collect();
+        assert_eq!(inits.len(), 1, "rank {}: one init: {inits:?}", rt.rank);
+        let e = inits[0];
+        assert_eq!(e["uid_hash"], truth.uid_hash, "unique-id hash: {e}");
+        assert_eq!(e["rank"], rt.rank, "{e}");
+        assert_eq!(e["nranks"], NRANKS, "{e}");
+        assert_eq!(e["comm"], rt.comm, "handle written back: {e}");
+        assert_eq!(e["ret"], 0, "{e}");
+        // Every later collective of this rank goes through that handle.
+        let later: Vec<&Value> = events
+            .iter()
+            .filter(|c| c["pid"] == rt.pid && c["func"] == "ncclAllReduce")
+            .collect();
+        assert!(!later.is_empty());
+        assert!(later.iter().all(|c| c["comm"] == rt.comm && c["rank"] == rt.rank), "{later:?}");
+    }
+}

@@ -17,7 +17,10 @@ use anyhow::{bail, Context, Result};
 
 fn main() -> Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest.parent().context("llmdd has no parent directory")?.to_path_buf();
+    let root = manifest
+        .parent()
+        .context("llmdd has no parent directory")?
+        .to_path_buf();
     let ebpf = root.join("llmdd-ebpf");
     let out = PathBuf::from(env::var("OUT_DIR")?).join("llmdd.bpf.o");
 
@@ -34,8 +37,12 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-env-changed=LLMDD_BPF_RUSTC");
 
     if let Some(prebuilt) = env::var_os("LLMDD_BPF_OBJECT") {
-        fs::copy(&prebuilt, &out)
-            .with_context(|| format!("copying LLMDD_BPF_OBJECT={}", Path::new(&prebuilt).display()))?;
+        fs::copy(&prebuilt, &out).with_context(|| {
+            format!(
+                "copying LLMDD_BPF_OBJECT={}",
+                Path::new(&prebuilt).display()
+            )
+        })?;
         return Ok(());
     }
 
@@ -52,11 +59,12 @@ fn main() -> Result<()> {
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
     let mut path = env::var_os("PATH").unwrap_or_default();
-    path = env::join_paths(
-        std::iter::once(cargo_home.join("bin")).chain(env::split_paths(&path)),
-    )?;
+    path = env::join_paths(std::iter::once(cargo_home.join("bin")).chain(env::split_paths(&path)))?;
     if which(&path, "bpf-linker").is_none() {
-        bail!("bpf-linker is not on PATH nor in {}/bin: {REMEDY}", cargo_home.display());
+        bail!(
+            "bpf-linker is not on PATH nor in {}/bin: {REMEDY}",
+            cargo_home.display()
+        );
     }
 
     let target_dir = root.join("target").join("bpf");
@@ -69,12 +77,27 @@ fn main() -> Result<()> {
         .env("CARGO_HOME", &cargo_home)
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--manifest-path"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--manifest-path",
+        ])
         .arg(ebpf.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
-    for var in ["HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR", "CARGO_NET_OFFLINE"] {
+    for var in [
+        "HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "TMPDIR",
+        "CARGO_NET_OFFLINE",
+    ] {
         if let Some(v) = env::var_os(var) {
             cmd.env(var, v);
         }
@@ -93,5 +116,7 @@ fn main() -> Result<()> {
 }
 
 fn which(path: &std::ffi::OsStr, name: &str) -> Option<PathBuf> {
-    env::split_paths(path).map(|d| d.join(name)).find(|p| p.is_file())
+    env::split_paths(path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }

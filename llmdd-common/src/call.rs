@@ -161,7 +161,9 @@ pub const UID_BYTES: usize = 128;
 /// wherever it is computed.
 #[inline(always)]
 pub const fn uid_hash_step(h: u64, word: u64) -> u64 {
-    (h ^ word).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29)
+    (h ^ word)
+        .wrapping_mul(0x0000_0100_0000_01b3)
+        .rotate_left(29)
 }
 
 /// Hash of a whole unique id (userspace/test convenience).

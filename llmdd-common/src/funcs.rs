@@ -200,11 +200,11 @@ pub fn by_symbol(sym: &str) -> Option<&'static FuncSpec> {
 /// Size in bytes of an `ncclDataType_t` (None for unknown values).
 pub const fn nccl_dtype_size(dtype: u64) -> Option<u64> {
     match dtype {
-        0 | 1 => Some(1),         // int8, uint8
-        2 | 3 | 7 => Some(4),     // int32, uint32, float32
-        4 | 5 | 8 => Some(8),     // int64, uint64, float64
-        6 | 9 => Some(2),         // float16, bfloat16
-        10 | 11 => Some(1),       // fp8 e4m3, e5m2
+        0 | 1 => Some(1),     // int8, uint8
+        2 | 3 | 7 => Some(4), // int32, uint32, float32
+        4 | 5 | 8 => Some(8), // int64, uint64, float64
+        6 | 9 => Some(2),     // float16, bfloat16
+        10 | 11 => Some(1),   // fp8 e4m3, e5m2
         _ => None,
     }
 }
@@ -247,12 +247,20 @@ mod tests {
     #[test]
     fn ids_are_indices_and_symbols_unique() {
         for (i, f) in FUNCS.iter().enumerate() {
-            assert_eq!(f.id as usize, i, "{} has id {} at index {}", f.name, f.id, i);
+            assert_eq!(
+                f.id as usize, i,
+                "{} has id {} at index {}",
+                f.name, f.id, i
+            );
             assert!(!f.symbols.is_empty());
         }
         for f in FUNCS {
             for s in f.symbols {
-                assert_eq!(by_symbol(s).map(|g| g.id), Some(f.id), "symbol {s} is listed twice");
+                assert_eq!(
+                    by_symbol(s).map(|g| g.id),
+                    Some(f.id),
+                    "symbol {s} is listed twice"
+                );
             }
         }
     }

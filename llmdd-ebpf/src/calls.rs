@@ -8,14 +8,16 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     EbpfContext,
 };
 use llmdd_common::{
     call::{
-        CallRecord, Cookie, InflightKey, ARG_WORDS, C_UID, F_DEREF, F_OUT, F_RANK, F_RETURNED,
-        F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT, uid_hash_step,
+        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_UID, F_DEREF, F_OUT, F_RANK,
+        F_RETURNED, F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT,
     },
     counters, RecordKind,
 };
@@ -62,7 +64,11 @@ fn arg_at(args: &[u64; ARG_WORDS], slot: u8) -> Option<u64> {
 
 #[inline(always)]
 fn key_of(pid_tgid: u64, func: u16) -> InflightKey {
-    InflightKey { pid_tgid, func: func as u32, _pad: 0 }
+    InflightKey {
+        pid_tgid,
+        func: func as u32,
+        _pad: 0,
+    }
 }
 
 /// Entry half of the pair.

@@ -6,7 +6,9 @@ use aya_ebpf::{
 };
 use llmdd_common::{
     call::{CallRecord, InflightKey, LibCfg},
-    counters, sock::SockCfg, MAX_INFLIGHT, MAX_LIBS, MAX_SOCKS, MAX_TRACED, RING_BYTES,
+    counters,
+    sock::SockCfg,
+    MAX_INFLIGHT, MAX_LIBS, MAX_SOCKS, MAX_TRACED, RING_BYTES,
 };
 
 /// Every record goes to userspace through this ring buffer.

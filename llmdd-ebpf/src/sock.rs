@@ -79,18 +79,30 @@ fn fill_addrs(rec: &mut SockRecord, sk: u64) {
     if cfg.valid != 1 {
         return;
     }
-    let Some(num) = read_kernel::<u16>(sk + cfg.num_off as u64) else { return };
-    let Some(dport_be) = read_kernel::<u16>(sk + cfg.dport_off as u64) else { return };
+    let Some(num) = read_kernel::<u16>(sk + cfg.num_off as u64) else {
+        return;
+    };
+    let Some(dport_be) = read_kernel::<u16>(sk + cfg.dport_off as u64) else {
+        return;
+    };
     rec.sport = num;
     rec.dport = u16::from_be(dport_be);
     if rec.family == AF_INET {
-        let Some(d) = read_kernel::<[u8; 4]>(sk + cfg.daddr_off as u64) else { return };
-        let Some(s) = read_kernel::<[u8; 4]>(sk + cfg.rcv_saddr_off as u64) else { return };
+        let Some(d) = read_kernel::<[u8; 4]>(sk + cfg.daddr_off as u64) else {
+            return;
+        };
+        let Some(s) = read_kernel::<[u8; 4]>(sk + cfg.rcv_saddr_off as u64) else {
+            return;
+        };
         rec.daddr[..4].copy_from_slice(&d);
         rec.saddr[..4].copy_from_slice(&s);
     } else {
-        let Some(d) = read_kernel::<[u8; 16]>(sk + cfg.v6_daddr_off as u64) else { return };
-        let Some(s) = read_kernel::<[u8; 16]>(sk + cfg.v6_rcv_saddr_off as u64) else { return };
+        let Some(d) = read_kernel::<[u8; 16]>(sk + cfg.v6_daddr_off as u64) else {
+            return;
+        };
+        let Some(s) = read_kernel::<[u8; 16]>(sk + cfg.v6_rcv_saddr_off as u64) else {
+            return;
+        };
         rec.daddr = d;
         rec.saddr = s;
     }
@@ -167,7 +179,12 @@ fn owner(sk: u64) -> Option<(u32, u32)> {
 }
 
 #[inline(always)]
-fn read_addrs(ctx: &TracePointContext, rec: &mut SockRecord, off4: (usize, usize), off6: (usize, usize)) {
+fn read_addrs(
+    ctx: &TracePointContext,
+    rec: &mut SockRecord,
+    off4: (usize, usize),
+    off6: (usize, usize),
+) {
     // SAFETY: reads of the tracepoint record at its format offsets.
     unsafe {
         if rec.family == AF_INET {
@@ -185,12 +202,17 @@ fn read_addrs(ctx: &TracePointContext, rec: &mut SockRecord, off4: (usize, usize
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: reads of the tracepoint record at its format offsets.
     let (sk, protocol) = unsafe {
-        (ctx.read_at::<u64>(ST_SK).unwrap_or(0), ctx.read_at::<u16>(ST_PROTOCOL).unwrap_or(0))
+        (
+            ctx.read_at::<u64>(ST_SK).unwrap_or(0),
+            ctx.read_at::<u16>(ST_PROTOCOL).unwrap_or(0),
+        )
     };
     if protocol != IPPROTO_TCP {
         return 0;
     }
-    let Some((pid, tid)) = owner(sk) else { return 0 };
+    let Some((pid, tid)) = owner(sk) else {
+        return 0;
+    };
     let mut rec = SockRecord {
         kind: RecordKind::Sock as u32,
         event: SOCK_STATE,
@@ -219,7 +241,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     // SAFETY: read of the tracepoint record at its format offset.
     let sk = unsafe { ctx.read_at::<u64>(RT_SK).unwrap_or(0) };
-    let Some((pid, tid)) = owner(sk) else { return 0 };
+    let Some((pid, tid)) = owner(sk) else {
+        return 0;
+    };
     let mut rec = SockRecord {
         kind: RecordKind::Sock as u32,
         event: SOCK_RETRANSMIT,

@@ -90,15 +90,31 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         let attached = tracer.attach(t.pid, &plans)?;
         let libs: Vec<String> = attached
             .iter()
-            .map(|a| format!("{} {} ({} functions)", a.family.name(), a.path.display(), a.probes))
+            .map(|a| {
+                format!(
+                    "{} {} ({} functions)",
+                    a.family.name(),
+                    a.path.display(),
+                    a.probes
+                )
+            })
             .collect();
-        eprintln!("llmdd: attached to pid {}{}: {}", t.pid, describe_rank(t), libs.join(", "));
+        eprintln!(
+            "llmdd: attached to pid {}{}: {}",
+            t.pid,
+            describe_rank(t),
+            libs.join(", ")
+        );
         for note in target_notes(t) {
             eprintln!("llmdd: note: pid {}: {note}", t.pid);
         }
         live.insert(t.pid);
     }
-    tracing::info!("attached {} process(es) in {:?}", live.len(), attach_start.elapsed());
+    tracing::info!(
+        "attached {} process(es) in {:?}",
+        live.len(),
+        attach_start.elapsed()
+    );
     eprintln!("llmdd: tracing {} process(es); Ctrl-C to stop", live.len());
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -117,12 +133,23 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
         };
         reader.drain(&mut batch);
-        consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer, &mut reaper)?;
+        consume(
+            &mut batch,
+            &mut summary,
+            dump.as_mut(),
+            &mut live,
+            &mut tracer,
+            &mut reaper,
+        )?;
         if let Some(s) = signalled {
             break s;
         }
         // Backstop for a lost or disabled exit tracepoint.
-        let gone: Vec<u32> = live.iter().copied().filter(|p| !Path::new(&format!("/proc/{p}")).exists()).collect();
+        let gone: Vec<u32> = live
+            .iter()
+            .copied()
+            .filter(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .collect();
         for pid in gone {
             target_exited(pid, &mut live, &mut tracer, &mut reaper);
         }
@@ -136,14 +163,24 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             let interval = last_render.elapsed().as_secs_f64();
             last_render = Instant::now();
             let lost = tracer.counters()?;
-            print!("{}", summary.render(start.elapsed().as_secs_f64(), interval, &lost));
+            print!(
+                "{}",
+                summary.render(start.elapsed().as_secs_f64(), interval, &lost)
+            );
             std::io::stdout().flush().ok();
         }
     };
 
     // Final drain: whatever was submitted before we stopped is still counted.
     reader.drain(&mut batch);
-    consume(&mut batch, &mut summary, dump.as_mut(), &mut live, &mut tracer, &mut reaper)?;
+    consume(
+        &mut batch,
+        &mut summary,
+        dump.as_mut(),
+        &mut live,
+        &mut tracer,
+        &mut reaper,
+    )?;
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
     let lost = tracer.counters()?;
@@ -163,7 +200,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         Stop::TargetsGone => "every target exited".to_string(),
     };
     println!("=== final summary ({why}) ===");
-    print!("{}", summary.render(start.elapsed().as_secs_f64(), last_render.elapsed().as_secs_f64(), &lost));
+    print!(
+        "{}",
+        summary.render(
+            start.elapsed().as_secs_f64(),
+            last_render.elapsed().as_secs_f64(),
+            &lost
+        )
+    );
     if reader.decode_errors > 0 {
         println!("undecodable records: {}", reader.decode_errors);
     }
@@ -194,7 +238,12 @@ fn consume(
     Ok(())
 }
 
-fn target_exited(pid: u32, live: &mut BTreeSet<u32>, tracer: &mut Tracer, reaper: &mut Vec<std::thread::JoinHandle<()>>) {
+fn target_exited(
+    pid: u32,
+    live: &mut BTreeSet<u32>,
+    tracer: &mut Tracer,
+    reaper: &mut Vec<std::thread::JoinHandle<()>>,
+) {
     if live.remove(&pid) {
         let links = tracer.detach(pid);
         reaper.push(std::thread::spawn(move || links.release()));
@@ -209,7 +258,11 @@ pub fn plan(t: &target::Target) -> Vec<ObjectPlan> {
         .map(|o| ObjectPlan {
             family: o.family,
             path: o.host_path.clone(),
-            comm_offsets: o.comm_offsets.as_ref().and_then(|r| r.as_ref().ok()).map(|c| (c.rank_off, c.nranks_off)),
+            comm_offsets: o
+                .comm_offsets
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .map(|c| (c.rank_off, c.nranks_off)),
             points: o.points.iter().map(|p| (p.func, p.file_offset)).collect(),
         })
         .collect()
@@ -238,7 +291,10 @@ pub fn target_notes(t: &target::Target) -> Vec<String> {
             ));
         }
         if o.deleted {
-            notes.push(format!("{} was replaced on disk; probing the mapped copy", o.path.display()));
+            notes.push(format!(
+                "{} was replaced on disk; probing the mapped copy",
+                o.path.display()
+            ));
         }
     }
     notes
@@ -258,7 +314,10 @@ pub fn describe_target(t: &target::Target) -> String {
             o.label,
             o.path.display(),
             o.points.len(),
-            o.version.as_deref().map(|v| format!(", version {v}")).unwrap_or_default(),
+            o.version
+                .as_deref()
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default(),
             offs
         ));
     }

@@ -23,16 +23,20 @@ pub fn run() -> bool {
     let privileged = privileges::check();
     checks.push(Check {
         name: "privileges",
-        result: privileged.clone().map(|()| "root or CAP_BPF+CAP_PERFMON".to_string()),
+        result: privileged
+            .clone()
+            .map(|()| "root or CAP_BPF+CAP_PERFMON".to_string()),
     });
     checks.push(Check {
         name: "kernel BTF",
         result: if Path::new("/sys/kernel/btf/vmlinux").exists() {
             Ok("/sys/kernel/btf/vmlinux".to_string())
         } else {
-            Err("no /sys/kernel/btf/vmlinux: boot a kernel built with CONFIG_DEBUG_INFO_BTF=y \
+            Err(
+                "no /sys/kernel/btf/vmlinux: boot a kernel built with CONFIG_DEBUG_INFO_BTF=y \
                  (socket addresses will be missing; calls are still traced)"
-                .to_string())
+                    .to_string(),
+            )
         },
     });
     checks.push(Check {
@@ -40,9 +44,11 @@ pub fn run() -> bool {
         result: if Path::new("/sys/bus/event_source/devices/uprobe").exists() {
             Ok("perf uprobe PMU present".to_string())
         } else {
-            Err("no uprobe PMU (/sys/bus/event_source/devices/uprobe): the kernel needs \
+            Err(
+                "no uprobe PMU (/sys/bus/event_source/devices/uprobe): the kernel needs \
                  CONFIG_UPROBE_EVENTS=y"
-                .to_string())
+                    .to_string(),
+            )
         },
     });
     checks.push(Check {
@@ -51,7 +57,9 @@ pub fn run() -> bool {
             Ok(p) => Ok(format!("mounted at {}", p.display())),
             Err(_) => kernel::mount_tracefs()
                 .map(|p| format!("was not mounted; mounted it at {}", p.display()))
-                .map_err(|e| format!("{e}: mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")),
+                .map_err(|e| {
+                    format!("{e}: mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")
+                }),
         },
     });
     checks.push(Check {
@@ -70,12 +78,17 @@ pub fn run() -> bool {
                     let degraded: Vec<String> = t
                         .kernel_probes()
                         .iter()
-                        .filter_map(|k| k.status.as_ref().err().map(|e| format!("{} ({e})", k.name)))
+                        .filter_map(|k| {
+                            k.status.as_ref().err().map(|e| format!("{} ({e})", k.name))
+                        })
                         .collect();
                     if degraded.is_empty() {
                         "all programs verified; every kernel probe attaches".to_string()
                     } else {
-                        format!("uprobe programs verified; degraded kernel probes: {}", degraded.join("; "))
+                        format!(
+                            "uprobe programs verified; degraded kernel probes: {}",
+                            degraded.join("; ")
+                        )
                     }
                 })
                 .map_err(|e| e.to_string()),
@@ -83,7 +96,12 @@ pub fn run() -> bool {
         checks.push(Check {
             name: "socket offsets (BTF)",
             result: kernel::sock_offsets()
-                .map(|c| format!("sock_common: daddr@{} dport@{} num@{}", c.daddr_off, c.dport_off, c.num_off))
+                .map(|c| {
+                    format!(
+                        "sock_common: daddr@{} dport@{} num@{}",
+                        c.daddr_off, c.dport_off, c.num_off
+                    )
+                })
                 .map_err(|e| format!("{e}: socket events will carry no addresses")),
         });
     }

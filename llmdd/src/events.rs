@@ -15,7 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {got} bytes is shorter than its {kind} layout ({need} bytes)")]
-    Short { kind: &'static str, got: usize, need: usize },
+    Short {
+        kind: &'static str,
+        got: usize,
+        need: usize,
+    },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
     #[error("unknown function id {0}")]
@@ -38,7 +42,11 @@ impl Event {
     /// Decodes one ring-buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.len() < 4 {
-            return Err(DecodeError::Short { kind: "any", got: bytes.len(), need: 4 });
+            return Err(DecodeError::Short {
+                kind: "any",
+                got: bytes.len(),
+                need: 4,
+            });
         }
         let kind = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         match RecordKind::from_u32(kind) {
@@ -46,10 +54,15 @@ impl Event {
                 let r: CallRecord = read_record(bytes, "call")?;
                 CallEvent::from_record(&r).map(Event::Call)
             }
-            Some(RecordKind::Sock) => Ok(Event::Sock(SockEvent::from_record(&read_record(bytes, "sock")?))),
+            Some(RecordKind::Sock) => Ok(Event::Sock(SockEvent::from_record(&read_record(
+                bytes, "sock",
+            )?))),
             Some(RecordKind::ProcExit) => {
                 let r: ProcExitRecord = read_record(bytes, "proc_exit")?;
-                Ok(Event::ProcExit(ProcExitEvent { pid: r.pid, ts_ns: r.ts_ns }))
+                Ok(Event::ProcExit(ProcExitEvent {
+                    pid: r.pid,
+                    ts_ns: r.ts_ns,
+                }))
             }
             None => Err(DecodeError::UnknownKind(kind)),
         }
@@ -68,7 +81,11 @@ impl Event {
 fn read_record<T: Copy>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { kind, got: bytes.len(), need });
+        return Err(DecodeError::Short {
+            kind,
+            got: bytes.len(),
+            need,
+        });
     }
     // SAFETY: length checked; T is a plain-integer #[repr(C)] record valid for any bit
     // pattern; read_unaligned copes with any alignment of the ring-buffer slice.
@@ -128,7 +145,9 @@ impl CallEvent {
         let dtype = slot(&args, roles.dtype).map(|d| d & 0xffff_ffff);
         let bytes = match (count, roles.count_is_bytes) {
             (Some(c), true) => Some(c),
-            (Some(c), false) => dtype.and_then(funcs::nccl_dtype_size).map(|s| c.saturating_mul(s)),
+            (Some(c), false) => dtype
+                .and_then(funcs::nccl_dtype_size)
+                .map(|s| c.saturating_mul(s)),
             (None, _) => None,
         };
         let (mut rank, mut nranks) = if r.flags & F_RANK != 0 {
@@ -142,7 +161,8 @@ impl CallEvent {
         if let Some(k) = slot(&args, roles.rank_arg) {
             rank = Some(k as u32 as i32);
         }
-        let stream = if r.flags & F_DEREF != 0 && roles.deref != NO_SLOT && roles.stream == NO_SLOT {
+        let stream = if r.flags & F_DEREF != 0 && roles.deref != NO_SLOT && roles.stream == NO_SLOT
+        {
             Some(r.deref_val)
         } else {
             slot(&args, roles.stream)
@@ -270,8 +290,10 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: viewing a plain record as bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
@@ -321,14 +343,30 @@ mod tests {
         let Event::Call(c) = Event::decode(&bytes_of(&r)).expect("decodes") else {
             panic!("not a call")
         };
-        assert_eq!((c.rank, c.nranks, c.comm, c.uid_hash), (Some(3), Some(4), Some(0x7777), Some(99)));
+        assert_eq!(
+            (c.rank, c.nranks, c.comm, c.uid_hash),
+            (Some(3), Some(4), Some(0x7777), Some(99))
+        );
     }
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        assert!(matches!(Event::decode(&[1, 0, 0, 0, 9]), Err(DecodeError::Short { .. })));
-        assert_eq!(Event::decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
-        let r = CallRecord { kind: 1, func: 999, ..Default::default() };
-        assert_eq!(Event::decode(&bytes_of(&r)), Err(DecodeError::UnknownFunc(999)));
+        assert!(matches!(
+            Event::decode(&[1, 0, 0, 0, 9]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert_eq!(
+            Event::decode(&[9, 0, 0, 0]),
+            Err(DecodeError::UnknownKind(9))
+        );
+        let r = CallRecord {
+            kind: 1,
+            func: 999,
+            ..Default::default()
+        };
+        assert_eq!(
+            Event::decode(&bytes_of(&r)),
+            Err(DecodeError::UnknownFunc(999))
+        );
     }
 }

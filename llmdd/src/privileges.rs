@@ -30,9 +30,11 @@ pub fn check() -> Result<(), String> {
     if bpf {
         Ok(())
     } else {
-        Err("insufficient privileges: loading BPF programs needs root, or CAP_BPF and \
+        Err(
+            "insufficient privileges: loading BPF programs needs root, or CAP_BPF and \
              CAP_PERFMON (plus CAP_SYS_PTRACE to read other users' /proc/PID); rerun with sudo"
-            .to_string())
+                .to_string(),
+        )
     }
 }
 

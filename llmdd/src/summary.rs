@@ -1,10 +1,7 @@
 //! The plain live summary printed by `attach` (calls per function per process, bytes,
 //! errors, socket traffic, lost events). Pure aggregation over events; rendering is text.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use llmdd_common::counters;
 
@@ -79,7 +76,11 @@ impl Summary {
     /// Renders one block; `interval_s` is the time since the previous render (for rates).
     pub fn render(&mut self, elapsed_s: f64, interval_s: f64, lost: &[u64]) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "--- llmdd  t={elapsed_s:.1}s  events={} ---", self.events);
+        let _ = writeln!(
+            out,
+            "--- llmdd  t={elapsed_s:.1}s  events={} ---",
+            self.events
+        );
         let _ = writeln!(
             out,
             "{:>8}  {:<24} {:>10} {:>9} {:>12} {:>10} {:>10}  errors",
@@ -87,8 +88,16 @@ impl Summary {
         );
         for ((pid, name), s) in &self.funcs {
             let prev = self.last_calls.insert((*pid, name), s.calls).unwrap_or(0);
-            let rate = if interval_s > 0.0 { (s.calls - prev) as f64 / interval_s } else { 0.0 };
-            let avg = if s.calls > 0 { s.total_ns as f64 / s.calls as f64 / 1e3 } else { 0.0 };
+            let rate = if interval_s > 0.0 {
+                (s.calls - prev) as f64 / interval_s
+            } else {
+                0.0
+            };
+            let avg = if s.calls > 0 {
+                s.total_ns as f64 / s.calls as f64 / 1e3
+            } else {
+                0.0
+            };
             let errors = s
                 .errors
                 .iter()

@@ -29,7 +29,11 @@ impl Reader {
         // SAFETY: the ring buffer owns its map fd, which stays open for as long as the
         // AsyncFd holds it (the RingBuf is moved in and dropped with it).
         let fd = unsafe { AsyncFd::register(rb) }.map_err(std::io::Error::from)?;
-        Ok(Reader { fd, decode_errors: 0, records: 0 })
+        Ok(Reader {
+            fd,
+            decode_errors: 0,
+            records: 0,
+        })
     }
 
     /// Waits until the kernel signals a backlog or `timeout` passes, whichever is first.

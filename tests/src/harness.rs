@@ -15,7 +15,10 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
 }
 
 /// The cargo target directory holding the debug build.
@@ -46,7 +49,10 @@ pub fn is_root() -> bool {
 /// Panics with a clear message when not root: the probe path cannot be tested otherwise,
 /// and a silently skipped test would claim a coverage it does not have.
 pub fn require_root() {
-    assert!(is_root(), "this integration test loads BPF programs and must run as root (sudo cargo xtask test)");
+    assert!(
+        is_root(),
+        "this integration test loads BPF programs and must run as root (sudo cargo xtask test)"
+    );
 }
 
 /// A directory holding the fake libraries under their real sonames (libnccl.so.2,
@@ -55,8 +61,11 @@ pub fn require_root() {
 pub fn fake_lib_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = build_dir().join("fixture-libs").join(std::process::id().to_string());
-        simjob::fixture::stage_libs(&dir).unwrap_or_else(|e| panic!("staging the fake libraries: {e:#}"));
+        let dir = build_dir()
+            .join("fixture-libs")
+            .join(std::process::id().to_string());
+        simjob::fixture::stage_libs(&dir)
+            .unwrap_or_else(|e| panic!("staging the fake libraries: {e:#}"));
         dir
     })
     .clone()
@@ -82,14 +91,24 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with piped stdin/stdout/stderr.
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().context("no stdout")?;
         let err = child.stderr.take().context("no stderr")?;
         for (stream, reader) in [
-            (Stream::Stdout, Box::new(out) as Box<dyn std::io::Read + Send>),
-            (Stream::Stderr, Box::new(err) as Box<dyn std::io::Read + Send>),
+            (
+                Stream::Stdout,
+                Box::new(out) as Box<dyn std::io::Read + Send>,
+            ),
+            (
+                Stream::Stderr,
+                Box::new(err) as Box<dyn std::io::Read + Send>,
+            ),
         ] {
             let tx = tx.clone();
             thread::spawn(move || {
@@ -101,7 +120,13 @@ impl Proc {
             });
         }
         let stdin = child.stdin.take();
-        Ok(Proc { name: name.to_string(), child, stdin, lines: rx, seen: Vec::new() })
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -110,7 +135,12 @@ impl Proc {
 
     /// Waits for a line satisfying `pred` (a generous deadline guards against hangs only; it
     /// is not a timing assertion).
-    pub fn wait_line(&mut self, what: &str, deadline: Duration, pred: impl Fn(Stream, &str) -> bool) -> Result<String> {
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(Stream, &str) -> bool,
+    ) -> Result<String> {
         let end = Instant::now() + deadline;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -122,11 +152,19 @@ impl Proc {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    bail!("{}: no {what} within {deadline:?}; output so far:\n{}", self.name, self.transcript())
+                    bail!(
+                        "{}: no {what} within {deadline:?}; output so far:\n{}",
+                        self.name,
+                        self.transcript()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().ok();
-                    bail!("{}: exited ({status:?}) before {what}; output:\n{}", self.name, self.transcript())
+                    bail!(
+                        "{}: exited ({status:?}) before {what}; output:\n{}",
+                        self.name,
+                        self.transcript()
+                    )
                 }
             }
         }
@@ -134,15 +172,24 @@ impl Proc {
 
     /// Sends one line to the child's stdin.
     pub fn send_line(&mut self, line: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("{}: stdin closed", self.name))?;
-        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).with_context(|| format!("writing to {}", self.name))
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("{}: stdin closed", self.name))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("writing to {}", self.name))
     }
 
     /// Sends a signal.
     pub fn signal(&self, sig: i32) -> Result<()> {
         // SAFETY: plain kill(2) on our own child.
         if unsafe { libc::kill(self.child.id() as i32, sig) } != 0 {
-            bail!("kill({}, {sig}): {}", self.child.id(), std::io::Error::last_os_error());
+            bail!(
+                "kill({}, {sig}): {}",
+                self.child.id(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -152,21 +199,34 @@ impl Proc {
         drop(self.stdin.take());
         let end = Instant::now() + deadline;
         loop {
-            match self.lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
                 Ok(l) => self.seen.push(l),
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
-                    bail!("{}: did not exit within {deadline:?}; output:\n{}", self.name, self.transcript())
+                    bail!(
+                        "{}: did not exit within {deadline:?}; output:\n{}",
+                        self.name,
+                        self.transcript()
+                    )
                 }
             }
         }
-        self.child.wait().with_context(|| format!("waiting for {}", self.name))
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.name))
     }
 
     /// All lines of one stream.
     pub fn lines_of(&self, stream: Stream) -> Vec<&str> {
-        self.seen.iter().filter(|(s, _)| *s == stream).map(|(_, l)| l.as_str()).collect()
+        self.seen
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, l)| l.as_str())
+            .collect()
     }
 
     /// Everything seen, for failure messages.
@@ -205,7 +265,8 @@ pub fn start_llmdd(pids: &[u32], extra: &[&str]) -> Result<Proc> {
 
 /// Reads a JSON-lines event dump written by `llmdd attach --dump-events`.
 pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line: {l}")))

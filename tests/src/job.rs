@@ -26,7 +26,8 @@ impl Job {
         let ready = proc.wait_line("READY line", Duration::from_secs(120), |s, l| {
             s == Stream::Stdout && l.starts_with("READY ")
         })?;
-        let Ready { pids, front } = parse_ready(&ready).with_context(|| format!("parsing `{ready}`"))?;
+        let Ready { pids, front } =
+            parse_ready(&ready).with_context(|| format!("parsing `{ready}`"))?;
         Ok(Job { proc, pids, front })
     }
 
@@ -34,22 +35,34 @@ impl Job {
     /// not yet created their communicator. `pids` are known; call [`Job::init`] next.
     pub fn start_before_init(lib_dir: &Path, args: &[&str]) -> Result<Job> {
         let mut cmd = Command::new(built("simjob"));
-        cmd.arg("--lib-dir").arg(lib_dir).arg("--gate-init").args(args);
+        cmd.arg("--lib-dir")
+            .arg(lib_dir)
+            .arg("--gate-init")
+            .args(args);
         let mut proc = Proc::spawn("simjob", cmd)?;
         let spawned = proc.wait_line("SPAWNED line", Duration::from_secs(120), |s, l| {
             s == Stream::Stdout && l.starts_with("SPAWNED ")
         })?;
-        let Ready { pids, .. } = parse_ready(&spawned).with_context(|| format!("parsing `{spawned}`"))?;
-        Ok(Job { proc, pids, front: None })
+        let Ready { pids, .. } =
+            parse_ready(&spawned).with_context(|| format!("parsing `{spawned}`"))?;
+        Ok(Job {
+            proc,
+            pids,
+            front: None,
+        })
     }
 
     /// Lets the ranks create their communicator, and waits for READY.
     pub fn init(&mut self) -> Result<()> {
         self.proc.send_line("init")?;
-        let ready = self.proc.wait_line("READY line", Duration::from_secs(120), |s, l| {
-            s == Stream::Stdout && l.starts_with("READY ")
-        })?;
-        self.front = parse_ready(&ready).with_context(|| format!("parsing `{ready}`"))?.front;
+        let ready = self
+            .proc
+            .wait_line("READY line", Duration::from_secs(120), |s, l| {
+                s == Stream::Stdout && l.starts_with("READY ")
+            })?;
+        self.front = parse_ready(&ready)
+            .with_context(|| format!("parsing `{ready}`"))?
+            .front;
         Ok(())
     }
 
@@ -61,8 +74,13 @@ impl Job {
     /// Waits for the job to finish and reads its truth file.
     pub fn finish(&mut self, truth: &Path) -> Result<Truth> {
         let status = self.proc.wait_exit(Duration::from_secs(300))?;
-        anyhow::ensure!(status.success(), "simjob failed ({status}):\n{}", self.proc.transcript());
-        let text = std::fs::read_to_string(truth).with_context(|| format!("reading {}", truth.display()))?;
+        anyhow::ensure!(
+            status.success(),
+            "simjob failed ({status}):\n{}",
+            self.proc.transcript()
+        );
+        let text = std::fs::read_to_string(truth)
+            .with_context(|| format!("reading {}", truth.display()))?;
         serde_json::from_str(&text).context("parsing the truth file")
     }
 }
@@ -81,14 +99,20 @@ pub fn parse_ready(line: &str) -> Option<Ready> {
     let mut port = None;
     for word in line.split_whitespace().skip(1) {
         if let Some(v) = word.strip_prefix("pids=") {
-            pids = v.split(',').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>();
+            pids = v
+                .split(',')
+                .map(|p| p.parse().ok())
+                .collect::<Option<Vec<u32>>>();
         } else if let Some(v) = word.strip_prefix("front=") {
             front = v.parse().ok();
         } else if let Some(v) = word.strip_prefix("port=") {
             port = v.parse().ok();
         }
     }
-    Some(Ready { pids: pids?, front: front.zip(port) })
+    Some(Ready {
+        pids: pids?,
+        front: front.zip(port),
+    })
 }
 
 #[cfg(test)]

@@ -27,22 +27,39 @@ fn attach_to_running_job_matches_ground_truth() {
     let mut job = Job::start(
         &lib_dir,
         &[
-            "--ranks", "4", "--steps", &steps, "--warmup", "2", "--compute-us", "500",
-            "--collective", "allreduce:1M,allgather:64K", "--memcpy-bytes", "4096", "--events",
-            "--truth", &truth_arg, "--timeout-s", "240",
+            "--ranks",
+            "4",
+            "--steps",
+            &steps,
+            "--warmup",
+            "2",
+            "--compute-us",
+            "500",
+            "--collective",
+            "allreduce:1M,allgather:64K",
+            "--memcpy-bytes",
+            "4096",
+            "--events",
+            "--truth",
+            &truth_arg,
+            "--timeout-s",
+            "240",
         ],
     )
     .expect("simjob starts");
     assert_eq!(job.pids.len(), NRANKS);
 
     let events_arg = events_path.to_string_lossy().into_owned();
-    let mut llmdd = start_llmdd(&job.pids, &["--quiet", "--dump-events", &events_arg]).expect("llmdd attaches");
+    let mut llmdd =
+        start_llmdd(&job.pids, &["--quiet", "--dump-events", &events_arg]).expect("llmdd attaches");
     // Every rank was attached with all three libraries.
     for pid in &job.pids {
         let line = llmdd
             .seen
             .iter()
-            .find(|(s, l)| *s == Stream::Stderr && l.starts_with(&format!("llmdd: attached to pid {pid}")))
+            .find(|(s, l)| {
+                *s == Stream::Stderr && l.starts_with(&format!("llmdd: attached to pid {pid}"))
+            })
             .map(|(_, l)| l.clone())
             .unwrap_or_else(|| panic!("no attach line for {pid}:\n{}", llmdd.transcript()));
         for fam in ["nccl ", "cudart ", "cuda "] {
@@ -55,7 +72,9 @@ fn attach_to_running_job_matches_ground_truth() {
     assert!(truth.complete, "the job ran to completion");
 
     // llmdd stops on its own once every target has exited.
-    let status = llmdd.wait_exit(std::time::Duration::from_secs(60)).expect("llmdd exits");
+    let status = llmdd
+        .wait_exit(std::time::Duration::from_secs(60))
+        .expect("llmdd exits");
     assert!(status.success(), "llmdd failed:\n{}", llmdd.transcript());
     let out = llmdd.lines_of(Stream::Stdout).join("\n");
     assert!(out.contains("every target exited"), "{out}");
@@ -69,15 +88,21 @@ fn attach_to_running_job_matches_ground_truth() {
         // Calls per function in the measured window: exactly what the job made.
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         for e in &mine {
-            *seen.entry(e["func"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+            *seen
+                .entry(e["func"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
         }
-        assert_eq!(seen, rt.call_counts, "rank {} (pid {}): calls seen vs made", rt.rank, rt.pid);
+        assert_eq!(
+            seen, rt.call_counts,
+            "rank {} (pid {}): calls seen vs made",
+            rt.rank, rt.pid
+        );
 
         // Communicator mapping through the handle: rank and nranks on every collective, and
         // the handle the job used.
-        let with_comm = mine
-            .iter()
-            .filter(|e| e["family"] == "nccl" && !e["func"].as_str().unwrap_or("").starts_with("ncclGroup"));
+        let with_comm = mine.iter().filter(|e| {
+            e["family"] == "nccl" && !e["func"].as_str().unwrap_or("").starts_with("ncclGroup")
+        });
         for e in with_comm {
             assert_eq!(e["rank"], rt.rank, "rank via handle: {e}");
             assert_eq!(e["nranks"], NRANKS, "nranks via handle: {e}");
@@ -85,7 +110,11 @@ fn attach_to_running_job_matches_ground_truth() {
         }
         // Bytes per call, in call order, against the truth.
         for func in ["ncclAllReduce", "ncclAllGather", "cudaMemcpyAsync"] {
-            let got: Vec<u64> = mine.iter().filter(|e| e["func"] == func).filter_map(|e| e["bytes"].as_u64()).collect();
+            let got: Vec<u64> = mine
+                .iter()
+                .filter(|e| e["func"] == func)
+                .filter_map(|e| e["bytes"].as_u64())
+                .collect();
             let want: Vec<u64> = rt.calls_of(func).filter_map(|c| c.bytes).collect();
             assert_eq!(got, want, "rank {} {func} bytes", rt.rank);
         }
@@ -98,7 +127,10 @@ fn attach_to_running_job_matches_ground_truth() {
         // 1% of what the fake NCCL wrote and read.
         for peer in &rt.peers {
             let (mut sent, mut recv) = (0u64, 0u64);
-            for e in events.iter().filter(|e| e["type"] == "sock" && e["pid"] == rt.pid) {
+            for e in events
+                .iter()
+                .filter(|e| e["type"] == "sock" && e["pid"] == rt.pid)
+            {
                 if e["local"][1] != peer.local_port || e["remote"][1] != peer.remote_port {
                     continue;
                 }
@@ -109,7 +141,10 @@ fn attach_to_running_job_matches_ground_truth() {
                     _ => {}
                 }
             }
-            for (what, got, want) in [("sent", sent, peer.sent_bytes), ("received", recv, peer.recv_bytes)] {
+            for (what, got, want) in [
+                ("sent", sent, peer.sent_bytes),
+                ("received", recv, peer.recv_bytes),
+            ] {
                 let tol = (want as f64 * 0.01).max(1.0);
                 assert!(
                     (got as f64 - want as f64).abs() <= tol,
@@ -138,20 +173,39 @@ fn comm_init_yields_unique_id_hash_rank_and_handle() {
     let truth_arg = truth_path.to_string_lossy().into_owned();
     let mut job = Job::start_before_init(
         &lib_dir,
-        &["--ranks", "4", "--steps", "2", "--warmup", "1", "--compute-us", "200", "--truth", &truth_arg, "--timeout-s", "240"],
+        &[
+            "--ranks",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--compute-us",
+            "200",
+            "--truth",
+            &truth_arg,
+            "--timeout-s",
+            "240",
+        ],
     )
     .expect("simjob starts");
     let events_arg = events_path.to_string_lossy().into_owned();
-    let mut llmdd = start_llmdd(&job.pids, &["--quiet", "--dump-events", &events_arg]).expect("llmdd attaches");
+    let mut llmdd =
+        start_llmdd(&job.pids, &["--quiet", "--dump-events", &events_arg]).expect("llmdd attaches");
     job.init().expect("communicators created");
     job.go().expect("releasing the job");
     let truth = job.finish(&truth_path).expect("job completes");
-    assert!(llmdd.wait_exit(std::time::Duration::from_secs(60)).expect("llmdd exits").success());
+    assert!(llmdd
+        .wait_exit(std::time::Duration::from_secs(60))
+        .expect("llmdd exits")
+        .success());
 
     let events = read_events(&events_path).expect("event dump");
     for rt in &truth.ranks {
-        let inits: Vec<&Value> =
-            events.iter().filter(|e| e["pid"] == rt.pid && e["func"] == "ncclCommInitRank").collect();
+        let inits: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["pid"] == rt.pid && e["func"] == "ncclCommInitRank")
+            .collect();
         assert_eq!(inits.len(), 1, "rank {}: one init: {inits:?}", rt.rank);
         let e = inits[0];
         assert_eq!(e["uid_hash"], truth.uid_hash, "unique-id hash: {e}");
@@ -165,6 +219,11 @@ fn comm_init_yields_unique_id_hash_rank_and_handle() {
             .filter(|c| c["pid"] == rt.pid && c["func"] == "ncclAllReduce")
             .collect();
         assert!(!later.is_empty());
-        assert!(later.iter().all(|c| c["comm"] == rt.comm && c["rank"] == rt.rank), "{later:?}");
+        assert!(
+            later
+                .iter()
+                .all(|c| c["comm"] == rt.comm && c["rank"] == rt.rank),
+            "{later:?}"
+        );
     }
 }

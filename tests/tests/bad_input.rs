@@ -5,7 +5,10 @@ use std::process::Command;
 use llmdd_tests::harness::{built, require_root};
 
 fn run_llmdd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(built("llmdd")).args(args).output().expect("running llmdd");
+    let out = Command::new(built("llmdd"))
+        .args(args)
+        .output()
+        .expect("running llmdd");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -18,7 +21,10 @@ fn assert_one_clear_line(code: i32, stderr: &str, must_contain: &str) {
     assert!(!stderr.contains("panicked"), "llmdd panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(lines[0].contains(must_contain), "expected `{must_contain}` in: {stderr}");
+    assert!(
+        lines[0].contains(must_contain),
+        "expected `{must_contain}` in: {stderr}"
+    );
 }
 
 #[test]
@@ -27,19 +33,28 @@ fn nonexistent_pid_is_one_clear_line() {
     // Pids above pid_max never exist.
     let (code, _, err) = run_llmdd(&["attach", "--pid", "2147483646", "--duration", "1"]);
     assert_one_clear_line(code, &err, "2147483646");
-    assert!(err.contains("no such process") || err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("no such process") || err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn pid_without_supported_libraries_is_one_clear_line() {
     require_root();
-    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("spawning sleep");
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawning sleep");
     let pid = sleeper.id().to_string();
     let (code, _, err) = run_llmdd(&["attach", "--pid", &pid, "--duration", "1"]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert_one_clear_line(code, &err, &pid);
-    assert!(err.contains("nccl") || err.contains("NCCL"), "should name what was looked for: {err}");
+    assert!(
+        err.contains("nccl") || err.contains("NCCL"),
+        "should name what was looked for: {err}"
+    );
 }
 
 #[test]
@@ -47,14 +62,22 @@ fn unprivileged_run_is_one_clear_line() {
     require_root();
     // Drop to nobody with no capabilities, as an unprivileged user would run it.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(built("llmdd"))
         .args(["attach", "--pid", "1", "--duration", "1"])
         .output()
         .expect("running setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_one_clear_line(out.status.code().unwrap_or(-1), &err, "privileges");
-    assert!(err.contains("sudo") || err.contains("CAP_BPF"), "should say the remedy: {err}");
+    assert!(
+        err.contains("sudo") || err.contains("CAP_BPF"),
+        "should say the remedy: {err}"
+    );
 }
 
 #[test]
@@ -64,7 +87,10 @@ fn bad_duration_and_missing_target_are_usage_errors() {
     assert!(err.contains("unknown unit"), "{err}");
     let (code, _, err) = run_llmdd(&["attach"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--pid") && err.contains("--all"), "should name the alternatives: {err}");
+    assert!(
+        err.contains("--pid") && err.contains("--all"),
+        "should name the alternatives: {err}"
+    );
     let (code, _, err) = run_llmdd(&["attach", "--pid", "1", "--all"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used with"), "{err}");

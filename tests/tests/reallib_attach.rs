@@ -15,39 +15,64 @@ const ITERS: u64 = 5;
 #[test]
 fn real_nccl_and_cudart_calls_are_seen_once_with_their_return_codes() {
     require_root();
-    let libs = real_libs().unwrap_or_else(|e| panic!("fetching the real libraries from PyPI: {e:#}"));
+    let libs =
+        real_libs().unwrap_or_else(|e| panic!("fetching the real libraries from PyPI: {e:#}"));
     let mut cmd = Command::new(built("reallib-caller"));
-    cmd.args(["--iters", &ITERS.to_string(), "--nccl"]).arg(&libs.nccl).arg("--cudart").arg(&libs.cudart);
+    cmd.args(["--iters", &ITERS.to_string(), "--nccl"])
+        .arg(&libs.nccl)
+        .arg("--cudart")
+        .arg(&libs.cudart);
     let mut caller = Proc::spawn("reallib-caller", cmd).expect("spawning reallib-caller");
     caller
-        .wait_line("READY", Duration::from_secs(60), |s, l| s == Stream::Stdout && l == "READY")
+        .wait_line("READY", Duration::from_secs(60), |s, l| {
+            s == Stream::Stdout && l == "READY"
+        })
         .expect("caller loads the libraries");
 
     let dir = std::env::temp_dir().join(format!("llmdd-reallib-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let events_path = dir.join("events.jsonl");
-    let mut llmdd = start_llmdd(&[caller.pid()], &["--quiet", "--dump-events", &events_path.to_string_lossy()])
-        .expect("llmdd attaches to the real libraries");
+    let mut llmdd = start_llmdd(
+        &[caller.pid()],
+        &["--quiet", "--dump-events", &events_path.to_string_lossy()],
+    )
+    .expect("llmdd attaches to the real libraries");
     let attach_line = llmdd
         .lines_of(Stream::Stderr)
         .into_iter()
         .find(|l| l.starts_with("llmdd: attached to pid"))
         .map(str::to_string)
         .expect("attach line");
-    assert!(attach_line.contains("nccl ") && attach_line.contains("cudart "), "{attach_line}");
+    assert!(
+        attach_line.contains("nccl ") && attach_line.contains("cudart "),
+        "{attach_line}"
+    );
 
     caller.send_line("go").expect("releasing the caller");
     let done = caller
-        .wait_line("DONE", Duration::from_secs(60), |s, l| s == Stream::Stdout && l.starts_with("DONE"))
+        .wait_line("DONE", Duration::from_secs(60), |s, l| {
+            s == Stream::Stdout && l.starts_with("DONE")
+        })
         .expect("caller finishes");
-    assert!(done.contains("nccl_version=23203"), "ncclGetVersion succeeds: {done}");
-    assert!(caller.wait_exit(Duration::from_secs(30)).expect("caller exits").success());
-    let status = llmdd.wait_exit(Duration::from_secs(60)).expect("llmdd exits once the target is gone");
+    assert!(
+        done.contains("nccl_version=23203"),
+        "ncclGetVersion succeeds: {done}"
+    );
+    assert!(caller
+        .wait_exit(Duration::from_secs(30))
+        .expect("caller exits")
+        .success());
+    let status = llmdd
+        .wait_exit(Duration::from_secs(60))
+        .expect("llmdd exits once the target is gone");
     assert!(status.success(), "{}", llmdd.transcript());
 
     let events = read_events(&events_path).expect("event dump");
     let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for e in events.iter().filter(|e| e["type"] == "call" && e["pid"] == caller.pid()) {
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "call" && e["pid"] == caller.pid())
+    {
         seen.entry(e["func"].as_str().unwrap_or("?").to_string())
             .or_default()
             .push(e["ret"].as_i64().expect("every call returned"));
@@ -61,10 +86,17 @@ fn real_nccl_and_cudart_calls_are_seen_once_with_their_return_codes() {
         want.insert("cudaStreamSynchronize".into(), vec![35; ITERS as usize]);
     } else {
         for f in ["cudaLaunchKernel", "cudaStreamSynchronize"] {
-            assert_eq!(seen.get(f).map(Vec::len), Some(ITERS as usize), "{f}: {seen:?}");
+            assert_eq!(
+                seen.get(f).map(Vec::len),
+                Some(ITERS as usize),
+                "{f}: {seen:?}"
+            );
             want.insert(f.into(), seen[f].clone());
         }
     }
-    assert_eq!(seen, want, "one event per call with the library's own return code");
+    assert_eq!(
+        seen, want,
+        "one event per call with the library's own return code"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,13 +66,31 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { duration } => {
             setup::ensure()?;
             cargo(&["build", "--workspace"])?;
-            cargo(&["run", "--quiet", "-p", "llmdd-tests", "--bin", "demo", "--", "--duration", &duration])
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "llmdd-tests",
+                "--bin",
+                "demo",
+                "--",
+                "--duration",
+                &duration,
+            ])
         }
         Cmd::Test { no_lint, test_args } => {
             setup::ensure()?;
             if !no_lint {
-                cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
-                cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+                cargo(&["fmt", "--all", "--check"])
+                    .context("formatting differs: run `cargo fmt --all`")?;
+                cargo(&[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])?;
             }
             cargo(&["build", "--workspace"])?;
             let mut args = vec!["test", "--workspace", "--no-fail-fast", "--"];

@@ -97,8 +97,14 @@ const fn programs(family: Family) -> (&'static str, &'static str) {
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 6] =
-    ["nccl_entry", "nccl_return", "cudart_entry", "cudart_return", "cuda_entry", "cuda_return"];
+const UPROBE_PROGRAMS: [&str; 6] = [
+    "nccl_entry",
+    "nccl_return",
+    "cudart_entry",
+    "cudart_return",
+    "cuda_entry",
+    "cuda_return",
+];
 
 /// The cookie for one probe point.
 pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
@@ -106,7 +112,15 @@ pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
     let Some(r) = roles else {
         return Cookie::new(func, slot, NO_SLOT, NO_SLOT, NO_SLOT, 0, 0);
     };
-    Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, if r.unique_id { C_UID } else { 0 })
+    Cookie::new(
+        func,
+        slot,
+        r.comm,
+        r.out,
+        r.deref,
+        r.deref_word,
+        if r.unique_id { C_UID } else { 0 },
+    )
 }
 
 /// One attachment held for a target.
@@ -138,20 +152,32 @@ impl Tracer {
         let multi = match multi::MultiPrograms::load(object::BYTES, &bpf, &UPROBE_PROGRAMS) {
             Ok(m) => Some(m),
             Err(e) => {
-                tracing::info!("uprobe-multi unavailable ({e}); attaching one perf-event uprobe per point");
+                tracing::info!(
+                    "uprobe-multi unavailable ({e}); attaching one perf-event uprobe per point"
+                );
                 for name in UPROBE_PROGRAMS {
                     let prog: &mut UProbe = program_mut(&mut bpf, name)?;
-                    prog.load().map_err(|source| ProbeError::Program { name, source })?;
+                    prog.load()
+                        .map_err(|source| ProbeError::Program { name, source })?;
                 }
                 None
             }
         };
         if let Some(cfg) = sock_cfg {
             let mut map: Array<_, SockCfg> = map_mut(&mut bpf, "SOCK_CFG")?;
-            map.set(0, cfg, 0).map_err(|source| ProbeError::Map { name: "SOCK_CFG", source })?;
+            map.set(0, cfg, 0).map_err(|source| ProbeError::Map {
+                name: "SOCK_CFG",
+                source,
+            })?;
         }
         let kernel = tracepoints::attach_all(&mut bpf);
-        Ok(Tracer { bpf, multi, libs: Vec::new(), links: HashMap::new(), kernel })
+        Ok(Tracer {
+            bpf,
+            multi,
+            libs: Vec::new(),
+            links: HashMap::new(),
+            kernel,
+        })
     }
 
     /// Status of each kernel-side probe (attached, or why not).
@@ -161,8 +187,14 @@ impl Tracer {
 
     /// Takes the event ring buffer (once) for the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.bpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+        let map = self
+            .bpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })
     }
 
     /// The probed object behind a library slot.
@@ -172,7 +204,11 @@ impl Tracer {
 
     /// Attaches every probe point of `objects` in process `pid` and marks it traced for the
     /// kernel-side probes. On error, what was attached for this pid is detached again.
-    pub fn attach(&mut self, pid: u32, objects: &[ObjectPlan]) -> Result<Vec<AttachedObject>, ProbeError> {
+    pub fn attach(
+        &mut self,
+        pid: u32,
+        objects: &[ObjectPlan],
+    ) -> Result<Vec<AttachedObject>, ProbeError> {
         let result = self.attach_inner(pid, objects);
         if result.is_err() {
             self.detach(pid).release();
@@ -180,13 +216,20 @@ impl Tracer {
         result
     }
 
-    fn attach_inner(&mut self, pid: u32, objects: &[ObjectPlan]) -> Result<Vec<AttachedObject>, ProbeError> {
+    fn attach_inner(
+        &mut self,
+        pid: u32,
+        objects: &[ObjectPlan],
+    ) -> Result<Vec<AttachedObject>, ProbeError> {
         let scope = match NonZeroU32::new(pid) {
             Some(p) => UProbeScope::OneProcess(p),
             None => UProbeScope::AllProcesses,
         };
         let mut traced: BpfHashMap<_, u32, u32> = map_mut(&mut self.bpf, "TRACED")?;
-        traced.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: "TRACED", source })?;
+        traced.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
+            name: "TRACED",
+            source,
+        })?;
         let mut done = Vec::new();
         for obj in objects {
             let slot = u16::try_from(self.libs.len())
@@ -195,14 +238,25 @@ impl Tracer {
                 .ok_or(ProbeError::TooManyLibraries)?;
             if let Some((rank_off, nranks_off)) = obj.comm_offsets {
                 let mut cfg: Array<_, LibCfg> = map_mut(&mut self.bpf, "LIB_CFG")?;
-                let value = LibCfg { comm_offsets_valid: 1, rank_off, nranks_off, _reserved: 0 };
+                let value = LibCfg {
+                    comm_offsets_valid: 1,
+                    rank_off,
+                    nranks_off,
+                    _reserved: 0,
+                };
                 cfg.set(u32::from(slot), value, 0)
-                    .map_err(|source| ProbeError::Map { name: "LIB_CFG", source })?;
+                    .map_err(|source| ProbeError::Map {
+                        name: "LIB_CFG",
+                        source,
+                    })?;
             }
             let (entry, ret) = programs(obj.family);
             if let Some(m) = &self.multi {
-                let points: Vec<(u64, u64)> =
-                    obj.points.iter().map(|&(func, offset)| (offset, cookie_for(func, slot).0)).collect();
+                let points: Vec<(u64, u64)> = obj
+                    .points
+                    .iter()
+                    .map(|&(func, offset)| (offset, cookie_for(func, slot).0))
+                    .collect();
                 for (name, is_ret) in [(entry, false), (ret, true)] {
                     let fd = m
                         .attach(name, &obj.path, &points, is_ret, pid)
@@ -218,19 +272,28 @@ impl Tracer {
                             location: UProbeAttachLocation::AbsoluteOffset(offset),
                             cookie: Some(cookie),
                         };
-                        let link = prog.attach(point, &obj.path, scope).map_err(|source| ProbeError::Attach {
-                            func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
-                            path: obj.path.clone(),
-                            offset,
-                            pid,
-                            source,
+                        let link = prog.attach(point, &obj.path, scope).map_err(|source| {
+                            ProbeError::Attach {
+                                func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
+                                path: obj.path.clone(),
+                                offset,
+                                pid,
+                                source,
+                            }
                         })?;
-                        self.links.entry(pid).or_default().push(Link::Single(name, link));
+                        self.links
+                            .entry(pid)
+                            .or_default()
+                            .push(Link::Single(name, link));
                     }
                 }
             }
-            let attached =
-                AttachedObject { slot, family: obj.family, path: obj.path.clone(), probes: obj.points.len() };
+            let attached = AttachedObject {
+                slot,
+                family: obj.family,
+                path: obj.path.clone(),
+                probes: obj.points.len(),
+            };
             self.libs.push(attached.clone());
             done.push(attached);
         }
@@ -273,14 +336,21 @@ impl Tracer {
 
     /// The drop and diagnostic counters, summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counters::COUNT as usize], ProbeError> {
-        let map = self.bpf.map("COUNTERS").ok_or(ProbeError::MissingMap("COUNTERS"))?;
+        let map = self
+            .bpf
+            .map("COUNTERS")
+            .ok_or(ProbeError::MissingMap("COUNTERS"))?;
         let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
         let mut out = [0u64; counters::COUNT as usize];
         for (i, o) in out.iter_mut().enumerate() {
-            let values = arr
-                .get(&(i as u32), 0)
-                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            let values = arr.get(&(i as u32), 0).map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
             *o = values.iter().sum();
         }
         Ok(out)
@@ -304,7 +374,8 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let prog = bpf.program_mut(name).ok_or(ProbeError::MissingMap(name))?;
-    prog.try_into().map_err(|source| ProbeError::Program { name, source })
+    prog.try_into()
+        .map_err(|source| ProbeError::Program { name, source })
 }
 
 fn map_mut<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -360,7 +431,11 @@ impl Detached {
         std::thread::scope(|scope| {
             for chunk in chunks {
                 // Dropping a link closes its perf event and BPF link, which detaches it.
-                if std::thread::Builder::new().name("llmdd-detach".into()).spawn_scoped(scope, move || drop(chunk)).is_err() {
+                if std::thread::Builder::new()
+                    .name("llmdd-detach".into())
+                    .spawn_scoped(scope, move || drop(chunk))
+                    .is_err()
+                {
                     // Could not start a thread: the chunk was moved into the failed closure and
                     // dropped right here, serially, which is slower but still correct.
                 }

@@ -20,8 +20,8 @@ use std::{
 
 use aya::{maps::Map, Ebpf};
 use aya_obj::generated::{
-    bpf_attach_type::BPF_TRACE_UPROBE_MULTI, bpf_cmd, bpf_insn, bpf_prog_type::BPF_PROG_TYPE_KPROBE,
-    BPF_F_UPROBE_MULTI_RETURN,
+    bpf_attach_type::BPF_TRACE_UPROBE_MULTI, bpf_cmd, bpf_insn,
+    bpf_prog_type::BPF_PROG_TYPE_KPROBE, BPF_F_UPROBE_MULTI_RETURN,
 };
 
 /// Why the multi path is unavailable or failed.
@@ -42,14 +42,21 @@ pub enum MultiError {
         log: String,
     },
     #[error("uprobe-multi attach to {path} failed: {source}")]
-    Attach { path: String, source: std::io::Error },
+    Attach {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("path {0} contains a NUL byte")]
     Path(String),
 }
 
 fn raw_fd_of(map: &Map) -> Option<RawFd> {
     let data = match map {
-        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::RingBuf(d) => d,
+        Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d) => d,
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())
@@ -63,22 +70,35 @@ pub struct MultiPrograms {
 impl MultiPrograms {
     /// Loads `names` from `object`, relocated against the maps of `bpf` (which must still
     /// hold every map the programs use).
-    pub fn load(object: &[u8], bpf: &Ebpf, names: &[&'static str]) -> Result<MultiPrograms, MultiError> {
-        let mut obj = aya_obj::Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
+    pub fn load(
+        object: &[u8],
+        bpf: &Ebpf,
+        names: &[&'static str],
+    ) -> Result<MultiPrograms, MultiError> {
+        let mut obj =
+            aya_obj::Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
         let defs = obj.maps.clone();
         let mut maps = Vec::new();
         for (name, def) in &defs {
-            let fd = bpf.map(name).and_then(raw_fd_of).ok_or_else(|| MultiError::Map(name.clone()))?;
+            let fd = bpf
+                .map(name)
+                .and_then(raw_fd_of)
+                .ok_or_else(|| MultiError::Map(name.clone()))?;
             maps.push((name.as_str(), fd, def));
         }
         let text: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
-        obj.relocate_maps(maps.into_iter(), &text).map_err(|e| MultiError::Relocate(e.to_string()))?;
-        obj.relocate_calls(&text).map_err(|e| MultiError::Relocate(e.to_string()))?;
+        obj.relocate_maps(maps.into_iter(), &text)
+            .map_err(|e| MultiError::Relocate(e.to_string()))?;
+        obj.relocate_calls(&text)
+            .map_err(|e| MultiError::Relocate(e.to_string()))?;
 
         let mut fds = HashMap::new();
         for &name in names {
             let prog = obj.programs.get(name).ok_or(MultiError::Program(name))?;
-            let func = obj.functions.get(&prog.function_key()).ok_or(MultiError::Program(name))?;
+            let func = obj
+                .functions
+                .get(&prog.function_key())
+                .ok_or(MultiError::Program(name))?;
             fds.insert(name, prog_load(name, &func.instructions)?);
         }
         Ok(MultiPrograms { fds })
@@ -110,10 +130,16 @@ impl MultiPrograms {
         put_u64(&mut attr, 24, offsets.as_ptr() as u64);
         put_u64(&mut attr, 40, cookies.as_ptr() as u64);
         put_u32(&mut attr, 48, points.len() as u32);
-        put_u32(&mut attr, 52, if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 });
+        put_u32(
+            &mut attr,
+            52,
+            if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
+        );
         put_u32(&mut attr, 56, pid);
-        sys_bpf(bpf_cmd::BPF_LINK_CREATE as u32, &mut attr)
-            .map_err(|source| MultiError::Attach { path: path.display().to_string(), source })
+        sys_bpf(bpf_cmd::BPF_LINK_CREATE as u32, &mut attr).map_err(|source| MultiError::Attach {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
@@ -173,8 +199,24 @@ fn prog_load(name: &'static str, insns: &[bpf_insn]) -> Result<OwnedFd, MultiErr
             };
             let text = String::from_utf8_lossy(&log);
             let text = text.trim_end_matches('\0').trim();
-            let tail: String = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            Err(MultiError::Load { name, source, log: if tail.is_empty() { String::new() } else { format!("\n{tail}") } })
+            let tail: String = text
+                .lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            Err(MultiError::Load {
+                name,
+                source,
+                log: if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{tail}")
+                },
+            })
         }
     }
 }

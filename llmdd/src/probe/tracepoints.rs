@@ -83,10 +83,14 @@ pub fn parse_format(text: &str) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';');
         let Some(decl) = parts.next() else { continue };
-        let Some(name) = decl.split_whitespace().last() else { continue };
+        let Some(name) = decl.split_whitespace().last() else {
+            continue;
+        };
         let name = name.split('[').next().unwrap_or(name);
         let offset = parts
             .find_map(|p| p.trim().strip_prefix("offset:"))
@@ -99,17 +103,25 @@ pub fn parse_format(text: &str) -> Vec<(String, u32)> {
 }
 
 fn check(tracefs: &Path, spec: &Spec) -> Result<(), String> {
-    let path = tracefs.join("events").join(spec.category).join(spec.event).join("format");
-    let text = fs::read_to_string(&path)
-        .map_err(|e| format!("{} is not readable ({e}): this kernel lacks the tracepoint", path.display()))?;
+    let path = tracefs
+        .join("events")
+        .join(spec.category)
+        .join(spec.event)
+        .join("format");
+    let text = fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{} is not readable ({e}): this kernel lacks the tracepoint",
+            path.display()
+        )
+    })?;
     let have = parse_format(&text);
     for (field, want) in spec.fields {
         match have.iter().find(|(n, _)| n == field) {
             Some((_, got)) if got == want => {}
             Some((_, got)) => {
                 return Err(format!(
-                    "field {field} is at offset {got}, the probe expects {want}: kernel layout changed"
-                ))
+                "field {field} is at offset {got}, the probe expects {want}: kernel layout changed"
+            ))
             }
             None => return Err(format!("field {field} is missing from {}", path.display())),
         }
@@ -132,7 +144,8 @@ pub fn attach_all(bpf: &mut Ebpf) -> Vec<KernelProbe> {
                     .ok_or_else(|| format!("program {name} missing from the object"))?
                     .try_into()
                     .map_err(|e| format!("{e}"))?;
-                prog.load().map_err(|e| format!("verifier refused {name}: {e}"))?;
+                prog.load()
+                    .map_err(|e| format!("verifier refused {name}: {e}"))?;
                 prog.attach(spec.category, spec.event)
                     .map_err(|e| format!("attaching {}:{}: {e}", spec.category, spec.event))?;
                 Ok(())

@@ -24,15 +24,40 @@ fn main() -> Result<()> {
     let mut job = Job::start(
         &lib_dir,
         &[
-            "--ranks", "4", "--forever", "--no-gate", "--compute-us", "5000",
-            "--collective", "allreduce:4M", "--straggler", "2:20:5", "--timeout-s", "600",
+            "--ranks",
+            "4",
+            "--forever",
+            "--no-gate",
+            "--compute-us",
+            "5000",
+            "--collective",
+            "allreduce:4M",
+            "--straggler",
+            "2:20:5",
+            "--timeout-s",
+            "600",
         ],
     )?;
     let pids: Vec<String> = job.pids.iter().map(u32::to_string).collect();
-    println!("demo: job running, rank pids {}; attaching llmdd for {duration}:", pids.join(","));
-    println!("demo: $ llmdd attach {} --duration {duration}", pids.iter().map(|p| format!("--pid {p}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "demo: job running, rank pids {}; attaching llmdd for {duration}:",
+        pids.join(",")
+    );
+    println!(
+        "demo: $ llmdd attach {} --duration {duration}",
+        pids.iter()
+            .map(|p| format!("--pid {p}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let mut cmd = Command::new(built("llmdd"));
-    cmd.arg("attach").args(job.pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()])).args(["--duration", &duration]);
+    cmd.arg("attach")
+        .args(
+            job.pids
+                .iter()
+                .flat_map(|p| ["--pid".to_string(), p.to_string()]),
+        )
+        .args(["--duration", &duration]);
     let status = cmd.status().context("running llmdd")?;
     job.proc.signal(libc::SIGTERM)?;
     let _ = job.proc.wait_exit(Duration::from_secs(30));

@@ -8,7 +8,8 @@
 //! (the next request on a keep-alive connection), or after `request_idle_ns` without a send.
 //!
 //! The serving port is configured, or detected as the local port with the most connections
-//! that received first and then sent back (at least `serving_port_min_connections`).
+//! that received first and then sent back (at least `serving_port_min_connections`); requests
+//! that finished before it was detected are counted once it is (up to 256 of them).
 
 use std::{collections::VecDeque, net::IpAddr};
 
@@ -82,7 +83,12 @@ pub struct Requests {
     last_change: u64,
     first_ns: Option<u64>,
     pub evicted: u64,
+    /// Requests finished before any serving port was known.
+    early: Vec<RequestRecord>,
 }
+
+/// Requests kept from before the serving port was detected.
+const MAX_EARLY: usize = 256;
 
 impl Requests {
     pub fn new(cfg: &Config) -> Requests {
@@ -103,6 +109,7 @@ impl Requests {
             last_change: 0,
             first_ns: None,
             evicted: 0,
+            early: Vec::new(),
         }
     }
 
@@ -227,6 +234,13 @@ impl Requests {
             .map(|(p, _)| *p);
         if best != self.detected {
             self.detected = best;
+            // Requests that finished on it before it was detected count too.
+            let early = std::mem::take(&mut self.early);
+            for rec in early {
+                if Some(rec.local_port) == best {
+                    self.record(rec, cfg);
+                }
+            }
             if cfg.serving_ports.is_empty() {
                 let n = self
                     .conns
@@ -239,7 +253,9 @@ impl Requests {
     }
 
     fn finish(&mut self, c: &Conn, a: Active, t: u64, why: &'static str, cfg: &Config) {
-        if !self.serving(c.port, cfg) {
+        let serving = self.serving(c.port, cfg);
+        let undecided = cfg.serving_ports.is_empty() && self.detected.is_none();
+        if !serving && !undecided {
             return;
         }
         let end = if why == "closed" {
@@ -247,30 +263,42 @@ impl Requests {
         } else {
             a.first_send.map(|_| a.last_send).unwrap_or(t)
         };
-        self.set_in_flight(self.in_flight.saturating_sub(1), t);
-        let ttft = a.first_send.map(|f| f - a.start);
-        if let Some(x) = ttft {
-            self.ttft.record(a.start, x);
-        }
-        self.duration.record(a.start, end.saturating_sub(a.start));
-        self.tokens.record(a.start, a.tokens as u64);
-        self.finished += 1;
-        if self.recent.len() >= cfg.max_requests_kept.max(1) {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(RequestRecord {
+        let rec = RequestRecord {
             pid: c.pid,
             local_port: c.port,
             remote: c.remote.map(|(ip, p)| format!("{ip}:{p}")),
             start_ns: a.start,
-            ttft_ns: ttft,
+            ttft_ns: a.first_send.map(|f| f - a.start),
             end_ns: end,
             tokens: a.tokens,
             recv_bytes: a.recv_bytes,
             sent_bytes: a.sent_bytes,
             max_gap_ns: a.max_gap,
             end: why,
-        });
+        };
+        if !serving {
+            // No serving port known yet: keep it in case this port turns out to be it.
+            if self.early.len() < MAX_EARLY {
+                self.early.push(rec);
+            }
+            return;
+        }
+        self.set_in_flight(self.in_flight.saturating_sub(1), t);
+        self.record(rec, cfg);
+    }
+
+    fn record(&mut self, rec: RequestRecord, cfg: &Config) {
+        if let Some(x) = rec.ttft_ns {
+            self.ttft.record(rec.start_ns, x);
+        }
+        self.duration
+            .record(rec.start_ns, rec.end_ns.saturating_sub(rec.start_ns));
+        self.tokens.record(rec.start_ns, rec.tokens as u64);
+        self.finished += 1;
+        if self.recent.len() >= cfg.max_requests_kept.max(1) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(rec);
     }
 
     fn evict(&mut self, cfg: &Config) {

@@ -23,3 +23,12 @@ pub const NAMES: [&str; COUNT as usize] = [
     "user_read_failed",
     "kernel_read_failed",
 ];
+
+/// The counters that mean a record was lost (the rest are diagnostics: a return seen
+/// without its entry is normal for calls already in flight when the probes attach).
+pub const LOSSES: [u32; 2] = [RING_FULL, INFLIGHT_FULL];
+
+/// Whether counter `index` counts lost records.
+pub fn is_loss(index: u32) -> bool {
+    LOSSES.contains(&index)
+}

@@ -119,17 +119,75 @@ impl Summary {
                 s.sent, s.sends, s.received, s.recvs, s.retransmits, s.state_changes
             );
         }
-        let lost_parts: Vec<String> = lost
+        let part = |want_loss: bool| -> Vec<String> {
+            lost.iter()
+                .enumerate()
+                .filter(|(i, n)| **n > 0 && counters::is_loss(*i as u32) == want_loss)
+                .map(|(i, n)| format!("{}={n}", counters::NAMES.get(i).copied().unwrap_or("?")))
+                .collect()
+        };
+        let losses = part(true);
+        let total: u64 = counters::LOSSES
             .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| format!("{}={n}", counters::NAMES.get(i).copied().unwrap_or("?")))
-            .collect();
-        if lost_parts.is_empty() {
+            .filter_map(|&i| lost.get(i as usize))
+            .sum();
+        if losses.is_empty() {
             let _ = writeln!(out, "lost events: 0");
         } else {
-            let _ = writeln!(out, "lost events: {}", lost_parts.join(" "));
+            let _ = writeln!(out, "lost events: {total} ({})", losses.join(" "));
+        }
+        let notes = part(false);
+        if !notes.is_empty() {
+            let _ = writeln!(
+                out,
+                "probe notes: {} (returns without entry are calls already in flight at attach)",
+                notes.join(" ")
+            );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{CallEvent, ProcExitEvent};
+
+    #[test]
+    fn aggregates_calls_errors_and_separates_losses_from_notes() {
+        let mut s = Summary::default();
+        let mut rec = llmdd_common::call::CallRecord {
+            func: 0,
+            pid: 7,
+            entry_ns: 10,
+            exit_ns: 30,
+            flags: llmdd_common::call::F_RETURNED,
+            ..Default::default()
+        };
+        rec.args[2] = 256;
+        rec.args[3] = 7;
+        let ok = CallEvent::from_record(&rec).expect("valid");
+        rec.ret = 4;
+        let failed = CallEvent::from_record(&rec).expect("valid");
+        s.add(&Event::Call(ok));
+        s.add(&Event::Call(failed));
+        s.add(&Event::ProcExit(ProcExitEvent { pid: 7, ts_ns: 40 }));
+        let st = &s.funcs[&(7, "ncclAllReduce")];
+        assert_eq!((st.calls, st.bytes, st.max_ns), (2, 2048, 20));
+        assert_eq!(st.errors.get(&4), Some(&1));
+        assert_eq!(s.exited, vec![7]);
+
+        let mut lost = [0u64; counters::COUNT as usize];
+        lost[counters::RETURN_WITHOUT_ENTRY as usize] = 3;
+        let text = s.render(1.0, 1.0, &lost);
+        assert!(text.contains("lost events: 0"), "{text}");
+        assert!(text.contains("return_without_entry=3"), "{text}");
+        lost[counters::RING_FULL as usize] = 5;
+        let text = s.render(2.0, 1.0, &lost);
+        assert!(
+            text.contains("lost events: 5 (ring_buffer_full=5)"),
+            "{text}"
+        );
+        assert!(text.contains("4x1"), "error codes shown: {text}");
     }
 }

@@ -2,8 +2,9 @@
 //! finished, so when the work completed is not seen directly. The first synchronising call by
 //! the same process that covers the work's stream and returns afterwards bounds it from above:
 //! a stream sync on that stream, a device/context sync, or a sync or successful query of an
-//! event recorded on that stream after the work was enqueued. Every estimate from here is an
-//! upper bound.
+//! event recorded on that stream after the work was enqueued; also a sync of another stream
+//! that was made to wait (`cudaStreamWaitEvent`) for an event recorded after the work, as
+//! frameworks do with a communication stream. Every estimate from here is an upper bound.
 
 use std::collections::VecDeque;
 
@@ -23,6 +24,16 @@ pub struct PendingWork {
 
 /// Work remembered per stream before the oldest is forgotten.
 const PER_STREAM: usize = 1024;
+/// Cross-stream waits remembered per stream.
+const MAX_DEPS: usize = 16;
+
+#[derive(Clone, Copy, Debug)]
+struct Dep {
+    src: u64,
+    recorded: u64,
+    waited_at: u64,
+}
+
 /// Recorded events remembered (beyond: the map starts over, counted).
 const MAX_EVENTS: usize = 1 << 16;
 
@@ -32,6 +43,8 @@ pub struct SyncTracker {
     proc_streams: FastMap<ProcId, Vec<u64>>,
     /// (process, event handle) -> (stream, time recorded).
     events: FastMap<(ProcId, u64), (u64, u64)>,
+    /// (process, stream) -> streams it was made to wait for.
+    deps: FastMap<(ProcId, u64), Vec<Dep>>,
     pub bounded: u64,
     pub forgotten: u64,
 }
@@ -77,6 +90,22 @@ impl SyncTracker {
         if let Some(q) = self.streams.get_mut(&(proc, stream)) {
             Self::drain(q, entry, exit, out);
         }
+        // Work this stream was made to wait for (cudaStreamWaitEvent) before the sync point
+        // is complete too.
+        if let Some(deps) = self.deps.get_mut(&(proc, stream)) {
+            let mut i = 0;
+            while i < deps.len() {
+                let d = deps[i];
+                if d.waited_at < entry {
+                    deps.swap_remove(i);
+                    if let Some(q) = self.streams.get_mut(&(proc, d.src)) {
+                        Self::drain(q, d.recorded, exit, out);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
         self.bounded += (out.len() - n) as u64;
     }
 
@@ -108,6 +137,27 @@ impl SyncTracker {
         self.events.insert((proc, event), (stream, t));
     }
 
+    /// `cudaStreamWaitEvent(stream, event)` at `t`: later work on `stream` waits for what was
+    /// enqueued on the event's stream before it was recorded.
+    pub fn stream_wait(&mut self, proc: ProcId, stream: u64, event: u64, t: u64) {
+        let Some(&(src, recorded)) = self.events.get(&(proc, event)) else {
+            return;
+        };
+        if src == stream {
+            return;
+        }
+        let deps = self.deps.entry((proc, stream)).or_default();
+        if deps.len() >= MAX_DEPS {
+            deps.remove(0);
+            self.forgotten += 1;
+        }
+        deps.push(Dep {
+            src,
+            recorded,
+            waited_at: t,
+        });
+    }
+
     /// An event sync, or a query that reported the event complete, returning at `exit`: work
     /// enqueued on the event's stream before it was recorded is complete.
     pub fn event_done(
@@ -130,6 +180,7 @@ impl SyncTracker {
             }
         }
         self.events.retain(|(p, _), _| *p != proc);
+        self.deps.retain(|(p, _), _| *p != proc);
     }
 }
 
@@ -169,5 +220,19 @@ mod tests {
         out.clear();
         s.device_sync(2, 90, 95, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_sync_covers_streams_it_was_made_to_wait_for() {
+        // A collective on the NCCL stream 0xc, an event recorded after it, the compute stream
+        // 0xa made to wait for that event, then the compute stream synchronised.
+        let mut s = SyncTracker::default();
+        s.enqueue(1, 0xc, w(0, 10));
+        s.event_record(1, 0xe, 0xc, 12);
+        s.enqueue(1, 0xc, w(1, 14));
+        s.stream_wait(1, 0xa, 0xe, 13);
+        let mut out = vec![];
+        s.stream_sync(1, 0xa, 20, 30, &mut out);
+        assert_eq!(out, vec![(w(0, 10), 30)]);
     }
 }

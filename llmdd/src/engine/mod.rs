@@ -559,7 +559,11 @@ impl Engine {
                     self.apply_bounds();
                 }
             }
-            CallKind::StreamWait => {}
+            CallKind::StreamWait => {
+                if let (Some(stream), Some(e)) = (c.stream, c.event_handle) {
+                    self.sync.stream_wait(proc, stream, e, c.entry_ns);
+                }
+            }
             CallKind::Alloc | CallKind::Free => {
                 let is_alloc = spec.kind == CallKind::Alloc;
                 if let Some(f) =

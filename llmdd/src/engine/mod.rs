@@ -93,13 +93,21 @@ struct NcclOp {
     sig: u64,
     peer: Option<i64>,
     stream: u64,
+    entry: u64,
 }
 
 #[derive(Default)]
 struct GroupState {
     depth: u32,
+    /// When the outermost ncclGroupStart was entered.
+    start_ns: u64,
     ops: Vec<NcclOp>,
 }
+
+/// A group open this long, or holding this many calls, lost its ncclGroupEnd record: its
+/// calls are released as one instance rather than swallowing the thread's later calls.
+const GROUP_MAX_NS: u64 = 1_000_000_000;
+const GROUP_MAX_OPS: usize = 1024;
 
 /// The engine. See the module documentation.
 pub struct Engine {
@@ -353,11 +361,21 @@ impl Engine {
                     ]),
                     peer: c.peer,
                     stream: c.stream.unwrap_or(0),
+                    entry: c.entry_ns,
                 };
                 if let Some(g) = self.groups.get_mut(&(proc, c.tid)) {
                     if g.depth > 0 {
-                        g.ops.push(op);
-                        return;
+                        let stale = c.entry_ns.saturating_sub(g.start_ns) > GROUP_MAX_NS
+                            || g.ops.len() >= GROUP_MAX_OPS;
+                        if !stale {
+                            g.ops.push(op);
+                            return;
+                        }
+                        g.depth = 0;
+                        let ops = std::mem::take(&mut g.ops);
+                        let at = ops.last().map(|o| o.entry).unwrap_or(c.entry_ns);
+                        self.counts.groups_unterminated += 1;
+                        self.nccl_ops(proc, c.pid, &ops, at, None);
                     }
                 }
                 let stream = op.stream;
@@ -382,7 +400,11 @@ impl Engine {
             }
             CallKind::GroupStart => {
                 if ok {
-                    self.groups.entry((proc, c.tid)).or_default().depth += 1;
+                    let g = self.groups.entry((proc, c.tid)).or_default();
+                    if g.depth == 0 {
+                        g.start_ns = c.entry_ns;
+                    }
+                    g.depth += 1;
                 }
             }
             CallKind::GroupEnd => {

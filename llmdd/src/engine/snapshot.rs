@@ -35,6 +35,8 @@ pub struct Counts {
     pub call_errors: u64,
     pub calls_without_comm: u64,
     pub inits_ignored: u64,
+    /// Groups whose ncclGroupEnd never came (released as one instance).
+    pub groups_unterminated: u64,
     pub completions_bounded: u64,
     pub completions_forgotten: u64,
     /// Calls of late-aligned members that fell before the kept history.

@@ -33,12 +33,12 @@ pub use tracepoints::KernelProbe;
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("loading the BPF object into the kernel failed: {0} (run `llmdd doctor` to see which kernel feature is missing)")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("BPF program {name} failed to load: {source} (run `llmdd doctor`)")]
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("BPF map {0} is missing from the embedded object (build mismatch)")]
     MissingMap(&'static str),
@@ -55,7 +55,7 @@ pub enum ProbeError {
         offset: u64,
         pid: u32,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("more than {MAX_LIBS} probed libraries in one run")]
     TooManyLibraries,
@@ -148,7 +148,7 @@ impl Tracer {
         let mut bpf = EbpfLoader::new()
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
             .load(object::BYTES)
-            .map_err(ProbeError::Load)?;
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let multi = match multi::MultiPrograms::load(object::BYTES, &bpf, &UPROBE_PROGRAMS) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -157,8 +157,10 @@ impl Tracer {
                 );
                 for name in UPROBE_PROGRAMS {
                     let prog: &mut UProbe = program_mut(&mut bpf, name)?;
-                    prog.load()
-                        .map_err(|source| ProbeError::Program { name, source })?;
+                    prog.load().map_err(|source| ProbeError::Program {
+                        name,
+                        source: Box::new(source),
+                    })?;
                 }
                 None
             }
@@ -278,7 +280,7 @@ impl Tracer {
                                 path: obj.path.clone(),
                                 offset,
                                 pid,
-                                source,
+                                source: Box::new(source),
                             }
                         })?;
                         self.links
@@ -374,8 +376,10 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let prog = bpf.program_mut(name).ok_or(ProbeError::MissingMap(name))?;
-    prog.try_into()
-        .map_err(|source| ProbeError::Program { name, source })
+    prog.try_into().map_err(|source| ProbeError::Program {
+        name,
+        source: Box::new(source),
+    })
 }
 
 fn map_mut<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     cli::AttachArgs,
+    engine::{Config, Engine, ProcessHints},
     events::Event,
     kernel, privileges,
     probe::{Detached, ObjectPlan, Tracer},
@@ -47,6 +48,7 @@ pub fn create_output(path: &Path) -> Result<BufWriter<File>> {
 pub async fn run(args: AttachArgs) -> Result<()> {
     privileges::check().map_err(anyhow::Error::msg)?;
     let mut dump = args.dump_events.as_deref().map(create_output).transpose()?;
+    let report = args.report.as_deref().map(create_output).transpose()?;
 
     let targets = if args.all {
         let found = target::discover_all();
@@ -83,6 +85,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     }
     let mut reader = Reader::new(tracer.take_events()?).context("watching the BPF ring buffer")?;
 
+    let mut engine = Engine::new(Config::default());
+    let host = hostname();
+    for t in &targets {
+        engine.register_process(t.pid, hints_of(t, host.clone()));
+    }
     let mut live: BTreeSet<u32> = BTreeSet::new();
     let attach_start = Instant::now();
     for t in &targets {
@@ -122,6 +129,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let start = Instant::now();
     let mut last_render = start;
     let mut summary = Summary::default();
+    let mut lost_seen = 0u64;
     let mut batch = Vec::with_capacity(4096);
     // Threads releasing the probes of targets that exited (slow; never on the reading path).
     let mut reaper: Vec<std::thread::JoinHandle<()>> = Vec::new();
@@ -136,11 +144,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         consume(
             &mut batch,
             &mut summary,
+            &mut engine,
             dump.as_mut(),
             &mut live,
             &mut tracer,
             &mut reaper,
         )?;
+        report_losses(&tracer, &mut engine, &mut lost_seen)?;
+        engine.advance(monotonic_ns());
         if let Some(s) = signalled {
             break s;
         }
@@ -176,6 +187,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     consume(
         &mut batch,
         &mut summary,
+        &mut engine,
         dump.as_mut(),
         &mut live,
         &mut tracer,
@@ -183,6 +195,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     )?;
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
+    report_losses(&tracer, &mut engine, &mut lost_seen)?;
+    engine.flush();
     let lost = tracer.counters()?;
     let detach_start = Instant::now();
     let mut detached = Detached::default();
@@ -208,8 +222,24 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             &lost
         )
     );
+    print!("{}", render_findings(&engine));
     if reader.decode_errors > 0 {
         println!("undecodable records: {}", reader.decode_errors);
+    }
+    if let (Some(mut w), Some(path)) = (report, args.report.as_deref()) {
+        let doc = serde_json::json!({
+            "schema_version": 1,
+            "tool_version": env!("CARGO_PKG_VERSION"),
+            "host": host,
+            "stopped_because": why,
+            "events_received": reader.records,
+            "events_lost": llmdd_common::counters::LOSSES.iter().map(|&i| lost[i as usize]).sum::<u64>(),
+            "snapshot": engine.snapshot(),
+        });
+        serde_json::to_writer_pretty(&mut w, &doc).context("writing the report")?;
+        w.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("llmdd: report written to {}", path.display());
     }
     if let Some(mut d) = dump {
         d.flush().context("writing the event dump")?;
@@ -220,6 +250,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 fn consume(
     batch: &mut Vec<Event>,
     summary: &mut Summary,
+    engine: &mut Engine,
     mut dump: Option<&mut BufWriter<File>>,
     live: &mut BTreeSet<u32>,
     tracer: &mut Tracer,
@@ -234,8 +265,75 @@ fn consume(
         if let Event::ProcExit(p) = &ev {
             target_exited(p.pid, live, tracer, reaper);
         }
+        engine.ingest(ev);
     }
     Ok(())
+}
+
+/// Tells the engine about records lost since the last call, so that no finding rests on a
+/// missing event.
+fn report_losses(tracer: &Tracer, engine: &mut Engine, seen: &mut u64) -> Result<()> {
+    let counters = tracer.counters()?;
+    let total: u64 = llmdd_common::counters::LOSSES
+        .iter()
+        .map(|&i| counters[i as usize])
+        .sum();
+    if total > *seen {
+        engine.report_lost(monotonic_ns(), total - *seen);
+        *seen = total;
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of every BPF timestamp.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
+
+fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
+    ProcessHints {
+        rank: t.rank_hints.rank,
+        local_rank: t.rank_hints.local_rank,
+        world_size: t.rank_hints.world_size,
+        host,
+        job: None,
+    }
+}
+
+/// The findings block of the live summary.
+pub fn render_findings(engine: &Engine) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let findings = engine.findings();
+    if findings.is_empty() {
+        let _ = writeln!(out, "findings: none");
+        return out;
+    }
+    let _ = writeln!(out, "findings ({}):", findings.len());
+    for f in findings {
+        let _ = writeln!(
+            out,
+            "  [{:?}] {}{}: {}\n      -> {}",
+            f.severity,
+            f.kind.name(),
+            if f.active { "" } else { " (resolved)" },
+            f.evidence,
+            f.suggestion
+        );
+    }
+    out
 }
 
 fn target_exited(

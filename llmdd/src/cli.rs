@@ -56,6 +56,11 @@ pub struct AttachArgs {
     /// Also write every decoded event as one JSON object per line to FILE.
     #[arg(long, value_name = "FILE")]
     pub dump_events: Option<PathBuf>,
+    /// Write a JSON report (findings with their evidence, communicators, per-op statistics,
+    /// requests, memory, links) to FILE when tracing stops, also on SIGTERM. Checked for
+    /// writability before attaching.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Print only the final summary, not the periodic blocks.
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -4,3 +4,4 @@
 pub mod harness;
 pub mod job;
 pub mod reallibs;
+pub mod kernel_objects;

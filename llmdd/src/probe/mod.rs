@@ -88,22 +88,35 @@ pub struct AttachedObject {
     pub probes: usize,
 }
 
+/// Which uprobe programs go on the probe points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeSet {
+    /// llmdd's probes: every call recorded.
+    #[default]
+    Full,
+    /// Empty programs: the cost of the uprobe trap alone (the overhead benchmark's floor).
+    Floor,
+}
+
 /// The programs serving each family: (entry, return).
-const fn programs(family: Family) -> (&'static str, &'static str) {
-    match family {
-        Family::Nccl => ("nccl_entry", "nccl_return"),
-        Family::CudaRuntime => ("cudart_entry", "cudart_return"),
-        Family::CudaDriver => ("cuda_entry", "cuda_return"),
+const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str) {
+    match (set, family) {
+        (ProbeSet::Floor, _) => ("floor_entry", "floor_return"),
+        (ProbeSet::Full, Family::Nccl) => ("nccl_entry", "nccl_return"),
+        (ProbeSet::Full, Family::CudaRuntime) => ("cudart_entry", "cudart_return"),
+        (ProbeSet::Full, Family::CudaDriver) => ("cuda_entry", "cuda_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 6] = [
+const UPROBE_PROGRAMS: [&str; 8] = [
     "nccl_entry",
     "nccl_return",
     "cudart_entry",
     "cudart_return",
     "cuda_entry",
     "cuda_return",
+    "floor_entry",
+    "floor_return",
 ];
 
 /// The cookie for one probe point.
@@ -136,6 +149,7 @@ pub struct Tracer {
     bpf: Ebpf,
     /// The uprobe programs loaded for uprobe-multi, when the kernel has it.
     multi: Option<multi::MultiPrograms>,
+    set: ProbeSet,
     libs: Vec<AttachedObject>,
     links: HashMap<u32, Vec<Link>>,
     kernel: Vec<KernelProbe>,
@@ -145,6 +159,11 @@ impl Tracer {
     /// Loads the embedded object, verifies every program, configures socket offsets, and
     /// attaches the kernel tracepoints (each degrades on its own with a message).
     pub fn load(sock_cfg: Option<SockCfg>) -> Result<Tracer, ProbeError> {
+        Self::load_with(sock_cfg, ProbeSet::Full)
+    }
+
+    /// As [`Tracer::load`], choosing which programs go on the probe points.
+    pub fn load_with(sock_cfg: Option<SockCfg>, set: ProbeSet) -> Result<Tracer, ProbeError> {
         let mut bpf = EbpfLoader::new()
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
             .load(object::BYTES)
@@ -176,6 +195,7 @@ impl Tracer {
         Ok(Tracer {
             bpf,
             multi,
+            set,
             libs: Vec::new(),
             links: HashMap::new(),
             kernel,
@@ -252,7 +272,7 @@ impl Tracer {
                         source,
                     })?;
             }
-            let (entry, ret) = programs(obj.family);
+            let (entry, ret) = programs(self.set, obj.family);
             if let Some(m) = &self.multi {
                 let points: Vec<(u64, u64)> = obj
                     .points

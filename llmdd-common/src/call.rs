@@ -90,6 +90,9 @@ pub struct Cookie(pub u64);
 /// Capture flag: the function takes an `ncclUniqueId` (128 bytes) by value on the stack at
 /// sp+8; hash it at entry.
 pub const C_UID: u8 = 1 << 0;
+/// Capture flag: some argument of interest is passed on the stack (slots 6-8); read the
+/// three stack words at entry. Functions whose arguments all fit in registers skip the read.
+pub const C_STACK: u8 = 1 << 1;
 
 impl Cookie {
     #[allow(clippy::too_many_arguments)]

@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use llmdd_common::{
     call::{
-        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_UID, F_DEREF, F_OUT, F_RANK,
-        F_RETURNED, F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT,
+        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_STACK, C_UID, F_DEREF, F_OUT,
+        F_RANK, F_RETURNED, F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT,
     },
     counters, RecordKind,
 };
@@ -99,15 +99,16 @@ pub fn on_entry<C: EbpfContext>(ctx: &C) -> u32 {
         rec.args[5] = (*regs).r9;
         (*regs).rsp
     };
-    // Stack arguments 7-9 sit above the return address. A read can fail only if the stack
-    // page is not present, which is harmless: the slot stays 0.
-    let mut i = 0;
-    while i < 3 {
+    // Stack arguments 7-9 sit above the return address; read them in one go, and only
+    // for functions that have an argument of interest there. A failed read (stack page not
+    // present) leaves the slots 0.
+    if cookie.flags() & C_STACK != 0 {
         // SAFETY: validated user read.
-        if let Ok(v) = unsafe { bpf_probe_read_user((sp + 8 * (i as u64 + 1)) as *const u64) } {
-            rec.args[6 + i] = v;
+        if let Ok(words) = unsafe { bpf_probe_read_user((sp + 8) as *const [u64; 3]) } {
+            rec.args[6] = words[0];
+            rec.args[7] = words[1];
+            rec.args[8] = words[2];
         }
-        i += 1;
     }
 
     // Rank and rank count through the communicator handle, at offsets decoded per library.

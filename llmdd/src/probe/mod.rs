@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
 };
 use llmdd_common::{
-    call::{Cookie, LibCfg, C_UID, NO_SLOT},
+    call::{Cookie, LibCfg, C_STACK, C_UID, NO_SLOT},
     counters,
     funcs::{self, Family, FuncId},
     sock::SockCfg,
@@ -121,19 +121,31 @@ const UPROBE_PROGRAMS: [&str; 8] = [
 
 /// The cookie for one probe point.
 pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
-    let roles = funcs::spec(func).map(|f| f.roles);
-    let Some(r) = roles else {
+    let Some(r) = funcs::spec(func).map(|f| f.roles) else {
         return Cookie::new(func, slot, NO_SLOT, NO_SLOT, NO_SLOT, 0, 0);
     };
-    Cookie::new(
-        func,
-        slot,
+    let slots = [
+        r.count,
+        r.dtype,
+        r.op,
+        r.peer,
         r.comm,
+        r.stream,
+        r.event,
         r.out,
         r.deref,
-        r.deref_word,
-        if r.unique_id { C_UID } else { 0 },
-    )
+        r.nranks_arg,
+        r.rank_arg,
+    ];
+    let on_stack = slots.iter().any(|s| *s != NO_SLOT && *s >= 6);
+    let mut flags = 0;
+    if r.unique_id {
+        flags |= C_UID;
+    }
+    if on_stack {
+        flags |= C_STACK;
+    }
+    Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, flags)
 }
 
 /// One attachment held for a target.
@@ -465,5 +477,46 @@ impl Detached {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmdd_common::funcs::FUNCS;
+
+    fn id(name: &str) -> FuncId {
+        FUNCS
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.id)
+            .expect("known function")
+    }
+
+    #[test]
+    fn cookies_ask_for_stack_words_only_when_an_argument_lives_there() {
+        let c = cookie_for(id("ncclAllReduce"), 3);
+        assert_eq!(
+            (c.func(), c.lib_slot(), c.comm_slot()),
+            (id("ncclAllReduce"), 3, 5)
+        );
+        assert_ne!(c.flags() & C_STACK, 0, "stream is the 7th argument");
+        assert_eq!(
+            cookie_for(id("ncclSend"), 0).flags() & C_STACK,
+            0,
+            "all in registers"
+        );
+        assert_ne!(
+            cookie_for(id("cuLaunchKernel"), 0).flags() & C_STACK,
+            0,
+            "stream is the 9th"
+        );
+        let init = cookie_for(id("ncclCommInitRank"), 0);
+        assert_eq!(
+            init.flags(),
+            C_UID,
+            "the unique id is hashed, no other stack word needed"
+        );
+        assert_eq!(init.out_slot(), 0);
     }
 }

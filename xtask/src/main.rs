@@ -35,6 +35,19 @@ enum Cmd {
         #[arg(long, default_value = "10s")]
         duration: String,
     },
+    /// Measure the cost llmdd adds per traced call against the uprobe floor and bpftrace
+    /// (same process, same run), then the analysis engine's throughput. Not a test.
+    Bench {
+        /// Calls per round and case.
+        #[arg(long, default_value = "200000")]
+        calls: u64,
+        /// Rounds per case (the median is reported).
+        #[arg(long, default_value = "5")]
+        rounds: u64,
+        /// Events fed to the engine benchmark.
+        #[arg(long, default_value = "10000000")]
+        engine_events: u64,
+    },
     /// Run formatting and lint checks and the whole test suite (as root).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
@@ -77,6 +90,31 @@ fn run(cli: Cli) -> Result<()> {
                 "--duration",
                 &duration,
             ])
+        }
+        Cmd::Bench {
+            calls,
+            rounds,
+            engine_events,
+        } => {
+            setup::ensure()?;
+            setup::ensure_bpftrace()?;
+            cargo(&["build", "--workspace"])?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "llmdd-tests",
+                "--bin",
+                "bench",
+                "--",
+                "--calls",
+                &calls.to_string(),
+                "--rounds",
+                &rounds.to_string(),
+            ])?;
+            // SAFETY: setting an environment variable before spawning children, single-threaded.
+            unsafe { std::env::set_var("LLMDD_BENCH_EVENTS", engine_events.to_string()) };
+            cargo(&["bench", "-p", "llmdd", "--bench", "engine"])
         }
         Cmd::Test { no_lint, test_args } => {
             setup::ensure()?;

@@ -102,3 +102,23 @@ pub fn ensure() -> Result<()> {
     }
     Ok(())
 }
+
+/// bpftrace, the baseline of the overhead benchmark (Debian's package).
+pub fn ensure_bpftrace() -> Result<()> {
+    let found = Command::new("bpftrace").arg("--version").output().is_ok();
+    if !found {
+        run(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "bpftrace",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install bpftrace (the benchmark's baseline)",
+        )?;
+    }
+    Ok(())
+}

@@ -16,8 +16,9 @@ pub mod funcs;
 pub mod proc;
 pub mod sock;
 
-/// Version of the record layout. Bumped whenever a record changes shape; the daemon refuses
-/// an object whose version differs from its own.
+/// Version of the record layout. Bumped whenever a record changes shape. The live path cannot
+/// mismatch (the object is built from this crate and embedded in the same binary); the
+/// version is for anything that stores records and reads them back later.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// First field of every ring-buffer record: which record follows.

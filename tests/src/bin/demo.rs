@@ -20,7 +20,7 @@ fn main() -> Result<()> {
     }
     let lib_dir = fake_lib_dir();
     println!("demo: starting a simulated 4-rank job (fake NCCL over loopback TCP, fake CUDA);");
-    println!("demo: rank 2 is a straggler: it sleeps 20 ms before its all-reduce every 5th step");
+    println!("demo: rank 2 is a straggler: it sleeps 20 ms before its all-reduce every 3rd step");
     let mut job = Job::start(
         &lib_dir,
         &[
@@ -31,9 +31,9 @@ fn main() -> Result<()> {
             "--compute-us",
             "5000",
             "--collective",
-            "allreduce:4M",
+            "allreduce:256K",
             "--straggler",
-            "2:20:5",
+            "2:20:3",
             "--timeout-s",
             "600",
         ],

@@ -137,19 +137,9 @@ fn on_length(ctx: &TracePointContext, event: u32) -> u32 {
     if unsafe { KNOWN_SOCKS.get(&sk) }.is_none() {
         let _ = KNOWN_SOCKS.insert(&sk, &tgid, 0);
     }
-    let mut rec = SockRecord {
-        kind: RecordKind::Sock as u32,
-        event,
-        pid: tgid,
-        tid: pid_tgid as u32,
-        // SAFETY: ktime is always readable.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sk,
-        bytes: ret as i64,
-        family,
-        protocol,
-        ..SockRecord::default()
-    };
+    let mut rec = sock_record(event, tgid, pid_tgid as u32, sk, protocol);
+    rec.bytes = ret as i64;
+    rec.family = family;
     fill_addrs(&mut rec, sk);
     send(&rec);
     0
@@ -178,21 +168,67 @@ fn owner(sk: u64) -> Option<(u32, u32)> {
     unsafe { KNOWN_SOCKS.get(&sk) }.map(|t| (*t, 0))
 }
 
+/// Where a state-change or retransmit tracepoint keeps the connection's endpoints.
+struct Endpoints {
+    sport: usize,
+    dport: usize,
+    family: usize,
+    saddr: usize,
+    daddr: usize,
+    saddr6: usize,
+    daddr6: usize,
+}
+
+const ST_ENDPOINTS: Endpoints = Endpoints {
+    sport: ST_SPORT,
+    dport: ST_DPORT,
+    family: ST_FAMILY,
+    saddr: ST_SADDR,
+    daddr: ST_DADDR,
+    saddr6: ST_SADDR6,
+    daddr6: ST_DADDR6,
+};
+
+const RT_ENDPOINTS: Endpoints = Endpoints {
+    sport: RT_SPORT,
+    dport: RT_DPORT,
+    family: RT_FAMILY,
+    saddr: RT_SADDR,
+    daddr: RT_DADDR,
+    saddr6: RT_SADDR6,
+    daddr6: RT_DADDR6,
+};
+
+/// A socket record for `sk`, owned by (pid, tid), stamped now.
 #[inline(always)]
-fn read_addrs(
-    ctx: &TracePointContext,
-    rec: &mut SockRecord,
-    off4: (usize, usize),
-    off6: (usize, usize),
-) {
+fn sock_record(event: u32, pid: u32, tid: u32, sk: u64, protocol: u16) -> SockRecord {
+    SockRecord {
+        kind: RecordKind::Sock as u32,
+        event,
+        pid,
+        tid,
+        // SAFETY: ktime is always readable.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        protocol,
+        ..SockRecord::default()
+    }
+}
+
+/// Fills ports, family and addresses from a tracepoint record laid out as `at` says.
+#[inline(always)]
+fn read_endpoints(ctx: &TracePointContext, rec: &mut SockRecord, at: &Endpoints) {
     // SAFETY: reads of the tracepoint record at its format offsets.
     unsafe {
+        rec.sport = ctx.read_at::<u16>(at.sport).unwrap_or(0);
+        rec.dport = ctx.read_at::<u16>(at.dport).unwrap_or(0);
+        rec.family = ctx.read_at::<u16>(at.family).unwrap_or(0);
         if rec.family == AF_INET {
-            rec.saddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(off4.0).unwrap_or_default());
-            rec.daddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(off4.1).unwrap_or_default());
+            rec.saddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(at.saddr).unwrap_or_default());
+            rec.daddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(at.daddr).unwrap_or_default());
         } else {
-            rec.saddr = ctx.read_at::<[u8; 16]>(off6.0).unwrap_or_default();
-            rec.daddr = ctx.read_at::<[u8; 16]>(off6.1).unwrap_or_default();
+            rec.saddr = ctx.read_at::<[u8; 16]>(at.saddr6).unwrap_or_default();
+            rec.daddr = ctx.read_at::<[u8; 16]>(at.daddr6).unwrap_or_default();
         }
     }
     rec.flags |= SF_ADDR;
@@ -213,26 +249,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let Some((pid, tid)) = owner(sk) else {
         return 0;
     };
-    let mut rec = SockRecord {
-        kind: RecordKind::Sock as u32,
-        event: SOCK_STATE,
-        pid,
-        tid,
-        // SAFETY: ktime is always readable.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sk,
-        protocol,
-        ..SockRecord::default()
-    };
+    let mut rec = sock_record(SOCK_STATE, pid, tid, sk, protocol);
     // SAFETY: as above.
     unsafe {
         rec.oldstate = ctx.read_at::<i32>(ST_OLD).unwrap_or(0);
         rec.newstate = ctx.read_at::<i32>(ST_NEW).unwrap_or(0);
-        rec.sport = ctx.read_at::<u16>(ST_SPORT).unwrap_or(0);
-        rec.dport = ctx.read_at::<u16>(ST_DPORT).unwrap_or(0);
-        rec.family = ctx.read_at::<u16>(ST_FAMILY).unwrap_or(0);
     }
-    read_addrs(&ctx, &mut rec, (ST_SADDR, ST_DADDR), (ST_SADDR6, ST_DADDR6));
+    read_endpoints(&ctx, &mut rec, &ST_ENDPOINTS);
     send(&rec);
     0
 }
@@ -244,25 +267,10 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let Some((pid, tid)) = owner(sk) else {
         return 0;
     };
-    let mut rec = SockRecord {
-        kind: RecordKind::Sock as u32,
-        event: SOCK_RETRANSMIT,
-        pid,
-        tid,
-        // SAFETY: ktime is always readable.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sk,
-        protocol: IPPROTO_TCP,
-        ..SockRecord::default()
-    };
+    let mut rec = sock_record(SOCK_RETRANSMIT, pid, tid, sk, IPPROTO_TCP);
     // SAFETY: as above.
-    unsafe {
-        rec.oldstate = ctx.read_at::<i32>(RT_STATE).unwrap_or(0);
-        rec.sport = ctx.read_at::<u16>(RT_SPORT).unwrap_or(0);
-        rec.dport = ctx.read_at::<u16>(RT_DPORT).unwrap_or(0);
-        rec.family = ctx.read_at::<u16>(RT_FAMILY).unwrap_or(0);
-    }
-    read_addrs(&ctx, &mut rec, (RT_SADDR, RT_DADDR), (RT_SADDR6, RT_DADDR6));
+    rec.oldstate = unsafe { ctx.read_at::<i32>(RT_STATE).unwrap_or(0) };
+    read_endpoints(&ctx, &mut rec, &RT_ENDPOINTS);
     send(&rec);
     0
 }

@@ -95,3 +95,24 @@ fn bad_duration_and_missing_target_are_usage_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn unwritable_output_path_fails_before_attaching() {
+    require_root();
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawning sleep");
+    let pid = sleeper.id().to_string();
+    let (code, _, err) = run_llmdd(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--dump-events",
+        "/nonexistent-dir/events.jsonl",
+    ]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    // The path is refused first, before the target is even inspected.
+    assert_one_clear_line(code, &err, "/nonexistent-dir/events.jsonl");
+}

@@ -29,7 +29,15 @@ pub const PROGRAMS: &[&str] = &[
 ];
 
 /// Map names of the llmdd object.
-pub const MAPS: &[&str] = &["EVENTS", "COUNTERS", "INFLIGHT", "LIB_CFG", "TRACED", "KNOWN_SOCKS", "SOCK_CFG"];
+pub const MAPS: &[&str] = &[
+    "EVENTS",
+    "COUNTERS",
+    "INFLIGHT",
+    "LIB_CFG",
+    "TRACED",
+    "KNOWN_SOCKS",
+    "SOCK_CFG",
+];
 
 fn bpf(cmd: u32, attr: &mut [u8]) -> i64 {
     // SAFETY: `attr` is a zero-padded bpf_attr of the given size; pointers inside it refer to
@@ -88,7 +96,11 @@ pub fn llmdd_programs() -> Vec<(u32, String)> {
             let mut buf = [0u8; 256];
             info(&fd, &mut buf).then(|| (id, name_at(&buf, 64)))
         })
-        .filter(|(_, n)| PROGRAMS.iter().any(|p| p.starts_with(n.as_str()) && !n.is_empty()))
+        .filter(|(_, n)| {
+            PROGRAMS
+                .iter()
+                .any(|p| p.starts_with(n.as_str()) && !n.is_empty())
+        })
         .collect()
 }
 
@@ -111,10 +123,13 @@ pub fn links_of(prog_ids: &[u32]) -> Vec<u32> {
     next_ids(BPF_LINK_GET_NEXT_ID)
         .into_iter()
         .filter(|id| {
-            let Some(fd) = fd_by_id(BPF_LINK_GET_FD_BY_ID, *id) else { return false };
+            let Some(fd) = fd_by_id(BPF_LINK_GET_FD_BY_ID, *id) else {
+                return false;
+            };
             // struct bpf_link_info: u32 type @0, u32 id @4, u32 prog_id @8.
             let mut buf = [0u8; 128];
-            info(&fd, &mut buf) && prog_ids.contains(&u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]))
+            info(&fd, &mut buf)
+                && prog_ids.contains(&u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]))
         })
         .collect()
 }

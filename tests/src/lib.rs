@@ -3,5 +3,5 @@
 
 pub mod harness;
 pub mod job;
-pub mod reallibs;
 pub mod kernel_objects;
+pub mod reallibs;

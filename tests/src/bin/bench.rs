@@ -51,7 +51,11 @@ fn run_calls(lp: &mut Proc, n: u64) -> Result<f64> {
     let line = lp.wait_line("ns_per_call", Duration::from_secs(600), |s, l| {
         s == Stream::Stdout && l.starts_with("ns_per_call")
     })?;
-    line.split_whitespace().nth(1).context("ns value")?.parse().context("ns value")
+    line.split_whitespace()
+        .nth(1)
+        .context("ns value")?
+        .parse()
+        .context("ns value")
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -67,10 +71,15 @@ fn main() -> Result<()> {
         c.arg(&lib);
         c
     })?;
-    lp.wait_line("READY", Duration::from_secs(30), |s, l| s == Stream::Stdout && l == "READY")?;
+    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })?;
     let pid = lp.pid();
     let target = llmdd::target::inspect(pid)?;
-    let nccl = target.objects_of(Family::Nccl).next().context("no NCCL object in the loop process")?;
+    let nccl = target
+        .objects_of(Family::Nccl)
+        .next()
+        .context("no NCCL object in the loop process")?;
     let point = nccl
         .points
         .iter()
@@ -84,19 +93,28 @@ fn main() -> Result<()> {
     }];
     let have_bpftrace = o.bpftrace && Command::new("bpftrace").arg("--version").output().is_ok();
 
-    eprintln!("bench: {} calls x {} rounds per case; warming up", o.calls, o.rounds);
+    eprintln!(
+        "bench: {} calls x {} rounds per case; warming up",
+        o.calls, o.rounds
+    );
     run_calls(&mut lp, o.calls / 4)?;
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut attach_s = Vec::new();
     let mut delivered = Vec::new();
     for round in 0..o.rounds {
         eprintln!("bench: round {}/{}", round + 1, o.rounds);
-        samples.entry("untraced").or_default().push(run_calls(&mut lp, o.calls)?);
+        samples
+            .entry("untraced")
+            .or_default()
+            .push(run_calls(&mut lp, o.calls)?);
 
         {
             let mut t = Tracer::load_with(None, ProbeSet::Floor)?;
             t.attach(pid, &plan)?;
-            samples.entry("floor (empty uprobe+uretprobe)").or_default().push(run_calls(&mut lp, o.calls)?);
+            samples
+                .entry("floor (empty uprobe+uretprobe)")
+                .or_default()
+                .push(run_calls(&mut lp, o.calls)?);
             t.detach(pid).release();
         }
 
@@ -104,9 +122,14 @@ fn main() -> Result<()> {
         let mut cmd = Command::new(built("llmdd"));
         cmd.args(["attach", "--pid", &pid.to_string(), "--quiet"]);
         let mut l = Proc::spawn("llmdd", cmd)?;
-        l.wait_line("tracing", Duration::from_secs(60), |s, x| s == Stream::Stderr && x.starts_with("llmdd: tracing"))?;
+        l.wait_line("tracing", Duration::from_secs(60), |s, x| {
+            s == Stream::Stderr && x.starts_with("llmdd: tracing")
+        })?;
         attach_s.push(t0.elapsed().as_secs_f64());
-        samples.entry("llmdd (all probes, daemon reading)").or_default().push(run_calls(&mut lp, o.calls)?);
+        samples
+            .entry("llmdd (all probes, daemon reading)")
+            .or_default()
+            .push(run_calls(&mut lp, o.calls)?);
         l.signal(libc::SIGINT)?;
         l.wait_exit(Duration::from_secs(60))?;
         let seen: u64 = l
@@ -130,8 +153,13 @@ fn main() -> Result<()> {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-p", &pid.to_string(), "-e", &script]);
             let mut b = Proc::spawn("bpftrace", cmd)?;
-            b.wait_line("ready line", Duration::from_secs(120), |s, x| s == Stream::Stdout && x == "bench-ready")?;
-            samples.entry("bpftrace (uprobe+uretprobe, hist)").or_default().push(run_calls(&mut lp, o.calls)?);
+            b.wait_line("ready line", Duration::from_secs(120), |s, x| {
+                s == Stream::Stdout && x == "bench-ready"
+            })?;
+            samples
+                .entry("bpftrace (uprobe+uretprobe, hist)")
+                .or_default()
+                .push(run_calls(&mut lp, o.calls)?);
             b.signal(libc::SIGINT)?;
             b.wait_exit(Duration::from_secs(60))?;
         }
@@ -143,18 +171,34 @@ fn main() -> Result<()> {
     let added = |k: &str| med.get(k).map(|v| v - base);
     let floor = added("floor (empty uprobe+uretprobe)");
     let bpft = added("bpftrace (uprobe+uretprobe, hist)");
-    println!("\nns per ncclAllReduce call (median of {} rounds of {} calls; same process, same run)", o.rounds, o.calls);
-    println!("{:<38} {:>10} {:>12} {:>10} {:>12}", "case", "ns/call", "added ns", "x floor", "x bpftrace");
+    println!(
+        "\nns per ncclAllReduce call (median of {} rounds of {} calls; same process, same run)",
+        o.rounds, o.calls
+    );
+    println!(
+        "{:<38} {:>10} {:>12} {:>10} {:>12}",
+        "case", "ns/call", "added ns", "x floor", "x bpftrace"
+    );
     let mut rows = Vec::new();
     for (k, v) in &med {
         let a = v - base;
         let xf = floor.filter(|f| *f > 0.0).map(|f| a / f);
         let xb = bpft.filter(|b| *b > 0.0).map(|b| a / b);
         let fmt = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-        println!("{k:<38} {v:>10.1} {a:>12.1} {:>10} {:>12}", fmt(xf), fmt(xb));
+        println!(
+            "{k:<38} {v:>10.1} {a:>12.1} {:>10} {:>12}",
+            fmt(xf),
+            fmt(xb)
+        );
         rows.push(serde_json::json!({"case": k, "ns_per_call": v, "added_ns": a, "ratio_to_floor": xf, "ratio_to_bpftrace": xb}));
     }
-    println!("llmdd attach to tracing (s): {:?}", attach_s.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>());
+    println!(
+        "llmdd attach to tracing (s): {:?}",
+        attach_s
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+    );
     println!("llmdd events delivered / calls made: {delivered:?}");
     if !have_bpftrace {
         println!("(bpftrace not installed: its row is missing; `cargo xtask bench` installs it)");
@@ -175,7 +219,8 @@ fn main() -> Result<()> {
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&o.out, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", o.out.display()))?;
+    std::fs::write(&o.out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", o.out.display()))?;
     println!("written: {}", o.out.display());
     Ok(())
 }

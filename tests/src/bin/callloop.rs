@@ -11,13 +11,21 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-type AllReduce =
-    unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, *mut c_void, *mut c_void) -> c_int;
+type AllReduce = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    usize,
+    c_int,
+    c_int,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
 
 fn main() -> Result<()> {
     let path = std::env::args().nth(1).context("usage: callloop LIBNCCL")?;
     // SAFETY: loading a library whose initialisers are known (the fake or real NCCL).
-    let lib = unsafe { libloading::Library::new(&path) }.with_context(|| format!("loading {path}"))?;
+    let lib =
+        unsafe { libloading::Library::new(&path) }.with_context(|| format!("loading {path}"))?;
     // SAFETY: the symbol has the C signature above.
     let all_reduce: libloading::Symbol<AllReduce> =
         unsafe { lib.get(b"ncclAllReduce\0") }.context("ncclAllReduce not exported")?;
@@ -35,7 +43,15 @@ fn main() -> Result<()> {
                 for _ in 0..n {
                     // SAFETY: null buffers and communicator are valid arguments (rejected).
                     sink ^= unsafe {
-                        all_reduce(std::ptr::null(), std::ptr::null_mut(), 1024, 7, 0, std::ptr::null_mut(), std::ptr::null_mut())
+                        all_reduce(
+                            std::ptr::null(),
+                            std::ptr::null_mut(),
+                            1024,
+                            7,
+                            0,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        )
                     };
                 }
                 let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;

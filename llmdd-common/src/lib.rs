@@ -28,6 +28,7 @@ pub enum RecordKind {
     Call = 1,
     Sock = 2,
     ProcExit = 3,
+    ExecMap = 4,
 }
 
 impl RecordKind {
@@ -36,6 +37,7 @@ impl RecordKind {
             1 => Some(Self::Call),
             2 => Some(Self::Sock),
             3 => Some(Self::ProcExit),
+            4 => Some(Self::ExecMap),
             _ => None,
         }
     }
@@ -53,6 +55,8 @@ pub const MAX_INFLIGHT: u32 = 65_536;
 pub const MAX_TRACED: u32 = 4_096;
 /// Maximum number of probed library slots (per-library configuration entries).
 pub const MAX_LIBS: u32 = 1_024;
+/// Maximum number of threads with an executable file mapping in progress.
+pub const MAX_PENDING_MMAPS: u32 = 1_024;
 /// Maximum number of kernel sockets remembered as belonging to traced processes.
 pub const MAX_SOCKS: u32 = 65_536;
 

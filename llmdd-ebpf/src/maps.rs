@@ -8,7 +8,7 @@ use llmdd_common::{
     call::{CallRecord, InflightKey, LibCfg},
     counters,
     sock::SockCfg,
-    MAX_INFLIGHT, MAX_LIBS, MAX_SOCKS, MAX_TRACED, RING_BYTES,
+    MAX_INFLIGHT, MAX_LIBS, MAX_PENDING_MMAPS, MAX_SOCKS, MAX_TRACED, RING_BYTES,
 };
 
 /// Every record goes to userspace through this ring buffer.
@@ -35,6 +35,11 @@ pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACED, 0);
 /// outside process context (retransmits, state changes in softirq) can be attributed.
 #[map]
 pub static KNOWN_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+
+/// Threads (tid) of traced processes between entering an executable file mmap and its
+/// return.
+#[map]
+pub static PENDING_MMAPS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_PENDING_MMAPS, 0);
 
 /// Offsets inside `struct sock`, from the kernel's BTF (index 0).
 #[map]

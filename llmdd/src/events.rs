@@ -24,6 +24,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("unknown function id {0}")]
     UnknownFunc(u16),
+    #[error("{0} records are control notices for the reader, not events")]
+    NotAnEvent(&'static str),
 }
 
 /// One decoded event.
@@ -64,6 +66,7 @@ impl Event {
                     ts_ns: r.ts_ns,
                 }))
             }
+            Some(RecordKind::ExecMap) => Err(DecodeError::NotAnEvent("exec_map")),
             None => Err(DecodeError::UnknownKind(kind)),
         }
     }

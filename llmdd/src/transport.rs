@@ -22,6 +22,8 @@ pub struct Reader {
     pub decode_errors: u64,
     /// Records read.
     pub records: u64,
+    /// Processes that mapped a file executable since the last `take_new_mappings`.
+    new_mappings: Vec<u32>,
 }
 
 impl Reader {
@@ -33,6 +35,7 @@ impl Reader {
             fd,
             decode_errors: 0,
             records: 0,
+            new_mappings: Vec::new(),
         })
     }
 
@@ -48,6 +51,12 @@ impl Reader {
         let rb = self.fd.get_mut();
         while let Some(item) = rb.next() {
             self.records += 1;
+            if let Some(pid) = exec_map_pid(&item) {
+                if !self.new_mappings.contains(&pid) {
+                    self.new_mappings.push(pid);
+                }
+                continue;
+            }
             match Event::decode(&item) {
                 Ok(ev) => out.push(ev),
                 Err(e) => {
@@ -58,5 +67,39 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+impl Reader {
+    /// Processes that mapped a file executable (possibly a newly loaded library) since the
+    /// last call: look at their mappings again and probe what is new.
+    pub fn take_new_mappings(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.new_mappings)
+    }
+}
+
+/// The pid of an `ExecMap` notice (a control record, not an analysis event).
+fn exec_map_pid(bytes: &[u8]) -> Option<u32> {
+    use llmdd_common::{proc::ExecMapRecord, RecordKind};
+    let kind = u32::from_ne_bytes(bytes.get(0..4)?.try_into().ok()?);
+    if RecordKind::from_u32(kind) != Some(RecordKind::ExecMap)
+        || bytes.len() < std::mem::size_of::<ExecMapRecord>()
+    {
+        return None;
+    }
+    Some(u32::from_ne_bytes(bytes.get(4..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exec_map_notices_are_recognised() {
+        let mut rec = [0u8; 24];
+        rec[0..4].copy_from_slice(&4u32.to_ne_bytes());
+        rec[4..8].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(super::exec_map_pid(&rec), Some(77));
+        rec[0..4].copy_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(super::exec_map_pid(&rec), None);
+        assert_eq!(super::exec_map_pid(&[4, 0, 0]), None);
     }
 }

@@ -26,6 +26,8 @@ pub const PROGRAMS: &[&str] = &[
     "inet_sock_set_state",
     "tcp_retransmit_skb",
     "sched_process_exit",
+    "sys_enter_mmap",
+    "sys_exit_mmap",
 ];
 
 /// Map names of the llmdd object.
@@ -37,6 +39,7 @@ pub const MAPS: &[&str] = &[
     "TRACED",
     "KNOWN_SOCKS",
     "SOCK_CFG",
+    "PENDING_MMAPS",
 ];
 
 fn bpf(cmd: u32, attr: &mut [u8]) -> i64 {

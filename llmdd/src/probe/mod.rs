@@ -164,6 +164,8 @@ pub struct Tracer {
     set: ProbeSet,
     libs: Vec<AttachedObject>,
     links: HashMap<u32, Vec<Link>>,
+    /// What is probed in each process: (file, family).
+    probed: HashMap<u32, Vec<(PathBuf, Family)>>,
     kernel: Vec<KernelProbe>,
 }
 
@@ -210,6 +212,7 @@ impl Tracer {
             set,
             libs: Vec::new(),
             links: HashMap::new(),
+            probed: HashMap::new(),
             kernel,
         })
     }
@@ -329,15 +332,39 @@ impl Tracer {
                 probes: obj.points.len(),
             };
             self.libs.push(attached.clone());
+            self.probed
+                .entry(pid)
+                .or_default()
+                .push((obj.path.clone(), obj.family));
             done.push(attached);
         }
         Ok(done)
+    }
+
+    /// Attaches the objects of `objects` not yet probed in `pid` (a library loaded after the
+    /// first attach); returns what was newly attached.
+    pub fn attach_new(
+        &mut self,
+        pid: u32,
+        objects: &[ObjectPlan],
+    ) -> Result<Vec<AttachedObject>, ProbeError> {
+        let done = self.probed.get(&pid).cloned().unwrap_or_default();
+        let new: Vec<ObjectPlan> = objects
+            .iter()
+            .filter(|o| !done.iter().any(|(p, f)| *p == o.path && *f == o.family))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.attach_inner(pid, &new)
     }
 
     /// Stops tracing `pid`: its kernel-side filter entry is removed at once, and its uprobe
     /// links are handed back for [`Detached::release`], which is slow (see there) and so is
     /// left to the caller to run where it does not block event reading.
     pub fn detach(&mut self, pid: u32) -> Detached {
+        self.probed.remove(&pid);
         let mut links = Vec::new();
         for link in self.links.remove(&pid).unwrap_or_default() {
             match link {

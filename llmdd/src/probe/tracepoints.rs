@@ -71,6 +71,18 @@ const SPECS: &[Spec] = &[
         ],
     },
     Spec {
+        program: "sys_enter_mmap",
+        category: "syscalls",
+        event: "sys_enter_mmap",
+        fields: &[("prot", 32), ("fd", 48)],
+    },
+    Spec {
+        program: "sys_exit_mmap",
+        category: "syscalls",
+        event: "sys_exit_mmap",
+        fields: &[("ret", 16)],
+    },
+    Spec {
         program: "sched_process_exit",
         category: "sched",
         event: "sched_process_exit",

@@ -1,7 +1,9 @@
-//! The overhead benchmark's target: loads a libnccl, then on each `run N` line from stdin
-//! calls `ncclAllReduce` N times in a tight loop (a null communicator: the library returns at
-//! once, so the loop measures call overhead, not NCCL) and prints `ns_per_call X`.
-//! `quit` or end of input exits.
+//! A target for the overhead benchmark and the lazy-loading test. Loads the libraries named
+//! on the command line, prints `READY`, then obeys lines on stdin:
+//! - `load PATH`: dlopen another library (as PyTorch opens NCCL lazily); prints `LOADED`.
+//! - `run N`: call `ncclAllReduce` N times in a tight loop (a null communicator: the library
+//!   returns at once, so the loop measures call overhead, not NCCL); prints `ns_per_call X`.
+//! - `quit` (or end of input): exit.
 
 use std::{
     ffi::{c_int, c_void},
@@ -10,6 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use libloading::Library;
 
 type AllReduce = unsafe extern "C" fn(
     *const c_void,
@@ -21,14 +24,16 @@ type AllReduce = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
+fn load(path: &str) -> Result<Library> {
+    // SAFETY: loading a library whose initialisers are known (the fake or real NCCL/CUDA).
+    unsafe { Library::new(path) }.with_context(|| format!("loading {path}"))
+}
+
 fn main() -> Result<()> {
-    let path = std::env::args().nth(1).context("usage: callloop LIBNCCL")?;
-    // SAFETY: loading a library whose initialisers are known (the fake or real NCCL).
-    let lib =
-        unsafe { libloading::Library::new(&path) }.with_context(|| format!("loading {path}"))?;
-    // SAFETY: the symbol has the C signature above.
-    let all_reduce: libloading::Symbol<AllReduce> =
-        unsafe { lib.get(b"ncclAllReduce\0") }.context("ncclAllReduce not exported")?;
+    let mut libs: Vec<Library> = std::env::args()
+        .skip(1)
+        .map(|p| load(&p))
+        .collect::<Result<_>>()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY")?;
     out.flush()?;
@@ -36,8 +41,17 @@ fn main() -> Result<()> {
         let line = line?;
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
+            (Some("load"), Some(path)) => {
+                libs.push(load(path)?);
+                writeln!(out, "LOADED")?;
+            }
             (Some("run"), Some(n)) => {
                 let n: u64 = n.parse().context("run N")?;
+                // SAFETY: the symbol has the C signature above.
+                let all_reduce = libs
+                    .iter()
+                    .find_map(|l| unsafe { l.get::<AllReduce>(b"ncclAllReduce\0") }.ok())
+                    .context("no loaded library exports ncclAllReduce")?;
                 let start = Instant::now();
                 let mut sink = 0;
                 for _ in 0..n {
@@ -56,12 +70,12 @@ fn main() -> Result<()> {
                 }
                 let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
                 writeln!(out, "ns_per_call {ns:.2} rc {sink}")?;
-                out.flush()?;
             }
             (Some("quit"), _) => break,
             (None, _) => {}
             (Some(other), _) => bail!("unknown command {other}"),
         }
+        out.flush()?;
     }
     Ok(())
 }

@@ -1,12 +1,15 @@
-//! `llmdd attach`: resolve targets, load and attach the probes, read events until told to
-//! stop, detach, and print the summary.
+//! `llmdd attach` (and `llmdd top`): resolve targets, load and attach the probes, read events
+//! until told to stop, detach, print the summary and write the requested views (report,
+//! trace, flame graph); while tracing, show the live view or the plain periodic summary and
+//! serve metrics.
 
 use std::{
     collections::BTreeSet,
     fs::File,
-    io::{BufWriter, Write},
+    io::{BufWriter, IsTerminal, Write},
     path::Path,
-    time::Instant,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +24,11 @@ use crate::{
     summary::Summary,
     target,
     transport::{Reader, DRAIN_INTERVAL},
+    views::{
+        flame, metrics, report,
+        run::{LibInfo, ProcInfo, RunInfo},
+        trace, tui, Outputs,
+    },
 };
 
 /// Why tracing stopped.
@@ -29,7 +37,12 @@ enum Stop {
     Signal(&'static str),
     Duration,
     TargetsGone,
+    Quit,
 }
+
+/// How often the file and metrics views read the engine's matched instances while tracing
+/// (the engine keeps 512 per communicator: this covers 2000 collectives a second).
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Opens an output file now, so a bad path fails before any attach rather than after a long
 /// run. Created with mode 0600: traces describe other users' processes.
@@ -45,10 +58,45 @@ pub fn create_output(path: &Path) -> Result<BufWriter<File>> {
     Ok(BufWriter::new(file))
 }
 
+/// Messages for the user while tracing: stderr with the plain output, the status bar (and
+/// stderr once the live view has closed) with the live view.
+#[derive(Default)]
+struct Console {
+    live: bool,
+    held: Vec<String>,
+    latest: Option<String>,
+}
+
+impl Console {
+    fn say(&mut self, msg: String) {
+        if self.live {
+            if self.held.len() < 1000 {
+                self.held.push(msg.clone());
+            }
+            self.latest = Some(msg);
+        } else {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// The live view closed: print what it held.
+    fn flush(&mut self) {
+        self.live = false;
+        for m in self.held.drain(..) {
+            eprintln!("{m}");
+        }
+    }
+}
+
 pub async fn run(args: AttachArgs) -> Result<()> {
     privileges::check().map_err(anyhow::Error::msg)?;
-    let mut dump = args.dump_events.as_deref().map(create_output).transpose()?;
-    let report = args.report.as_deref().map(create_output).transpose()?;
+    let opts = &args.run;
+    let mut dump = opts.dump_events.as_deref().map(create_output).transpose()?;
+    let report = opts.report.as_deref().map(create_output).transpose()?;
+    let trace_out = opts.trace.as_deref().map(create_output).transpose()?;
+    let flame_out = opts.flamegraph.as_deref().map(create_output).transpose()?;
+    let metrics_server = opts.prometheus.map(metrics::Server::bind).transpose()?;
+    let want_tui = !args.no_tui && std::io::stdout().is_terminal();
 
     let targets = if args.all {
         let found = target::discover_all();
@@ -90,6 +138,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     for t in &targets {
         engine.register_process(t.pid, hints_of(t, host.clone()));
     }
+    let mut outputs = Outputs::new(RunInfo::start(host.clone()));
     let mut live: BTreeSet<u32> = BTreeSet::new();
     let attach_start = Instant::now();
     for t in &targets {
@@ -115,6 +164,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         for note in target_notes(t) {
             eprintln!("llmdd: note: pid {}: {note}", t.pid);
         }
+        outputs.run.add_process(proc_info(t, &attached));
         live.insert(t.pid);
     }
     tracing::info!(
@@ -122,65 +172,130 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         live.len(),
         attach_start.elapsed()
     );
+    if let Some(server) = metrics_server {
+        let state = Arc::new(Mutex::new(metrics::State::new(
+            engine.config().token_coalesce_ns,
+        )));
+        eprintln!("llmdd: serving metrics on http://{}/metrics", server.addr);
+        server.spawn(state.clone())?;
+        outputs.metrics = Some(state);
+    }
+    if let Some(out) = trace_out {
+        outputs.trace = Some(trace::Trace::new(out, opts.trace_max_slices));
+    }
+    if flame_out.is_some() {
+        outputs.flame = Some(flame::Folder::default());
+    }
     eprintln!("llmdd: tracing {} process(es); Ctrl-C to stop", live.len());
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut console = Console::default();
+    let mut tui = if want_tui {
+        let t = tui::live::Live::start()?;
+        console.live = true;
+        Some(t)
+    } else {
+        None
+    };
     let start = Instant::now();
     let mut last_render = start;
+    let mut last_poll = start;
+    let mut last_model = start;
+    let mut events_at_model = 0u64;
     let mut summary = Summary::default();
     let mut lost_seen = 0u64;
     let mut batch = Vec::with_capacity(4096);
     // Threads releasing the probes of targets that exited (slow; never on the reading path).
     let mut reaper: Vec<std::thread::JoinHandle<()>> = Vec::new();
-    let stop = loop {
-        let wait = DRAIN_INTERVAL.min(args.interval);
-        let signalled = tokio::select! {
-            _ = reader.wait(wait) => None,
-            _ = sigint.recv() => Some(Stop::Signal("SIGINT")),
-            _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
-        };
-        reader.drain(&mut batch);
-        consume(
-            &mut batch,
-            &mut summary,
-            &mut engine,
-            dump.as_mut(),
-            &mut live,
-            &mut tracer,
-            &mut reaper,
-        )?;
-        report_losses(&tracer, &mut engine, &mut lost_seen)?;
-        engine.advance(monotonic_ns());
-        if let Some(s) = signalled {
-            break s;
+    let result: Result<Stop> = async {
+        loop {
+            let wait = DRAIN_INTERVAL.min(opts.interval);
+            let signalled = tokio::select! {
+                _ = reader.wait(wait) => None,
+                _ = sigint.recv() => Some(Stop::Signal("SIGINT")),
+                _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
+            };
+            reader.drain(&mut batch);
+            consume(
+                &mut batch,
+                &mut summary,
+                &mut engine,
+                &mut outputs,
+                dump.as_mut(),
+                &mut live,
+                &mut tracer,
+                &mut reaper,
+                &mut console,
+            )?;
+            report_losses(&tracer, &mut engine, &mut lost_seen)?;
+            engine.advance(monotonic_ns());
+            if let Some(s) = signalled {
+                return Ok(s);
+            }
+            // Backstop for a lost or disabled exit tracepoint.
+            let gone: Vec<u32> = live
+                .iter()
+                .copied()
+                .filter(|p| !Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            for pid in gone {
+                target_exited(pid, &mut live, &mut tracer, &mut reaper, &mut console);
+            }
+            if live.is_empty() {
+                return Ok(Stop::TargetsGone);
+            }
+            if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+                return Ok(Stop::Duration);
+            }
+            let poll_due = outputs.polls() && last_poll.elapsed() >= POLL_INTERVAL;
+            let model_due =
+                tui.is_some() && last_model.elapsed() >= opts.interval.min(Duration::from_secs(1));
+            if poll_due || model_due {
+                let snap = engine.snapshot();
+                if poll_due {
+                    last_poll = Instant::now();
+                    outputs.poll(&engine, &snap, reader.records, lost_seen);
+                }
+                if let (true, Some(t)) = (model_due, tui.as_mut()) {
+                    let dt = last_model.elapsed().as_secs_f64();
+                    last_model = Instant::now();
+                    let status = tui::Status {
+                        elapsed_s: start.elapsed().as_secs_f64(),
+                        events: reader.records,
+                        event_rate: (reader.records - events_at_model) as f64 / dt.max(1e-3),
+                        lost: lost_seen,
+                        live_pids: live.iter().copied().collect(),
+                        total_pids: targets.len(),
+                        note: console.latest.clone(),
+                    };
+                    events_at_model = reader.records;
+                    let m = tui::Model::build(&snap, &outputs.run, status, Some(t.model()), dt);
+                    t.set_model(m);
+                }
+            }
+            if let Some(t) = tui.as_mut() {
+                if t.input()? == tui::Action::Quit {
+                    return Ok(Stop::Quit);
+                }
+                t.draw()?;
+            } else if !args.quiet && last_render.elapsed() >= opts.interval {
+                let interval = last_render.elapsed().as_secs_f64();
+                last_render = Instant::now();
+                let lost = tracer.counters()?;
+                print!(
+                    "{}",
+                    summary.render(start.elapsed().as_secs_f64(), interval, &lost)
+                );
+                std::io::stdout().flush().ok();
+            }
         }
-        // Backstop for a lost or disabled exit tracepoint.
-        let gone: Vec<u32> = live
-            .iter()
-            .copied()
-            .filter(|p| !Path::new(&format!("/proc/{p}")).exists())
-            .collect();
-        for pid in gone {
-            target_exited(pid, &mut live, &mut tracer, &mut reaper);
-        }
-        if live.is_empty() {
-            break Stop::TargetsGone;
-        }
-        if args.duration.is_some_and(|d| start.elapsed() >= d) {
-            break Stop::Duration;
-        }
-        if !args.quiet && last_render.elapsed() >= args.interval {
-            let interval = last_render.elapsed().as_secs_f64();
-            last_render = Instant::now();
-            let lost = tracer.counters()?;
-            print!(
-                "{}",
-                summary.render(start.elapsed().as_secs_f64(), interval, &lost)
-            );
-            std::io::stdout().flush().ok();
-        }
-    };
+    }
+    .await;
+    // Leave the live view before anything else is printed, whatever happened.
+    drop(tui);
+    console.flush();
+    let stop = result?;
 
     // Final drain: whatever was submitted before we stopped is still counted.
     reader.drain(&mut batch);
@@ -188,10 +303,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         &mut batch,
         &mut summary,
         &mut engine,
+        &mut outputs,
         dump.as_mut(),
         &mut live,
         &mut tracer,
         &mut reaper,
+        &mut console,
     )?;
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
@@ -212,6 +329,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         Stop::Signal(s) => format!("stopped by {s}"),
         Stop::Duration => "duration reached".to_string(),
         Stop::TargetsGone => "every target exited".to_string(),
+        Stop::Quit => "stopped from the live view".to_string(),
     };
     println!("=== final summary ({why}) ===");
     print!(
@@ -226,36 +344,115 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     if reader.decode_errors > 0 {
         println!("undecodable records: {}", reader.decode_errors);
     }
-    if let (Some(mut w), Some(path)) = (report, args.report.as_deref()) {
-        let doc = serde_json::json!({
-            "schema_version": 1,
-            "tool_version": env!("CARGO_PKG_VERSION"),
-            "host": host,
-            "stopped_because": why,
-            "events_received": reader.records,
-            "events_lost": llmdd_common::counters::LOSSES.iter().map(|&i| lost[i as usize]).sum::<u64>(),
-            "snapshot": engine.snapshot(),
+    std::io::stdout().flush().ok();
+    // The file views: each failure is reported, and the others are still written.
+    let snap = engine.snapshot();
+    if outputs.polls() {
+        outputs.poll(&engine, &snap, reader.records, lost_seen);
+    }
+    let mut failed: Vec<String> = Vec::new();
+    if let (Some(mut w), Some(path)) = (report, opts.report.as_deref()) {
+        let doc = report::build(&report::Inputs {
+            run: &outputs.run,
+            summary: &summary,
+            snapshot: &snap,
+            events: report::EventTotals {
+                received: reader.records,
+                undecodable: reader.decode_errors,
+                counters: lost.to_vec(),
+            },
+            stopped_because: &why,
+            duration_s: start.elapsed().as_secs_f64(),
         });
-        serde_json::to_writer_pretty(&mut w, &doc).context("writing the report")?;
-        w.flush()
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("llmdd: report written to {}", path.display());
+        let written = serde_json::to_writer_pretty(&mut w, &doc)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| w.write_all(b"\n").map_err(anyhow::Error::from))
+            .and_then(|()| w.flush().map_err(anyhow::Error::from));
+        match written {
+            Ok(()) => eprintln!("llmdd: report written to {}", path.display()),
+            Err(e) => failed.push(format!("writing {}: {e}", path.display())),
+        }
+    }
+    if let (Some(t), Some(path)) = (outputs.trace.take(), opts.trace.as_deref()) {
+        match t.finish(&outputs.run, &snap.findings, outputs.instances_missed) {
+            Ok(c) => eprintln!(
+                "llmdd: trace written to {} ({} slices{}, {} flows, {} requests)",
+                path.display(),
+                c.slices,
+                if c.slices_dropped > 0 {
+                    format!(
+                        ", {} more not written: --trace-max-slices reached",
+                        c.slices_dropped
+                    )
+                } else {
+                    String::new()
+                },
+                c.flows,
+                c.requests
+            ),
+            Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+        }
+    }
+    if let (Some(f), Some(out), Some(path)) =
+        (outputs.flame.take(), flame_out, opts.flamegraph.as_deref())
+    {
+        match f.write(&outputs.run, out) {
+            Ok(()) => eprintln!("llmdd: flame graph written to {}", path.display()),
+            Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+        }
     }
     if let Some(mut d) = dump {
-        d.flush().context("writing the event dump")?;
+        if let Err(e) = d.flush() {
+            failed.push(format!("writing the event dump: {e}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
     }
     Ok(())
 }
 
+/// What the views keep about an attached target.
+fn proc_info(t: &target::Target, attached: &[crate::probe::AttachedObject]) -> ProcInfo {
+    let libraries = t
+        .objects
+        .iter()
+        .map(|o| LibInfo {
+            family: o.family.name(),
+            label: o.label,
+            path: o.path.display().to_string(),
+            version: o.version.clone(),
+            build_id: o.build_id.clone(),
+            functions_probed: o.points.len(),
+            slot: attached
+                .iter()
+                .find(|a| a.path == o.host_path && a.family == o.family)
+                .map(|a| a.slot),
+        })
+        .collect();
+    ProcInfo {
+        pid: t.pid,
+        comm: t.comm.clone(),
+        env_rank: t.rank_hints.rank,
+        env_world_size: t.rank_hints.world_size,
+        libraries,
+        ..ProcInfo::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn consume(
     batch: &mut Vec<Event>,
     summary: &mut Summary,
     engine: &mut Engine,
+    outputs: &mut Outputs,
     mut dump: Option<&mut BufWriter<File>>,
     live: &mut BTreeSet<u32>,
     tracer: &mut Tracer,
     reaper: &mut Vec<std::thread::JoinHandle<()>>,
+    console: &mut Console,
 ) -> Result<()> {
+    outputs.on_batch(batch);
     for ev in batch.drain(..) {
         summary.add(&ev);
         if let Some(d) = dump.as_deref_mut() {
@@ -263,7 +460,7 @@ fn consume(
             d.write_all(b"\n").context("writing the event dump")?;
         }
         if let Event::ProcExit(p) = &ev {
-            target_exited(p.pid, live, tracer, reaper);
+            target_exited(p.pid, live, tracer, reaper, console);
         }
         engine.ingest(ev);
     }
@@ -341,11 +538,15 @@ fn target_exited(
     live: &mut BTreeSet<u32>,
     tracer: &mut Tracer,
     reaper: &mut Vec<std::thread::JoinHandle<()>>,
+    console: &mut Console,
 ) {
     if live.remove(&pid) {
         let links = tracer.detach(pid);
         reaper.push(std::thread::spawn(move || links.release()));
-        eprintln!("llmdd: pid {pid} exited; {} still traced", live.len());
+        console.say(format!(
+            "llmdd: pid {pid} exited; {} still traced",
+            live.len()
+        ));
     }
 }
 

@@ -1,6 +1,6 @@
 //! Command-line definitions (clap) and argument parsing helpers. Nothing here does work.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,7 +17,10 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  \
         sudo llmdd doctor\n  \
         sudo llmdd attach --all --duration 30s\n  \
-        sudo llmdd attach --pid 4242 --pid 4243 --dump-events events.jsonl"
+        sudo llmdd top\n  \
+        sudo llmdd attach --pid 4242 --pid 4243 --dump-events events.jsonl\n  \
+        sudo llmdd attach --all --no-tui --report report.json --prometheus 9400\n  \
+        sudo llmdd attach --all --duration 30s --trace trace.json --flamegraph calls.svg"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,12 +32,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach to running processes and trace them until Ctrl-C, SIGTERM, --duration, or
-    /// until every target has exited.
+    /// Attach to running processes and trace them until Ctrl-C, SIGTERM, --duration, `q` in
+    /// the live view, or until every target has exited.
     Attach(AttachArgs),
+    /// `attach --all` with the live terminal view: every process mapping NCCL/RCCL/CUDA
+    /// libraries, traced until `q`, Ctrl-C or SIGTERM.
+    Top(TopArgs),
     /// Check that this machine can run llmdd (privileges, BTF, uprobes, tracefs, ring
     /// buffers, the BPF object itself) and list the processes that can be traced.
     Doctor,
+    /// Print a shell completion script for SHELL to stdout (e.g. `llmdd completions bash >
+    /// /etc/bash_completion.d/llmdd`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the llmdd(1) man page (roff) to stdout (e.g. `llmdd man | man -l -`).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -47,23 +62,95 @@ pub struct AttachArgs {
     /// Trace every process that maps libnccl, librccl, libcudart or libcuda.
     #[arg(long, conflicts_with = "pids")]
     pub all: bool,
+    /// Print only the final summary, not the periodic blocks (plain output only).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Never show the live terminal view: print the plain periodic summary instead (also
+    /// the behaviour whenever stdout is not a terminal).
+    #[arg(long)]
+    pub no_tui: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `llmdd top`: the targets are every traceable process and the view is the live one.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl TopArgs {
+    /// The equivalent `attach` invocation.
+    pub fn into_attach(self) -> AttachArgs {
+        AttachArgs {
+            pids: Vec::new(),
+            all: true,
+            quiet: false,
+            no_tui: false,
+            run: self.run,
+        }
+    }
+}
+
+/// What `attach` and `top` share: how long, how often, and which outputs.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Stop after this long: plain seconds (`5`) or with a unit (`500ms`, `5s`, `2m`, `1h`).
     #[arg(long, short = 'd', value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
-    /// Seconds between live summary blocks.
+    /// Time between live summary blocks (plain output) or between refreshes of the
+    /// aggregated figures (live view).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
     /// Also write every decoded event as one JSON object per line to FILE.
     #[arg(long, value_name = "FILE")]
     pub dump_events: Option<PathBuf>,
-    /// Write a JSON report (findings with their evidence, communicators, per-op statistics,
-    /// requests, memory, links) to FILE when tracing stops, also on SIGTERM. Checked for
-    /// writability before attaching.
+    /// Write a versioned JSON report (docs/report.schema.json: host, attached processes and
+    /// their libraries, calls and return codes per function, events received and lost,
+    /// communicators, per-op statistics, requests, findings) to FILE when tracing stops,
+    /// also on SIGTERM. Checked for writability before attaching.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Print only the final summary, not the periodic blocks.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
+    /// Serve Prometheus metrics on http://[ADDR:]PORT/metrics while tracing (127.0.0.1
+    /// unless an address is given). The port is bound before attaching.
+    #[arg(long, value_parser = parse_listen, value_name = "[ADDR:]PORT")]
+    pub prometheus: Option<SocketAddr>,
+    /// Write a Chrome trace-event JSON timeline (open it in ui.perfetto.dev or
+    /// chrome://tracing) to FILE when tracing stops: a track per process and thread, calls
+    /// as slices, requests as async slices, findings as instants, flow arrows between the
+    /// ranks of each matched collective.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Most call slices kept in the --trace file (later calls are counted, not written; the
+    /// file's metadata says so).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub trace_max_slices: u64,
+    /// Write a flame graph SVG of the time spent inside traced calls to FILE when tracing
+    /// stops, folded by process;thread;library;function;op.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+}
+
+/// Parses `PORT`, `ADDR:PORT` or `[V6ADDR]:PORT`; a bare port listens on 127.0.0.1.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some((host, port)) = s.rsplit_once(':') {
+        if host == "localhost" {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+            }
+        }
+    }
+    Err(format!(
+        "`{s}` is not a listen address: use PORT, ADDR:PORT or [V6ADDR]:PORT (e.g. 9400, 0.0.0.0:9400)"
+    ))
 }
 
 /// Parses `5`, `5s`, `250ms`, `2m`, `1h` (also fractional, `1.5s`).
@@ -104,6 +191,25 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("9400"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9400)))
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:9400"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9400)))
+        );
+        assert_eq!(
+            parse_listen("localhost:80"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 80)))
+        );
+        assert!(parse_listen("[::1]:9400").is_ok_and(|a| a.is_ipv6()));
+        assert!(parse_listen("host:port").is_err());
+        assert!(parse_listen("70000").is_err());
     }
 
     #[test]

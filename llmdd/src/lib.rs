@@ -16,3 +16,4 @@ pub mod probe;
 pub mod summary;
 pub mod target;
 pub mod transport;
+pub mod views;

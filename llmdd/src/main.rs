@@ -21,7 +21,32 @@ fn main() {
                 1
             }
         }
-        cli::Command::Attach(args) => {
+        cli::Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "llmdd", &mut std::io::stdout());
+            0
+        }
+        cli::Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("llmdd: error: writing the man page: {e}");
+                    1
+                }
+            }
+        }
+        cli::Command::Top(args) => run_attach(args.into_attach()),
+        cli::Command::Attach(args) => run_attach(args),
+    };
+    std::process::exit(code);
+}
+
+/// Runs `attach` on a single-threaded runtime; the exit code.
+fn run_attach(args: cli::AttachArgs) -> i32 {
+    {
+        {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -40,6 +65,5 @@ fn main() {
                 }
             }
         }
-    };
-    std::process::exit(code);
+    }
 }

@@ -94,6 +94,16 @@ pub fn ensure() -> Result<()> {
         )?;
     }
 
+    // tmux drives the live terminal view in tests/tests/views_tui.rs.
+    if is_root() && Command::new("tmux").arg("-V").output().is_err() {
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "tmux"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install tmux (the live view's end-to-end test)",
+        )?;
+    }
+
     if is_root() && !Path::new(TRACEFS).join("events").exists() {
         run(
             Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]),

@@ -1,0 +1,209 @@
+//! Snapshot tests: each pane drawn from a fixed engine state (`views::fixture`, built with
+//! `engine::synth`) into ratatui's TestBackend and compared with `snapshots/NAME.txt`.
+//! `UPDATE_SNAPSHOTS=1 cargo test -p llmdd views::tui` rewrites the files (review the diff).
+//! Findings' evidence and suggestion texts are replaced by fixed ones: their wording belongs
+//! to the engine.
+
+use std::path::PathBuf;
+
+use ratatui::{
+    backend::TestBackend,
+    buffer::Buffer,
+    crossterm::event::{KeyCode, KeyEvent, KeyModifiers},
+    layout::Rect,
+    Frame, Terminal,
+};
+
+use super::{render, Action, Model, Pane, Status, Ui};
+use crate::views::fixture;
+
+fn model() -> Model {
+    let (run, _summary, e) = fixture::sample();
+    let snap = e.snapshot();
+    let status = Status {
+        elapsed_s: 12.0,
+        events: 209,
+        event_rate: 17.4,
+        lost: 0,
+        live_pids: vec![100, 101, 102, 103],
+        total_pids: 4,
+        note: None,
+    };
+    // A previous model one second earlier with 30 calls fewer gives a rate of 30/s.
+    let mut prev = Model::build(&snap, &run, status.clone(), None, 0.0);
+    for o in &mut prev.ops {
+        o.calls = o.calls.saturating_sub(30);
+    }
+    let mut m = Model::build(&snap, &run, status, Some(&prev), 1.0);
+    // The engine's wording is its own (and changes); the panes' layout is what is tested.
+    for f in &mut m.findings {
+        f.evidence = format!("evidence of the {} finding, with its numbers", f.kind);
+        f.suggestion = format!("what to do about the {}", f.kind);
+    }
+    m
+}
+
+fn text(buf: &Buffer) -> String {
+    let area = buf.area;
+    let mut out = String::new();
+    for y in 0..area.height {
+        let mut line = String::new();
+        for x in 0..area.width {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn draw_with(w: u16, h: u16, f: impl FnOnce(&mut Frame, Rect)) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+    t.draw(|fr| {
+        let a = fr.area();
+        f(fr, a)
+    })
+    .expect("draws");
+    text(t.backend().buffer())
+}
+
+fn check(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/views/tui/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("snapshot dir");
+        std::fs::write(&path, got).expect("writing the snapshot");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_SNAPSHOTS=1 to create it. Got:\n{got}",
+            path.display()
+        )
+    });
+    assert_eq!(
+        got,
+        want,
+        "{name} differs from {} (UPDATE_SNAPSHOTS=1 to accept)",
+        path.display()
+    );
+}
+
+#[test]
+fn comms_pane() {
+    let m = model();
+    let ui = Ui::default();
+    let got = draw_with(110, 6, |f, a| render::comms_pane(f, a, &m, &ui));
+    assert!(got.contains("all-reduce") && got.contains("30.0"), "{got}");
+    check("comms", &got);
+}
+
+#[test]
+fn ranks_pane() {
+    let m = model();
+    let ui = Ui {
+        focus: Pane::Ranks,
+        ..Ui::default()
+    };
+    let got = draw_with(100, 8, |f, a| render::ranks_pane(f, a, &m, &ui));
+    assert!(got.contains("STRAGGLER"), "{got}");
+    check("ranks", &got);
+}
+
+#[test]
+fn findings_pane() {
+    let m = model();
+    let ui = Ui {
+        focus: Pane::Findings,
+        ..Ui::default()
+    };
+    let got = draw_with(120, 6, |f, a| render::findings_pane(f, a, &m, &ui));
+    assert!(got.contains("straggler") && got.contains("rank 3"), "{got}");
+    assert!(got.contains("memory_pressure"), "{got}");
+    check("findings", &got);
+}
+
+#[test]
+fn requests_pane() {
+    let m = model();
+    let ui = Ui::default();
+    let got = draw_with(120, 8, |f, a| render::requests_pane(f, a, &m, &ui));
+    assert!(got.contains(":8000"), "{got}");
+    check("requests", &got);
+}
+
+#[test]
+fn status_bar() {
+    let m = model();
+    let ui = Ui {
+        paused: true,
+        filter: "rank".into(),
+        ..Ui::default()
+    };
+    let got = draw_with(100, 1, |f, a| render::status_bar(f, a, &m, &ui));
+    assert!(got.contains("PAUSED") && got.contains("pids 4/4"), "{got}");
+    check("status", &got);
+}
+
+#[test]
+fn whole_screen_help_and_finding_detail() {
+    let m = model();
+    let mut ui = Ui::default();
+    check(
+        "screen",
+        &draw_with(160, 30, |f, _| render::draw(f, &m, &ui)),
+    );
+    let rows = render::row_counts(&m, &ui);
+    assert_eq!(
+        ui.key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE), rows),
+        Action::Redraw
+    );
+    assert_eq!(ui.focus, Pane::Ranks);
+    ui.key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE), rows);
+    ui.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), rows);
+    assert!(ui.detail);
+    let got = draw_with(160, 30, |f, _| render::draw(f, &m, &ui));
+    assert!(got.contains("->"), "the suggestion is shown: {got}");
+    check("finding_detail", &got);
+    ui.key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), rows);
+    ui.key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE), rows);
+    check("help", &draw_with(160, 30, |f, _| render::draw(f, &m, &ui)));
+}
+
+#[test]
+fn keys_filter_pause_and_quit() {
+    let m = model();
+    let mut ui = Ui::default();
+    let key = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+    let rows = render::row_counts(&m, &ui);
+    ui.key(key('p'), rows);
+    assert!(ui.paused);
+    ui.key(key('/'), rows);
+    for c in "straggler".chars() {
+        ui.key(key(c), rows);
+    }
+    ui.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), rows);
+    assert!(!ui.editing && ui.filter == "straggler");
+    assert_eq!(render::findings(&m, &ui).len(), 1);
+    assert!(render::ops(&m, &ui).is_empty());
+    // q types into the filter while editing, and quits otherwise.
+    ui.key(key('/'), rows);
+    assert_eq!(ui.key(key('q'), rows), Action::Redraw);
+    ui.key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), rows);
+    assert!(ui.filter.is_empty());
+    assert_eq!(ui.key(key('q'), rows), Action::Quit);
+    assert_eq!(
+        ui.key(
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            rows
+        ),
+        Action::Quit
+    );
+    // Selection stays within the rows.
+    let mut ui = Ui::default();
+    for _ in 0..10 {
+        ui.key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE), rows);
+    }
+    assert_eq!(ui.selected(), rows[0].saturating_sub(1));
+}

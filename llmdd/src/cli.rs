@@ -213,6 +213,43 @@ mod tests {
     }
 
     #[test]
+    fn completions_and_man_page_are_generated_from_the_definitions() {
+        use clap::CommandFactory;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "llmdd", &mut out);
+            let text = String::from_utf8_lossy(&out);
+            for word in ["attach", "top", "doctor", "prometheus", "no-tui"] {
+                assert!(text.contains(word), "{shell:?} completion lacks {word}");
+            }
+        }
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .expect("renders");
+        let man = String::from_utf8_lossy(&man);
+        assert!(man.starts_with(".ie") || man.contains(".TH llmdd"), "{man}");
+        assert!(man.contains("attach") && man.contains("top"));
+    }
+
+    #[test]
+    fn top_is_attach_all_with_the_live_view() {
+        let cli = Cli::try_parse_from(["llmdd", "top", "--duration", "5s", "--report", "r.json"])
+            .expect("parses");
+        let Command::Top(t) = cli.command else {
+            panic!("not top")
+        };
+        let a = t.into_attach();
+        assert!(a.all && a.pids.is_empty() && !a.no_tui && !a.quiet);
+        assert_eq!(a.run.duration, Some(Duration::from_secs(5)));
+        assert!(Cli::try_parse_from(["llmdd", "top", "--pid", "1"]).is_err());
+    }
+
+    #[test]
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

@@ -31,6 +31,8 @@ fn main() {
             use clap::CommandFactory;
             match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {
                 Ok(()) => 0,
+                // `llmdd man | head`: the reader leaving is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
                 Err(e) => {
                     eprintln!("llmdd: error: writing the man page: {e}");
                     1

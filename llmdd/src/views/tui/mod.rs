@@ -190,6 +190,7 @@ impl Model {
                 });
             }
         }
+        ranks.sort_by(|a, b| (&a.comm, a.rank, a.pid).cmp(&(&b.comm, b.rank, b.pid)));
         // Latest first within each severity, worst first.
         let mut fs: Vec<&crate::engine::Finding> = snap.findings.iter().collect();
         fs.sort_by(|a, b| {

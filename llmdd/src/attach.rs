@@ -228,6 +228,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 &mut reaper,
                 &mut console,
             )?;
+            for pid in reader.take_new_mappings() {
+                if live.contains(&pid) {
+                    probe_new_libraries(pid, &mut tracer, &mut console);
+                }
+            }
             report_losses(&tracer, &mut engine, &mut lost_seen)?;
             engine.advance(monotonic_ns());
             if let Some(s) = signalled {
@@ -547,6 +552,29 @@ fn target_exited(
             "llmdd: pid {pid} exited; {} still traced",
             live.len()
         ));
+    }
+}
+
+/// A traced process mapped a file executable: probe any library it did not have before
+/// (NCCL opened lazily with dlopen, as PyTorch does).
+fn probe_new_libraries(pid: u32, tracer: &mut Tracer, console: &mut Console) {
+    let Ok(t) = target::inspect(pid) else {
+        return;
+    };
+    match tracer.attach_new(pid, &plan(&t)) {
+        Ok(new) => {
+            for a in new {
+                console.say(format!(
+                    "llmdd: pid {pid} loaded {} {} ({} functions); probes attached",
+                    a.family.name(),
+                    a.path.display(),
+                    a.probes
+                ));
+            }
+        }
+        Err(e) => console.say(format!(
+            "llmdd: warning: pid {pid} loaded a library that could not be probed: {e}"
+        )),
     }
 }
 

@@ -135,8 +135,7 @@ fn main() -> Result<()> {
         let seen: u64 = l
             .lines_of(Stream::Stdout)
             .iter()
-            .filter(|x| x.contains(" ncclAllReduce "))
-            .last()
+            .rfind(|x| x.contains(" ncclAllReduce "))
             .and_then(|x| x.split_whitespace().nth(2))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);

@@ -129,7 +129,11 @@ impl Bubbles {
             stage.waits.push_back((at, wait));
         }
         let (ratio, n) = stage_ratio(stage, at, cfg);
-        (n >= cfg.bubble_min_events as u64 && ratio >= cfg.bubble_min_ratio)
+        // A share of a short span is the pipeline filling up, or noise.
+        let span = at.saturating_sub(stage.first_ns);
+        (n >= cfg.bubble_min_events as u64
+            && span >= cfg.bubble_min_span_ns
+            && ratio >= cfg.bubble_min_ratio)
             .then_some(BubbleAlert::Pipeline { comm, rank: dst })
     }
 
@@ -194,6 +198,13 @@ impl Bubbles {
         alert
     }
 
+    /// A submission reported in flight (processed at its entry) returned at `exit`.
+    pub fn returned(&mut self, proc: ProcId, exit: u64) {
+        if let Some(last) = self.proc_last.get_mut(&proc) {
+            last.at_ns = last.at_ns.max(exit);
+        }
+    }
+
     /// The communicator slot `comm` was reused for another communicator.
     pub fn forget_comm(&mut self, comm: u32) {
         self.pairs.retain(|(c, _, _), _| *c != comm);
@@ -226,7 +237,7 @@ mod tests {
         let mut b = Bubbles::default();
         let mut alert = None;
         // Every 10 ms step, stage 1 posts its receive at t and stage 0 sends 4 ms later.
-        for k in 0..20u64 {
+        for k in 0..150u64 {
             let t = k * 10_000_000;
             assert!(b.p2p(7, 0, 1, false, t, &cfg).is_none());
             alert = b.p2p(7, 0, 1, true, t + 4_000_000, &cfg).or(alert);
@@ -234,7 +245,7 @@ mod tests {
         assert_eq!(alert, Some(BubbleAlert::Pipeline { comm: 7, rank: 1 }));
         let st = &b.stages[&(7, 1)];
         let (ratio, n) = stage_ratio(st, st.last_ns, &cfg);
-        assert_eq!(n, 20);
+        assert_eq!(n, 150);
         assert!((0.38..0.45).contains(&ratio), "{ratio}");
     }
 

@@ -48,20 +48,43 @@ pub struct Config {
     pub align_max_shift: usize,
 
     // ---- stragglers ----
+    // An instance counts as *late* for the rank that arrived last when its lag (last arrival
+    // minus the others' median arrival) reaches `max(straggler_min_lag_ns,
+    // straggler_min_lag_period_frac x the lane's typical period)`. Smaller lags are the
+    // natural spread of a healthy job (e.g. the root of a star or tree returns, and so calls
+    // again, slightly after the others every time). The straggler is the rank that caused the
+    // most waiting through late instances; it is named when it also passes every threshold
+    // below.
     /// Fewest finished instances in the window before a straggler can be named.
     pub straggler_min_instances: u32,
-    /// Share of the window's instances a rank must have arrived last in.
+    /// Fewest late instances of the rank in the window.
+    pub straggler_min_late: u32,
+    /// Share of the window's instances the rank must have been late in (an intermittent
+    /// straggler late every 5th step is at 0.2; a burst of CPU contention on one rank of a
+    /// busy 2-core machine was seen at 0.1).
     pub straggler_min_share: f64,
-    /// Smallest median lag (last arrival minus the others' median) that counts.
+    /// Share of the waiting caused by all late instances in the window that must be the
+    /// rank's (one rank dominates; random scheduling noise spreads over every rank).
+    pub straggler_min_blame: f64,
+    /// Smallest lag that makes an instance late.
     pub straggler_min_lag_ns: u64,
-    /// Median lag from which a straggler is critical rather than a warning.
+    /// Smallest lag that makes an instance late, as a share of the lane's typical period
+    /// (median time between consecutive instances).
+    pub straggler_min_lag_period_frac: f64,
+    /// Median lag (over its late instances) from which a straggler is critical rather than a
+    /// warning.
     pub straggler_critical_lag_ns: u64,
     /// Straggler and bubble evidence is re-evaluated at most this often per group.
     pub eval_interval_ns: u64,
 
     // ---- stalls ----
-    /// An instance that some ranks entered and others have not for this long is a stall.
+    /// An instance that some ranks entered and others have not for this long is a stall: the
+    /// lane's typical period (median time between consecutive instances) times
+    /// `stall_period_factor`, bounded to `[stall_min_ns, stall_threshold_ns]`
+    /// (`stall_threshold_ns` until the period is known).
     pub stall_threshold_ns: u64,
+    pub stall_min_ns: u64,
+    pub stall_period_factor: u64,
 
     // ---- requests ----
     /// Serving ports to build request timelines for; empty = detect automatically.
@@ -84,10 +107,26 @@ pub struct Config {
     pub bubble_min_ratio: f64,
     /// Fewest matched transfers or instances behind a bubble finding.
     pub bubble_min_events: u32,
+    /// Shortest span of instances or transfers behind a data-parallel idle or pipeline
+    /// bubble finding (a share of a shorter span is a burst of noise, or a pipeline filling).
+    pub bubble_min_span_ns: u64,
 
     // ---- links ----
-    /// Retransmits on one connection in the window from which a link finding is raised.
+    /// Fewest retransmits on one connection in the window behind a link finding.
     pub link_retransmits: u32,
+    /// Retransmits per segment sent in the window from which a link finding is raised.
+    /// Segments are estimated from the sends as `ceil(bytes / link_assumed_mss)` each, an
+    /// upper bound for any path whose MSS is at least that (loopback's is 64 KiB), so the
+    /// rate is a lower bound of the true one: a few spurious retransmits (tail-loss probes
+    /// on a busy host) over a bulk transfer stay far below it.
+    pub link_retransmit_rate: f64,
+    pub link_assumed_mss: u64,
+    /// A retransmit this long after the connection's last send, and sooner than
+    /// `link_tail_probe_max_ns` (the shortest retransmission timeout, 200 ms on Linux), is a
+    /// tail-loss probe (the probe timeout is twice the smoothed RTT, at least 10 ms less
+    /// timer slack on Linux), not evidence of loss.
+    pub link_tail_probe_min_ns: u64,
+    pub link_tail_probe_max_ns: u64,
 }
 
 impl Default for Config {
@@ -106,14 +145,19 @@ impl Default for Config {
             max_findings: 1024,
             evidence_instances: 1024,
             align_min_calls: 16,
-            align_timeout_ns: 1_000_000_000,
+            align_timeout_ns: 500_000_000,
             align_max_shift: 64,
             straggler_min_instances: 8,
-            straggler_min_share: 0.5,
+            straggler_min_late: 3,
+            straggler_min_share: 0.15,
+            straggler_min_blame: 0.5,
             straggler_min_lag_ns: 1_000_000,
+            straggler_min_lag_period_frac: 0.05,
             straggler_critical_lag_ns: 20_000_000,
             eval_interval_ns: 100_000_000,
             stall_threshold_ns: 2_000_000_000,
+            stall_min_ns: 500_000_000,
+            stall_period_factor: 50,
             serving_ports: Vec::new(),
             serving_port_min_connections: 3,
             request_idle_ns: 5_000_000_000,
@@ -122,7 +166,12 @@ impl Default for Config {
             submission_gap_min_count: 3,
             bubble_min_ratio: 0.2,
             bubble_min_events: 8,
+            bubble_min_span_ns: 1_000_000_000,
             link_retransmits: 10,
+            link_retransmit_rate: 0.005,
+            link_assumed_mss: 1448,
+            link_tail_probe_min_ns: 5_000_000,
+            link_tail_probe_max_ns: 200_000_000,
         }
     }
 }
@@ -131,5 +180,22 @@ impl Config {
     /// Length of one rolling-window slice.
     pub fn slice_ns(&self) -> u64 {
         (self.window_ns / self.window_slices.max(1) as u64).max(1)
+    }
+
+    /// The stall threshold of a lane whose typical period is `period_ns` (0 = not known).
+    pub fn stall_threshold(&self, period_ns: u64) -> u64 {
+        if period_ns == 0 {
+            return self.stall_threshold_ns;
+        }
+        period_ns.saturating_mul(self.stall_period_factor).clamp(
+            self.stall_min_ns.min(self.stall_threshold_ns),
+            self.stall_threshold_ns,
+        )
+    }
+
+    /// The lag from which an instance counts as late on a lane of typical period `period_ns`.
+    pub fn straggler_lag_threshold(&self, period_ns: u64) -> u64 {
+        self.straggler_min_lag_ns
+            .max((period_ns as f64 * self.straggler_min_lag_period_frac) as u64)
     }
 }

@@ -49,6 +49,10 @@ const MEMBER_RING: usize = 256;
 /// Op × size series kept per lane; rank series kept per lane.
 const MAX_OP_SERIES: usize = 32;
 const MAX_RANK_SERIES: usize = 64;
+/// Gaps between consecutive instances kept for the lane's typical period, and how many are
+/// needed before the period is trusted.
+const PERIOD_SAMPLES: usize = 31;
+const PERIOD_MIN_SAMPLES: usize = 2;
 
 /// Which evidence a lane's instances are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -77,11 +81,22 @@ pub struct Arrival {
     pub bytes: u64,
     /// Function id, `GROUP_OP` or `GRAPH_OP`.
     pub op: u16,
+    /// Time the process had spent waiting in synchronising calls (stream, event, device
+    /// syncs) in total, as of this call.
+    pub sync_ns: u64,
 }
+
+/// Sync time before a call not known.
+const NO_SYNC: u64 = u64::MAX;
 
 #[derive(Clone, Copy, Debug)]
 struct MemberCall {
     entry_ns: u64,
+    /// When it returned (0 = not known: reported in flight).
+    exit_ns: u64,
+    /// Time the member waited in syncs between its previous call on the lane returning and
+    /// this call (`NO_SYNC`: not known).
+    synced_ns: u64,
     sig: u64,
     bytes: u64,
     op: u16,
@@ -109,6 +124,9 @@ pub struct LaneMember {
     /// Last instance this member took part in before leaving.
     last_seq: Option<u64>,
     pub last_arrival_ns: u64,
+    /// Exit of its latest call (0 = not known) and its process's sync total then.
+    last_exit_ns: u64,
+    last_sync_ns: u64,
     /// Instances excused for this member after lost events.
     pub excused: u64,
     rank_lag: Option<RollingHist>,
@@ -137,6 +155,10 @@ struct Instance {
     seq: u64,
     /// Entry time per member (`ABSENT`, `EXCUSED`).
     slots: Vec<u64>,
+    /// Exit time per member (0 = not known).
+    exits: Vec<u64>,
+    /// Time waited in syncs before the call per member (`NO_SYNC`: not known).
+    synced: Vec<u64>,
     arrived: u32,
     /// Real (not excused) arrivals.
     real: u32,
@@ -162,6 +184,10 @@ impl Instance {
         self.seq = seq;
         self.slots.clear();
         self.slots.resize(n, ABSENT);
+        self.exits.clear();
+        self.exits.resize(n, 0);
+        self.synced.clear();
+        self.synced.resize(n, NO_SYNC);
         self.arrived = 0;
         self.real = 0;
         self.first_ns = u64::MAX;
@@ -203,13 +229,22 @@ pub struct StallInfo {
     /// Members (indices) that arrived and that are missing.
     pub arrived: Vec<u32>,
     pub missing: Vec<u32>,
+    /// The threshold it was measured against.
+    pub threshold_ns: u64,
+    /// When it ended, for a stall seen only once it was over (every arrival of the instance
+    /// came in together, e.g. the waiting ranks' records only arrive when their calls
+    /// return): the last arrival.
+    pub ended_ns: Option<u64>,
 }
 
 /// Things a lane reports back to the engine.
 #[derive(Default)]
 pub struct LaneOut {
-    /// Instances whose stall finding should be closed (the missing members arrived or left).
-    pub resolved_stalls: Vec<(u64, u64)>,
+    /// Instances whose stall finding should be closed (the missing members arrived or left):
+    /// (lane id, instance, when it ended).
+    pub resolved_stalls: Vec<(u64, u64, u64)>,
+    /// Stalls seen only once they were over (see [`StallInfo::ended_ns`]).
+    pub past_stalls: Vec<(u64, StallInfo)>,
     /// (member, instances skipped) realignments after lost events.
     pub realigned: Vec<(u32, u64)>,
     /// Calls that fell before the kept history when a member was aligned.
@@ -253,6 +288,13 @@ pub struct Lane {
     pub realignments: u64,
     slice_ns: u64,
     slices: usize,
+    /// Recent gaps between the first arrivals of consecutive finished instances, and their
+    /// median (0 until `PERIOD_MIN_SAMPLES` are known): the lane's typical period.
+    gaps: VecDeque<u64>,
+    prev_finished: Option<(u64, u64)>,
+    pub period_ns: u64,
+    /// Event time of a member leaving, while the instances it no longer holds up finish.
+    leaving_ns: u64,
 }
 
 impl Lane {
@@ -282,6 +324,33 @@ impl Lane {
             realignments: 0,
             slice_ns: cfg.slice_ns(),
             slices: cfg.window_slices,
+            gaps: VecDeque::new(),
+            prev_finished: None,
+            period_ns: 0,
+            leaving_ns: 0,
+        }
+    }
+
+    /// The stall threshold of this lane (see `Config::stall_threshold`).
+    pub fn stall_threshold(&self, cfg: &Config) -> u64 {
+        cfg.stall_threshold(self.period_ns)
+    }
+
+    fn note_period(&mut self, seq: u64, first_ns: u64) {
+        if let Some((ps, pf)) = self.prev_finished {
+            if seq == ps + 1 && first_ns > pf {
+                if self.gaps.len() >= PERIOD_SAMPLES {
+                    self.gaps.pop_front();
+                }
+                self.gaps.push_back(first_ns - pf);
+                if self.gaps.len() >= PERIOD_MIN_SAMPLES {
+                    let mut v: Vec<u64> = self.gaps.iter().copied().collect();
+                    self.period_ns = super::util::median(&mut v);
+                }
+            }
+        }
+        if self.prev_finished.is_none_or(|(ps, _)| seq > ps) {
+            self.prev_finished = Some((seq, first_ns));
         }
     }
 
@@ -324,6 +393,8 @@ impl Lane {
             left_ns: None,
             last_seq: None,
             last_arrival_ns: 0,
+            last_exit_ns: 0,
+            last_sync_ns: 0,
             excused: 0,
             rank_lag: None,
             rank_latency: None,
@@ -373,8 +444,21 @@ impl Lane {
     pub fn arrive(&mut self, m: u32, a: Arrival, cfg: &Config, out: &mut LaneOut) -> u64 {
         self.last_ns = self.last_ns.max(a.entry_ns);
         let mi = m as usize;
+        let synced_ns = {
+            let mm = &mut self.members[mi];
+            let synced = if mm.last_exit_ns != 0 && a.entry_ns >= mm.last_exit_ns {
+                a.sync_ns.saturating_sub(mm.last_sync_ns)
+            } else {
+                NO_SYNC
+            };
+            mm.last_exit_ns = a.exit_ns.unwrap_or(0);
+            mm.last_sync_ns = a.sync_ns;
+            synced
+        };
         let call = MemberCall {
             entry_ns: a.entry_ns,
+            exit_ns: a.exit_ns.unwrap_or(0),
+            synced_ns,
             sig: a.sig,
             bytes: a.bytes,
             op: a.op,
@@ -456,6 +540,8 @@ impl Lane {
         let mut inst = self.pool.pop().unwrap_or(Instance {
             seq,
             slots: Vec::new(),
+            exits: Vec::new(),
+            synced: Vec::new(),
             arrived: 0,
             real: 0,
             first_ns: 0,
@@ -513,6 +599,12 @@ impl Lane {
         if inst.slots.len() < n {
             inst.slots.resize(n, ABSENT);
         }
+        if inst.exits.len() < n {
+            inst.exits.resize(n, 0);
+            inst.synced.resize(n, NO_SYNC);
+        }
+        inst.exits[m as usize] = c.exit_ns;
+        inst.synced[m as usize] = c.synced_ns;
         let slot = &mut inst.slots[m as usize];
         if *slot != ABSENT {
             return; // duplicate (cannot happen with a consistent stream)
@@ -536,7 +628,7 @@ impl Lane {
         self.trim(cfg, out);
     }
 
-    fn check_finished(&mut self, i: usize, _cfg: &Config, out: &mut LaneOut) {
+    fn check_finished(&mut self, i: usize, cfg: &Config, out: &mut LaneOut) {
         if self.pending > 0 {
             return;
         }
@@ -546,22 +638,64 @@ impl Lane {
         if inst.finished || exp == 0 || inst.arrived < exp {
             return;
         }
-        self.finish(i, out);
+        self.finish(i, cfg, out);
     }
 
-    fn finish(&mut self, i: usize, out: &mut LaneOut) {
+    fn finish(&mut self, i: usize, cfg: &Config, out: &mut LaneOut) {
         let unverified = self.unverified_since.is_some();
+        let threshold = self.stall_threshold(cfg);
         let inst = &mut self.instances[i];
         inst.finished = true;
         inst.unverified = unverified;
         self.open -= 1;
         self.finished_total += 1;
-        if inst.stall_raised {
-            out.resolved_stalls.push((self.id, inst.seq));
+        let (seq, first, real) = (inst.seq, inst.first_ns, inst.real);
+        // A member that left ends the wait when it leaves, not at the last arrival.
+        let ended = inst.last_ns.max(self.leaving_ns);
+        let mut stalled = inst.stall_raised;
+        if stalled {
+            out.resolved_stalls.push((self.id, seq, ended));
+        } else if real >= 2
+            && !unverified
+            && self.suspect_since.is_none()
+            && self.last_loss_ns < first
+            && inst.last_ns.saturating_sub(first) >= threshold
+        {
+            // Every arrival came in at once (records of calls blocked waiting for the late
+            // member arrive only when they return): a stall seen once it is over.
+            stalled = true;
+            let late_from = first + threshold;
+            let (mut arrived, mut missing) = (Vec::new(), Vec::new());
+            for (m, &e) in inst.slots.iter().enumerate() {
+                if e >= EXCUSED {
+                    continue;
+                }
+                if e >= late_from {
+                    missing.push(m as u32);
+                } else {
+                    arrived.push(m as u32);
+                }
+            }
+            out.past_stalls.push((
+                self.id,
+                StallInfo {
+                    seq,
+                    first_ns: first,
+                    op: inst.op,
+                    arrived,
+                    missing,
+                    threshold_ns: threshold,
+                    ended_ns: Some(inst.last_ns),
+                },
+            ));
         }
-        if inst.real < 2 {
+        if !stalled && real > 0 {
+            self.note_period(seq, first);
+        }
+        if real < 2 {
             return;
         }
+        let inst = &self.instances[i];
         // Late member, its lag behind the others' median, the wait the others absorbed.
         let (first, last) = (inst.first_ns, inst.last_ns);
         let late = inst.slots.iter().position(|&e| e == last).unwrap_or(0) as u32;
@@ -579,7 +713,27 @@ impl Lane {
             }
         }
         let med_others = median_i64(&mut others[..k]) as u64;
-        let lag = last.saturating_sub(med_others);
+        // Less what is not its own doing: being held longer than the others in the previous
+        // call once that was complete (the root of a star returns after serving everyone),
+        // and waiting longer than them in syncs since (for its GPU, having had no slack left
+        // to hide its work behind the wait for the others).
+        let held = match i.checked_sub(1).map(|p| &self.instances[p]) {
+            Some(prev) if prev.finished && prev.seq + 1 == seq => {
+                excess(&prev.slots, late as usize, |mi| {
+                    let x = prev.exits.get(mi).copied().unwrap_or(0);
+                    (x != 0).then(|| x.saturating_sub(prev.last_ns))
+                })
+            }
+            _ => 0,
+        };
+        let synced = excess(&inst.slots, late as usize, |mi| {
+            let y = inst.synced.get(mi).copied().unwrap_or(NO_SYNC);
+            (y != NO_SYNC).then_some(y)
+        });
+        let lag = last
+            .saturating_sub(med_others)
+            .saturating_sub(held)
+            .saturating_sub(synced);
         let (op, bytes, ub, seq) = (inst.op, inst.bytes, inst.ub, inst.seq);
         let (slice_ns, slices) = (self.slice_ns, self.slices);
         // Per-rank arrival lag behind the first arrival.
@@ -599,7 +753,8 @@ impl Lane {
         if ub != 0 {
             self.record_completion(i);
         }
-        if !unverified {
+        // A stall is reported as the stall it was, not as a straggler's evidence.
+        if !unverified && !stalled {
             self.evidence_ring.push(EvidenceEntry {
                 seq,
                 start_ns: first,
@@ -673,7 +828,8 @@ impl Lane {
                     self.open -= 1;
                     out.evicted_open += 1;
                     if f.stall_raised {
-                        out.resolved_stalls.push((self.id, f.seq));
+                        out.resolved_stalls
+                            .push((self.id, f.seq, f.last_ns.max(self.leaving_ns)));
                     }
                 }
                 self.base_seq += 1;
@@ -793,7 +949,9 @@ impl Lane {
             self.pending -= 1;
         }
         self.recompute_expected();
+        self.leaving_ns = t;
         self.recheck_all(cfg, out);
+        self.leaving_ns = 0;
     }
 
     /// Lost events may have hidden arrivals of this lane.
@@ -835,8 +993,9 @@ impl Lane {
             return None;
         }
         let i = self.instances.iter().position(|x| !x.finished)?;
+        let threshold = self.stall_threshold(cfg);
         let inst = &self.instances[i];
-        if inst.real == 0 || now.saturating_sub(inst.first_ns) < cfg.stall_threshold_ns {
+        if inst.real == 0 || now.saturating_sub(inst.first_ns) < threshold {
             return None;
         }
         let seq = inst.seq;
@@ -869,6 +1028,8 @@ impl Lane {
             op,
             arrived,
             missing,
+            threshold_ns: threshold,
+            ended_ns: None,
         })
     }
 
@@ -1036,6 +1197,35 @@ impl Lane {
     }
 }
 
+/// How much more than the other members (their median) member `m` has of what `of` measures
+/// at an instance (`slots` tell who took part): 0 when not more or not known.
+fn excess(slots: &[u64], m: usize, of: impl Fn(usize) -> Option<u64>) -> u64 {
+    let known = |mi: usize| -> Option<u64> {
+        let e = *slots.get(mi)?;
+        if e >= EXCUSED {
+            return None;
+        }
+        of(mi)
+    };
+    let Some(mine) = known(m) else {
+        return 0;
+    };
+    let mut others: [i64; 64] = [0; 64];
+    let mut k = 0usize;
+    for mi in (0..slots.len()).filter(|&mi| mi != m) {
+        if let Some(v) = known(mi) {
+            if k < others.len() {
+                others[k] = v as i64;
+                k += 1;
+            }
+        }
+    }
+    if k == 0 {
+        return 0;
+    }
+    mine.saturating_sub(median_i64(&mut others[..k]) as u64)
+}
+
 /// Compares a member's call with the other members' arrivals at an instance: the number of
 /// contradictions (different signature; the call came after the instance was seen complete;
 /// the others arrived after the call was seen complete) and the distance to the others' first
@@ -1114,6 +1304,7 @@ mod tests {
             sig: 7,
             bytes: 1024,
             op: 0,
+            sync_ns: 0,
         }
     }
 
@@ -1205,7 +1396,7 @@ mod tests {
             (0, vec![2], vec![0, 1])
         );
         l.member_left(m[2], 5_000_000_000, &c, &mut out);
-        assert_eq!(out.resolved_stalls, vec![(1, 0)]);
+        assert_eq!(out.resolved_stalls, vec![(1, 0, 5_000_000_000)]);
         assert_eq!(l.open_instances(), 0);
     }
 

@@ -72,6 +72,9 @@ use util::{fmt_bytes, fmt_id, fmt_ns, mix, FastMap};
 
 /// Lost-event windows remembered for annotating findings.
 const MAX_LOST_WINDOWS: usize = 256;
+/// In-flight calls remembered until their return record (beyond: forgotten; their return
+/// records then count as second arrivals, as before in-flight reports existed).
+const MAX_IN_FLIGHT: usize = 1 << 16;
 
 /// Events reported lost between two reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +145,8 @@ pub struct Engine {
     bounds: Vec<(PendingWork, u64)>,
     scratch: Vec<u64>,
     open_stalls: FastMap<(u64, u64), FindingKey>,
+    /// Calls reported in flight, by (pid, tid, func): their entry time.
+    in_flight: FastMap<(u32, u32, u16), u64>,
 }
 
 impl Engine {
@@ -174,6 +179,7 @@ impl Engine {
             bounds: Vec::new(),
             scratch: Vec::new(),
             open_stalls: FastMap::default(),
+            in_flight: FastMap::default(),
         }
     }
 
@@ -189,6 +195,12 @@ impl Engine {
     }
 
     /// Feeds one decoded event. Events may come out of order by up to `reorder_window_ns`.
+    ///
+    /// A call record without an exit (`exit_ns: None`) is a call still in flight: feed the
+    /// calls a scan finds entered and not returned (however often the scan repeats), so that
+    /// ranks blocked in a collective count as arrived while they wait and a stall names the
+    /// missing ranks while it goes on; the call's return record is then recognised (same
+    /// pid, tid, function and entry time) and not counted twice.
     pub fn ingest(&mut self, ev: Event) {
         self.counts.events += 1;
         if let Some(late) = self.reorder.push(ev) {
@@ -301,6 +313,13 @@ impl Engine {
         }
         match ev {
             Event::Call(c) => {
+                if c.exit_ns.is_none()
+                    && (!arrives_in_flight(c.spec().kind)
+                        || self.in_flight.get(&(c.pid, c.tid, c.func)) == Some(&c.entry_ns))
+                {
+                    // Left to its return record, or reported again by a later scan.
+                    return;
+                }
                 self.counts.calls += 1;
                 self.on_call(&c);
             }
@@ -318,6 +337,9 @@ impl Engine {
     fn on_call(&mut self, c: &CallEvent) {
         let proc = self.procs.get(c.pid, c.exit_ns.unwrap_or(c.entry_ns));
         let spec = c.spec();
+        if !self.in_flight_first(proc, c, spec.kind) {
+            return;
+        }
         // Waits (syncs, event queries, synchronous copies) are not host work.
         let waits = matches!(spec.kind, CallKind::Sync | CallKind::EventQuery) || c.func == 23;
         let (busy, sync_ns) = {
@@ -416,6 +438,18 @@ impl Engine {
                     let ops = std::mem::take(&mut g.ops);
                     if !ops.is_empty() && c.ret.is_none_or(|r| r == 0 || r == 7) {
                         self.nccl_ops(proc, c.pid, &ops, c.entry_ns, c.exit_ns);
+                        // The group's operations are submitted (enqueued on the stream) here.
+                        if let Some(a) = self.bubbles.submission(
+                            proc,
+                            ops[0].stream,
+                            c.entry_ns,
+                            c.exit_ns.unwrap_or(c.entry_ns),
+                            busy,
+                            sync_ns,
+                            &self.cfg,
+                        ) {
+                            self.bubble_alert(a);
+                        }
                     }
                     if let Some(g) = self.groups.get_mut(&(proc, c.tid)) {
                         g.ops = ops;
@@ -525,6 +559,7 @@ impl Engine {
                         sig: 0,
                         bytes: 0,
                         op: GRAPH_OP,
+                        sync_ns: 0,
                     };
                     self.arrive(lane, m, a, proc, stream);
                 }
@@ -594,6 +629,41 @@ impl Engine {
                 {
                     self.alloc_failure(proc, c, f);
                 }
+            }
+        }
+    }
+
+    /// Calls reported while still in flight (entry-only records: a scan of the calls that have
+    /// not returned, so that ranks blocked in a collective count as arrived while they wait)
+    /// and their later return records. Returns whether `on_call` should go on with `c`.
+    ///
+    /// An in-flight NCCL call, group end or graph launch is processed as an arrival (once,
+    /// however many scans report it); its return record then only ends the submission. Other
+    /// in-flight calls are left to their return record.
+    fn in_flight_first(&mut self, proc: ProcId, c: &CallEvent, kind: CallKind) -> bool {
+        let key = (c.pid, c.tid, c.func);
+        match c.exit_ns {
+            None => {
+                if !arrives_in_flight(kind) {
+                    return false;
+                }
+                if self.in_flight.get(&key) == Some(&c.entry_ns) {
+                    return false; // reported by an earlier scan
+                }
+                if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    self.in_flight.clear();
+                }
+                self.in_flight.insert(key, c.entry_ns);
+                self.counts.in_flight_calls += 1;
+                true
+            }
+            Some(exit) => {
+                if self.in_flight.is_empty() || self.in_flight.get(&key) != Some(&c.entry_ns) {
+                    return true;
+                }
+                self.in_flight.remove(&key);
+                self.bubbles.returned(proc, exit);
+                false
             }
         }
     }
@@ -675,6 +745,7 @@ impl Engine {
                 sig,
                 bytes,
                 op: fop,
+                sync_ns: 0,
             };
             self.arrive(r.lane, r.lane_member, a, proc, op.stream);
         }
@@ -710,8 +781,9 @@ impl Engine {
         }
     }
 
-    fn arrive(&mut self, lane: u32, m: u32, a: Arrival, proc: ProcId, stream: u64) {
+    fn arrive(&mut self, lane: u32, m: u32, mut a: Arrival, proc: ProcId, stream: u64) {
         let entry = a.entry_ns;
+        a.sync_ns = self.procs.proc(proc).sync_ns;
         let l = &mut self.lanes[lane as usize];
         let lane_id = l.id;
         let call = l.arrive(m, a, &self.cfg, &mut self.out);
@@ -739,6 +811,7 @@ impl Engine {
 
     fn drain_out(&mut self) {
         if self.out.resolved_stalls.is_empty()
+            && self.out.past_stalls.is_empty()
             && self.out.realigned.is_empty()
             && self.out.dropped_calls == 0
             && self.out.evicted_open == 0
@@ -752,16 +825,18 @@ impl Engine {
         self.out.evicted_open = 0;
         self.out.realigned.clear();
         let resolved = std::mem::take(&mut self.out.resolved_stalls);
-        for (lane_id, seq) in &resolved {
-            if let Some(key) = self.open_stalls.remove(&(*lane_id, *seq)) {
+        for &(lane_id, seq, ended) in &resolved {
+            if let Some(key) = self.open_stalls.remove(&(lane_id, seq)) {
                 let t = self.t.max(self.now);
                 if let Some(f) = self.findings.get_mut(&key) {
                     if f.active {
-                        f.evidence.push_str(&format!(
-                            "; resolved after {}",
-                            fmt_ns(t.saturating_sub(f.window_start_ns))
-                        ));
-                        f.window_end_ns = f.window_end_ns.max(t);
+                        // The stall lasted from the first arrival to the one that ended it.
+                        let end = if ended > f.window_start_ns { ended } else { t };
+                        let lasted = end - f.window_start_ns.min(end);
+                        f.evidence
+                            .push_str(&format!("; resolved after {}", fmt_ns(lasted)));
+                        f.window_end_ns = end;
+                        f.magnitude.value = lasted as f64;
                     }
                 }
                 self.findings.deactivate(&key, t);
@@ -769,6 +844,16 @@ impl Engine {
         }
         self.out.resolved_stalls = resolved;
         self.out.resolved_stalls.clear();
+        if !self.out.past_stalls.is_empty() {
+            let past = std::mem::take(&mut self.out.past_stalls);
+            for (lane_id, s) in past {
+                let Some(lane) = self.lanes.iter().position(|l| l.id == lane_id) else {
+                    continue;
+                };
+                let t = self.t.max(self.now);
+                self.stall(lane as u32, s, t);
+            }
+        }
     }
 
     fn on_sock(&mut self, s: &SockEvent) {
@@ -797,6 +882,7 @@ impl Engine {
         self.bubbles.forget_proc(proc);
         self.memory.proc_exit(proc);
         self.groups.retain(|(p, _), _| *p != proc);
+        self.in_flight.retain(|(p, _, _), _| *p != pid);
     }
 
     /// A member left a lane: no stall for it, and the lane's findings say so.
@@ -882,16 +968,25 @@ impl Engine {
         self.requests.tick(now, &self.cfg);
     }
 
+    /// Raises (or updates) the stall finding of an open instance, or records a stall that is
+    /// already over (`s.ended_ns`).
     fn stall(&mut self, lane: u32, s: StallInfo, now: u64) {
+        let mut s = s;
         let l = &self.lanes[lane as usize];
+        // Said in rank order.
+        for v in [&mut s.arrived, &mut s.missing] {
+            v.sort_by_key(|&m| (l.members[m as usize].rank, m));
+        }
         let names = |ms: &[u32]| -> Vec<String> {
             ms.iter()
                 .map(|&m| rank_name(l.members[m as usize].rank, m))
                 .collect()
         };
+        let Some(&m0) = s.missing.first() else {
+            return;
+        };
         let missing_names = names(&s.missing);
         let arrived_names = names(&s.arrived);
-        let m0 = s.missing[0];
         let mm = &l.members[m0 as usize];
         let host = self.procs.host(mm.proc).map(str::to_owned);
         let missing_desc: Vec<String> = s
@@ -902,7 +997,6 @@ impl Engine {
                 describe_member(x.rank, x.pid, self.procs.host(x.proc))
             })
             .collect();
-        let age = now.saturating_sub(s.first_ns);
         let what = match l.evidence {
             matching::Evidence::Collectives => format!(
                 "{} #{} on communicator {}",
@@ -914,32 +1008,71 @@ impl Engine {
                 format!("graph-launch step #{} of group {}", s.seq, fmt_id(l.id))
             }
         };
+        let verb = if s.missing.len() == 1 { "has" } else { "have" };
+        let (evidence, window, age) = match s.ended_ns {
+            None => {
+                let age = now.saturating_sub(s.first_ns);
+                (
+                    format!(
+                        "{} entered {what} {} ago; {} {verb} not arrived ({}; stall threshold {})",
+                        join_ranks(&arrived_names),
+                        fmt_ns(age),
+                        join_ranks(&missing_names),
+                        missing_desc.join(", "),
+                        fmt_ns(s.threshold_ns)
+                    ),
+                    (s.first_ns, now),
+                    age,
+                )
+            }
+            Some(end) => {
+                let lasted = end.saturating_sub(s.first_ns);
+                (
+                    format!(
+                        "{} entered {what} at {} and waited {} for {} ({}; stall threshold {}); \
+                         resolved after {} (seen once over: the waiting ranks' calls were \
+                         reported when they returned)",
+                        join_ranks(&arrived_names),
+                        fmt_time(s.first_ns),
+                        fmt_ns(lasted),
+                        join_ranks(&missing_names),
+                        missing_desc.join(", "),
+                        fmt_ns(s.threshold_ns),
+                        fmt_ns(lasted)
+                    ),
+                    (s.first_ns, end),
+                    lasted,
+                )
+            }
+        };
         let d = Draft {
             severity: Severity::Critical,
             culprit: Culprit { pid: Some(mm.pid), rank: (mm.rank != u32::MAX).then_some(mm.rank), comm: Some(l.id), host, connection: None },
-            evidence: format!(
-                "{} entered {what} {} ago; {} {} not arrived ({})",
-                join_ranks(&arrived_names),
-                fmt_ns(age),
-                join_ranks(&missing_names),
-                if s.missing.len() == 1 { "has" } else { "have" },
-                missing_desc.join(", ")
-            ),
+            evidence,
             source: l.evidence.label(),
             suggestion: format!(
                 "Find what {} is doing instead of calling in (e.g. `py-spy dump --pid {}`): a hang, a crash in progress, or a diverged code path that skips this call.",
                 missing_names[0], mm.pid
             ),
-            window: (s.first_ns, now),
+            window,
             magnitude: Magnitude { name: "stalled_ns", value: age as f64 },
         };
+        // One finding per stalled instance, updated in place while it lasts.
         let key = FindingKey {
             kind: FindingKind::Stall,
             scope: l.id,
-            culprit: m0 as u64,
+            culprit: mix(&[m0 as u64, s.seq]),
         };
-        self.open_stalls.insert((l.id, s.seq), key);
-        self.raise(key, d);
+        match s.ended_ns {
+            None => {
+                self.open_stalls.insert((l.id, s.seq), key);
+                self.raise(key, d);
+            }
+            Some(end) => {
+                self.raise(key, d);
+                self.findings.deactivate(&key, now.max(end));
+            }
+        }
     }
 
     fn evaluate(&mut self, lane: u32, now: u64) {
@@ -951,7 +1084,24 @@ impl Engine {
             let l = &mut self.lanes[li];
             l.last_eval_ns = now;
             let n = l.members.len();
-            stragglers::evaluate(&mut l.evidence_ring, now, n, &self.cfg, &mut self.scratch)
+            stragglers::evaluate(
+                &mut l.evidence_ring,
+                now,
+                n,
+                l.period_ns,
+                &self.cfg,
+                &mut self.scratch,
+            )
+        };
+        // Idle blamed on the straggler is the straggler's cost, said in its finding rather
+        // than as a second finding.
+        let folded_idle = match (&ev.straggler, &ev.idle) {
+            (Some(v), Some(i)) if v.member == i.member => Some(i.clone()),
+            _ => None,
+        };
+        let ev = stragglers::Evaluation {
+            idle: if folded_idle.is_some() { None } else { ev.idle },
+            straggler: ev.straggler,
         };
         let l = &self.lanes[li];
         let (id, label) = (l.id, l.evidence);
@@ -977,7 +1127,7 @@ impl Engine {
                     matching::Evidence::Collectives => {
                         format!(
                             "arrived last in {} of {} {} instances on communicator {}",
-                            v.last_count,
+                            v.late_count,
                             v.total,
                             op_label(v.op),
                             fmt_id(id)
@@ -986,12 +1136,21 @@ impl Engine {
                     matching::Evidence::GraphSteps => {
                         format!(
                             "launched its graph last in {} of {} graph-launch steps of group {}",
-                            v.last_count,
+                            v.late_count,
                             v.total,
                             fmt_id(id)
                         )
                     }
                 };
+                let idle = folded_idle
+                    .map(|i| {
+                        format!(
+                            "; waiting for it, the other ranks idled {:.0}% of the last {}",
+                            i.ratio * 100.0,
+                            fmt_ns(i.span_ns)
+                        )
+                    })
+                    .unwrap_or_default();
                 let severity = if v.median_lag_ns >= self.cfg.straggler_critical_lag_ns {
                     Severity::Critical
                 } else {
@@ -1001,9 +1160,11 @@ impl Engine {
                     severity,
                     culprit: Culprit { pid: Some(mm.pid), rank: (mm.rank != u32::MAX).then_some(mm.rank), comm: Some(id), host, connection: None },
                     evidence: format!(
-                        "{who} {what}, median lag {}, other ranks waited {} in total",
+                        "{who} {what} by {} or more (median lag then {}); the other ranks waited {} for it in those instances, {:.0}% of the waiting on late ranks{idle}",
+                        fmt_ns(v.threshold_ns),
                         fmt_ns(v.median_lag_ns),
-                        fmt_secs(v.waited_ns)
+                        fmt_secs(v.waited_ns),
+                        v.blame * 100.0
                     ),
                     source: label.label(),
                     suggestion: format!(
@@ -1103,14 +1264,16 @@ impl Engine {
                 let med = util::median(&mut waits);
                 let upstream = stage.upstream;
                 let c = &self.comms.list[comm as usize];
-                let member = c
-                    .members
-                    .iter()
-                    .find(|m| m.rank == Some(rank) && m.left_ns.is_none());
-                let up = c
-                    .members
-                    .iter()
-                    .find(|m| m.rank == Some(upstream) && m.left_ns.is_none());
+                // The member holding the rank now, else the latest that held it (it may
+                // have left since: the stage's last transfers come after its upstream's).
+                let holder = |r: u32| {
+                    c.members
+                        .iter()
+                        .filter(|m| m.rank == Some(r))
+                        .max_by_key(|m| (m.left_ns.is_none(), m.left_ns))
+                };
+                let member = holder(rank);
+                let up = holder(upstream);
                 let host = member
                     .and_then(|m| self.procs.host(m.proc))
                     .map(str::to_owned);
@@ -1128,7 +1291,9 @@ impl Engine {
                     source: "send/recv transfers",
                     suggestion: "Rebalance the layers between pipeline stages or use more micro-batches to fill the pipeline.".into(),
                     window: (now.saturating_sub(self.cfg.window_ns).max(stage.first_ns), now),
-                    magnitude: Magnitude { name: "bubble_ratio", value: ratio },
+                    // The wait per transfer: how much longer the upstream stage takes per
+                    // micro-batch than this one.
+                    magnitude: Magnitude { name: "median_wait_ns", value: med as f64 },
                 };
                 let key = FindingKey {
                     kind: FindingKind::Bubble,
@@ -1214,17 +1379,19 @@ impl Engine {
         };
         let p = self.procs.proc(proc);
         let (evidence, severity, name, value) = match a {
-            LinkAlert::Retransmits { in_window, .. } => (
+            LinkAlert::Retransmits { in_window, rate, .. } => (
                 format!(
-                    "{in_window} retransmits in the window on {} (pid {}; {} sent, {} received)",
+                    "{in_window} retransmits in the window on {} (pid {}), {:.2}% of the segments it sent (estimated at {} B each; {} sent, {} received)",
                     l.label(),
                     p.pid,
+                    rate * 100.0,
+                    self.cfg.link_assumed_mss,
                     fmt_bytes(l.sent),
                     fmt_bytes(l.recvd)
                 ),
                 Severity::Warning,
-                "retransmits",
-                in_window as f64,
+                "retransmit_rate",
+                rate,
             ),
             LinkAlert::Reset { .. } => (
                 format!(
@@ -1300,6 +1467,15 @@ impl Engine {
             .map(|l| l.instances().map(|(s, v, f, _)| (s, v, f)).collect())
             .unwrap_or_default()
     }
+}
+
+/// Kinds of call processed while still in flight (see `Engine::ingest`): those that are
+/// arrivals at a collective instance, a pipeline transfer or a graph-launch step.
+fn arrives_in_flight(kind: CallKind) -> bool {
+    matches!(
+        kind,
+        CallKind::Collective | CallKind::P2p | CallKind::GroupEnd | CallKind::GraphLaunch
+    )
 }
 
 fn rank_name(rank: u32, member: u32) -> String {

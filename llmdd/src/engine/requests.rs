@@ -8,8 +8,14 @@
 //! (the next request on a keep-alive connection), or after `request_idle_ns` without a send.
 //!
 //! The serving port is configured, or detected as the local port with the most connections
-//! that received first and then sent back (at least `serving_port_min_connections`); requests
-//! that finished before it was detected are counted once it is (up to 256 of them).
+//! that received first and then answered like a server of generated text does (at least
+//! `serving_port_min_connections`): a response came in at least three sends spread in time
+//! (a stream of tokens), or the connection closed after one. Long-lived connections
+//! exchanging one message each way at a time (the bootstrap or socket transport of a
+//! collective library, whose root receives first and then replies) do not count. Requests
+//! that finished before the port was detected are counted once it is (up to 256 of them).
+//! A server answering each request with a single send on a kept-alive connection is not
+//! detected: configure its port.
 
 use std::{collections::VecDeque, net::IpAddr};
 
@@ -43,6 +49,10 @@ pub struct RequestRecord {
     pub max_gap_ns: u64,
     /// "closed", "next_request", "idle", "evicted".
     pub end: &'static str,
+    /// Inter-token gaps seen before the port was known to be the serving port (at most
+    /// `MAX_GAPS_KEPT`), recorded into the distribution when the request is counted.
+    #[serde(skip)]
+    pub gaps: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -54,10 +64,12 @@ struct Active {
     tokens: u32,
     sent_bytes: u64,
     max_gap: u64,
+    gaps: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
 struct Conn {
+    sk: u64,
     pid: u32,
     port: u16,
     remote: Option<(IpAddr, u16)>,
@@ -86,6 +98,12 @@ pub struct Requests {
     /// Requests finished before any serving port was known.
     early: Vec<RequestRecord>,
 }
+
+/// Sends (after coalescing) in one response from which the connection counts as streaming.
+const STREAMED_TOKENS: u32 = 3;
+
+/// Inter-token gaps kept per request while the serving port is not known.
+const MAX_GAPS_KEPT: usize = 4096;
 
 /// Requests kept from before the serving port was detected.
 const MAX_EARLY: usize = 256;
@@ -157,6 +175,7 @@ impl Requests {
         }
         let recv = e.kind == SockKind::Recv;
         let c = self.conns.entry(e.sk).or_insert(Conn {
+            sk: e.sk,
             pid: e.pid,
             port,
             remote: e.remote,
@@ -167,9 +186,9 @@ impl Requests {
         });
         c.last_ns = e.ts_ns;
         c.recv_first.get_or_insert(recv);
-        let mut vote = false;
         let mut ended: Option<(Conn, Active)> = None;
         let mut started = false;
+        let mut streamed = false;
         if recv {
             match &mut c.active {
                 Some(a) if a.first_send.is_none() => a.recv_bytes += e.bytes as u64,
@@ -185,10 +204,6 @@ impl Requests {
                 }
             }
         } else {
-            if c.recv_first == Some(true) && !c.voted {
-                c.voted = true;
-                vote = true;
-            }
             if let Some(a) = &mut c.active {
                 a.sent_bytes += e.bytes as u64;
                 match a.first_send {
@@ -201,15 +216,23 @@ impl Requests {
                         let gap = e.ts_ns.saturating_sub(a.last_send);
                         if gap >= cfg.token_coalesce_ns {
                             a.tokens += 1;
+                            // A stream: more sends than a message's header and payload.
+                            streamed = a.tokens == STREAMED_TOKENS;
                             a.max_gap = a.max_gap.max(gap);
                             if self.detected == Some(port) || cfg.serving_ports.contains(&port) {
                                 self.gaps.record(e.ts_ns, gap);
+                            } else if a.gaps.len() < MAX_GAPS_KEPT {
+                                // Kept until the port is known to be the serving port.
+                                a.gaps.push(gap);
                             }
                         }
                         a.last_send = e.ts_ns;
                     }
                 }
             }
+        }
+        if streamed {
+            self.vote(e.sk, port, e.ts_ns, cfg);
         }
         let snapshot = ended;
         if let Some((c, a)) = snapshot {
@@ -218,11 +241,20 @@ impl Requests {
         if started && self.serving(port, cfg) {
             self.set_in_flight(self.in_flight + 1, e.ts_ns);
         }
-        if vote {
-            let v = self.votes.entry(port).or_insert(0);
-            *v += 1;
-            self.redetect(e.ts_ns, cfg);
+    }
+
+    /// Connection `sk` on local `port` answered like a serving connection: it counts once
+    /// toward detecting the serving port, if it received first.
+    fn vote(&mut self, sk: u64, port: u16, t: u64, cfg: &Config) {
+        let Some(c) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        if c.recv_first != Some(true) || c.voted {
+            return;
         }
+        c.voted = true;
+        *self.votes.entry(port).or_insert(0) += 1;
+        self.redetect(t, cfg);
     }
 
     fn redetect(&mut self, t: u64, cfg: &Config) {
@@ -253,6 +285,9 @@ impl Requests {
     }
 
     fn finish(&mut self, c: &Conn, a: Active, t: u64, why: &'static str, cfg: &Config) {
+        if why == "closed" && a.first_send.is_some() {
+            self.vote(c.sk, c.port, t, cfg);
+        }
         let serving = self.serving(c.port, cfg);
         let undecided = cfg.serving_ports.is_empty() && self.detected.is_none();
         if !serving && !undecided {
@@ -275,10 +310,12 @@ impl Requests {
             sent_bytes: a.sent_bytes,
             max_gap_ns: a.max_gap,
             end: why,
+            gaps: a.gaps,
         };
         if !serving {
-            // No serving port known yet: keep it in case this port turns out to be it.
-            if self.early.len() < MAX_EARLY {
+            // No serving port known yet: keep it in case this port, a candidate, turns out
+            // to be it.
+            if self.votes.get(&c.port).is_some_and(|v| *v > 0) && self.early.len() < MAX_EARLY {
                 self.early.push(rec);
             }
             return;
@@ -287,10 +324,14 @@ impl Requests {
         self.record(rec, cfg);
     }
 
-    fn record(&mut self, rec: RequestRecord, cfg: &Config) {
+    fn record(&mut self, mut rec: RequestRecord, cfg: &Config) {
         if let Some(x) = rec.ttft_ns {
             self.ttft.record(rec.start_ns, x);
         }
+        for &g in &rec.gaps {
+            self.gaps.record(rec.start_ns, g);
+        }
+        rec.gaps = Vec::new();
         self.duration
             .record(rec.start_ns, rec.end_ns.saturating_sub(rec.start_ns));
         self.tokens.record(rec.start_ns, rec.tokens as u64);
@@ -384,6 +425,7 @@ fn new_active(t: u64, bytes: u64) -> Active {
         tokens: 0,
         sent_bytes: 0,
         max_gap: 0,
+        gaps: Vec::new(),
     }
 }
 

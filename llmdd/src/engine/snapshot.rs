@@ -53,6 +53,8 @@ pub struct Counts {
     pub p2p_unmatched_dropped: u64,
     pub processes_live: u64,
     pub pids_reused: u64,
+    /// Calls reported while still in flight (processed as arrivals before they returned).
+    pub in_flight_calls: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

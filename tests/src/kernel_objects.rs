@@ -1,14 +1,13 @@
 //! Enumerates the BPF programs, maps and links loaded in the kernel (the bpf syscall's
-//! GET_NEXT_ID commands), to check that llmdd leaves nothing behind.
+//! GET_NEXT_ID commands) and those one process holds, to check that llmdd leaves nothing
+//! behind.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
 const BPF_PROG_GET_NEXT_ID: u32 = 11;
 const BPF_MAP_GET_NEXT_ID: u32 = 12;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
-const BPF_MAP_GET_FD_BY_ID: u32 = 14;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
-const BPF_LINK_GET_FD_BY_ID: u32 = 30;
 const BPF_LINK_GET_NEXT_ID: u32 = 31;
 
 /// Program names of the llmdd object (the kernel keeps the first 15 bytes).
@@ -28,18 +27,6 @@ pub const PROGRAMS: &[&str] = &[
     "sched_process_exit",
     "sys_enter_mmap",
     "sys_exit_mmap",
-];
-
-/// Map names of the llmdd object.
-pub const MAPS: &[&str] = &[
-    "EVENTS",
-    "COUNTERS",
-    "INFLIGHT",
-    "LIB_CFG",
-    "TRACED",
-    "KNOWN_SOCKS",
-    "SOCK_CFG",
-    "PENDING_MMAPS",
 ];
 
 fn bpf(cmd: u32, attr: &mut [u8]) -> i64 {
@@ -107,32 +94,49 @@ pub fn llmdd_programs() -> Vec<(u32, String)> {
         .collect()
 }
 
-/// (id, name) of every map whose name is one of llmdd's.
-pub fn llmdd_maps() -> Vec<(u32, String)> {
-    next_ids(BPF_MAP_GET_NEXT_ID)
-        .into_iter()
-        .filter_map(|id| {
-            let fd = fd_by_id(BPF_MAP_GET_FD_BY_ID, id)?;
-            // struct bpf_map_info: char name[16] @24.
-            let mut buf = [0u8; 128];
-            info(&fd, &mut buf).then(|| (id, name_at(&buf, 24)))
-        })
-        .filter(|(_, n)| MAPS.contains(&n.as_str()))
-        .collect()
+/// BPF object ids held by process `pid`: (program ids, map ids, link ids), read from
+/// `/proc/PID/fdinfo` (`prog_id:`, `map_id:`, `link_id:` lines). Identifies one process's
+/// objects even while other BPF users are active.
+pub fn ids_held_by(pid: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let (mut progs, mut maps, mut links) = (Vec::new(), Vec::new(), Vec::new());
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (progs, maps, links);
+    };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut parts = line.split(':');
+            let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(id) = value.trim().parse::<u32>() else {
+                continue;
+            };
+            let list = match key.trim() {
+                "prog_id" => &mut progs,
+                "map_id" => &mut maps,
+                "link_id" => &mut links,
+                _ => continue,
+            };
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+    (progs, maps, links)
 }
 
-/// Ids of links whose program is one of `prog_ids`.
-pub fn links_of(prog_ids: &[u32]) -> Vec<u32> {
-    next_ids(BPF_LINK_GET_NEXT_ID)
-        .into_iter()
-        .filter(|id| {
-            let Some(fd) = fd_by_id(BPF_LINK_GET_FD_BY_ID, *id) else {
-                return false;
-            };
-            // struct bpf_link_info: u32 type @0, u32 id @4, u32 prog_id @8.
-            let mut buf = [0u8; 128];
-            info(&fd, &mut buf)
-                && prog_ids.contains(&u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]))
-        })
-        .collect()
+/// Which of `ids` still exist: programs, maps, links.
+pub fn still_loaded(progs: &[u32], maps: &[u32], links: &[u32]) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let live = |cmd: u32, ids: &[u32]| -> Vec<u32> {
+        let all = next_ids(cmd);
+        ids.iter().copied().filter(|i| all.contains(i)).collect()
+    };
+    (
+        live(BPF_PROG_GET_NEXT_ID, progs),
+        live(BPF_MAP_GET_NEXT_ID, maps),
+        live(BPF_LINK_GET_NEXT_ID, links),
+    )
 }

@@ -54,9 +54,19 @@ fn sigkill_leaves_nothing_in_the_kernel_and_the_job_finishes() {
         .expect("llmdd is reaped");
     assert!(!status.success());
 
-    let (p, m, l) = still_loaded(&progs, &maps, &links);
+    // Programs and links go when the process's files are closed; maps are freed by a kernel
+    // work item once the last program using them is gone, which no event announces: poll for
+    // that, with a deadline far above the few milliseconds it takes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let left = still_loaded(&progs, &maps, &links);
+        if left == (vec![], vec![], vec![]) || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
-        (p, m, l),
+        left,
         (vec![], vec![], vec![]),
         "programs, maps, links left behind"
     );

@@ -47,6 +47,12 @@ fn imbalanced_stage_is_one_bubble_blaming_it() {
     assert!(extra.iter().all(|x| x.rank == 2));
     let slept = median(extra.iter().map(|x| x.actual_ns).collect());
     assert_within("wait per transfer vs slept", wait, slept as f64, 0.2);
+    eprintln!(
+        "imbalance 2:20000: wait per transfer {:.2} ms, x {micro} = {:.2} ms per step (slept {:.2} ms per micro-batch)",
+        wait / 1e6,
+        wait * micro as f64 / 1e6,
+        slept as f64 / 1e6
+    );
     // The bubble ratio (stage 3's share of time waiting) is in the evidence.
     assert!(ev.contains("% of the window"), "{ev}");
 }

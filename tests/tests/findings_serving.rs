@@ -78,6 +78,11 @@ fn streamed_requests_match_the_front_record() {
         for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
             let v = got[name].as_f64().expect("percentile");
             let want = quantile(truth, p) as f64;
+            eprintln!(
+                "{what} {name}: llmdd {:.2} ms, the front {:.2} ms",
+                v / 1e6,
+                want / 1e6
+            );
             assert!(
                 (v - want).abs() <= 0.1 * want,
                 "{what} {name}: llmdd {v:.0} ns, the front {want:.0} ns\n{got:#}"

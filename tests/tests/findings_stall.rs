@@ -42,6 +42,11 @@ fn check_report(r: &Run) {
         stall.actual_ns as f64,
         0.2,
     );
+    eprintln!(
+        "stall 1:3:1500: lasted {:.3} s (slept {:.3} s)",
+        lasted / 1e9,
+        stall.actual_ns as f64 / 1e9
+    );
     let ev = f["evidence"].as_str().unwrap_or("");
     assert!(
         ev.contains("ranks 0, 2, 3 entered all-reduce #3"),
@@ -103,5 +108,10 @@ fn stall_is_named_while_it_goes_on() {
         (seen_at - stall.end_ns) as f64 / 1e9
     );
     assert!(seen_at > stall.start_ns);
+    eprintln!(
+        "stall 1:3:1500: named live {:.3} s into it, {:.3} s before it ended",
+        (seen_at - stall.start_ns) as f64 / 1e9,
+        (stall.end_ns - seen_at) as f64 / 1e9
+    );
     check_report(&r);
 }

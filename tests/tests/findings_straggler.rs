@@ -26,6 +26,11 @@ fn check(r: &Run, delay_ms: u64, every: u64, steps: u64) {
     assert_within("lag when late", lag, (delay_ms * 1_000_000) as f64, 0.2);
     let slept = median(faults.iter().map(|x| x.actual_ns).collect());
     assert_within("lag when late vs slept", lag, slept as f64, 0.2);
+    eprintln!(
+        "straggler 2:{delay_ms}:{every}: lag when late {:.2} ms (slept median {:.2} ms)",
+        lag / 1e6,
+        slept as f64 / 1e6
+    );
     // Raised within 1 s of the evidence being there: the first late instance at which the
     // engine's thresholds (late count, instances seen, share of instances) are all met.
     let cfg = Config::default();
@@ -41,6 +46,10 @@ fn check(r: &Run, delay_ms: u64, every: u64, steps: u64) {
         })
         .expect("enough late instances for a verdict");
     let raised = f["raised_ns"].as_u64().expect("raised_ns");
+    eprintln!(
+        "straggler 2:{delay_ms}:{every}: raised {:.3} s after the evidence",
+        (raised as f64 - at.end_ns as f64) / 1e9
+    );
     assert!(
         raised <= at.end_ns + 1_000_000_000,
         "raised at {raised}, {:.3} s after the evidence was there (late instance {k}, step {}, at {})",

@@ -98,7 +98,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let metrics_server = opts.prometheus.map(metrics::Server::bind).transpose()?;
     let want_tui = !args.no_tui && std::io::stdout().is_terminal();
 
-    let targets = if args.all {
+    let mut targets = if args.all {
         let found = target::discover_all();
         if found.is_empty() {
             bail!(
@@ -117,6 +117,17 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
         found
     };
+    for &pid in &args.fronts {
+        if targets.iter().any(|t| t.pid == pid) {
+            continue;
+        }
+        targets.push(match target::inspect(pid) {
+            Ok(t) => t,
+            // A front needs no GPU library: its sockets are what matters.
+            Err(target::TargetError::NoSupportedLibrary { .. }) => target::sockets_only(pid)?,
+            Err(e) => return Err(e.into()),
+        });
+    }
 
     let sock_cfg = match kernel::sock_offsets() {
         Ok(cfg) => Some(cfg),
@@ -208,6 +219,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut batch = Vec::with_capacity(4096);
     // Threads releasing the probes of targets that exited (slow; never on the reading path).
     let mut reaper: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let mut last_scan = Instant::now();
     let result: Result<Stop> = async {
         loop {
             let wait = DRAIN_INTERVAL.min(opts.interval);
@@ -234,7 +246,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 }
             }
             report_losses(&tracer, &mut engine, &mut lost_seen)?;
-            engine.advance(monotonic_ns());
+            let now = monotonic_ns();
+            if last_scan.elapsed() >= IN_FLIGHT_SCAN {
+                last_scan = Instant::now();
+                feed_in_flight(&tracer, &mut engine, now)?;
+            }
+            engine.advance(now);
             if let Some(s) = signalled {
                 return Ok(s);
             }
@@ -292,6 +309,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     "{}",
                     summary.render(start.elapsed().as_secs_f64(), interval, &lost)
                 );
+                print!("{}", render_findings(&engine));
                 std::io::stdout().flush().ok();
             }
         }
@@ -468,6 +486,27 @@ fn consume(
             target_exited(p.pid, live, tracer, reaper, console);
         }
         engine.ingest(ev);
+    }
+    Ok(())
+}
+
+/// How often the calls still inside a collective are looked at.
+const IN_FLIGHT_SCAN: std::time::Duration = std::time::Duration::from_millis(100);
+/// A collective entered this long ago and not returned is shown to the engine as an arrival,
+/// so that a hang is named while it lasts (a record otherwise reaches userspace only when
+/// the call returns).
+const IN_FLIGHT_AGE_NS: u64 = 200_000_000;
+
+/// Feeds the engine the NCCL calls entered at least `IN_FLIGHT_AGE_NS` ago and still in
+/// flight (read from the probes' in-flight map); the engine counts each call once, however
+/// often it is scanned and when its return arrives.
+fn feed_in_flight(tracer: &Tracer, engine: &mut Engine, now: u64) -> Result<()> {
+    for rec in tracer.in_flight()? {
+        if let Ok(Event::Call(c)) = Event::decode(&rec) {
+            if c.family == "nccl" && c.entry_ns.saturating_add(IN_FLIGHT_AGE_NS) < now {
+                engine.ingest(Event::Call(c));
+            }
+        }
     }
     Ok(())
 }

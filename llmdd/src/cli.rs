@@ -53,7 +53,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("targets").required(true).args(["pids", "all"])))]
+#[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["pids", "all", "fronts"])))]
 pub struct AttachArgs {
     /// Process to trace (repeatable). Its NCCL/RCCL, CUDA runtime and CUDA driver libraries
     /// are found in /proc/PID/maps.
@@ -62,6 +62,11 @@ pub struct AttachArgs {
     /// Trace every process that maps libnccl, librccl, libcudart or libcuda.
     #[arg(long, conflicts_with = "pids")]
     pub all: bool,
+    /// A serving front process (the HTTP server in front of the ranks; repeatable). Its
+    /// sockets are traced for per-request time to first token and inter-token latency; it
+    /// needs no GPU library (its calls are traced too if it maps one).
+    #[arg(long = "front", value_name = "PID")]
+    pub fronts: Vec<u32>,
     /// Print only the final summary, not the periodic blocks (plain output only).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -86,6 +91,7 @@ impl TopArgs {
         AttachArgs {
             pids: Vec::new(),
             all: true,
+            fronts: Vec::new(),
             quiet: false,
             no_tui: false,
             run: self.run,

@@ -63,10 +63,13 @@ pub fn run(name: &str, args: &[&str], llmdd_args: &[&str], during: During<'_>) -
     job_args.extend_from_slice(args);
     let mut job = Job::start(&lib_dir, &job_args).expect("simjob starts");
     assert_eq!(job.pids.len(), NRANKS);
-    let mut pids = job.pids.clone();
-    pids.extend(job.front.map(|(pid, _)| pid));
+    let pids = job.pids.clone();
     let report_arg = report_path.to_string_lossy().into_owned();
+    let front_arg = job.front.map(|(pid, _)| pid.to_string());
     let mut extra = vec!["--report", report_arg.as_str()];
+    if let Some(front) = &front_arg {
+        extra.extend(["--front", front.as_str()]);
+    }
     extra.extend_from_slice(llmdd_args);
     let mut llmdd = start_llmdd(&pids, &extra).expect("llmdd attaches");
     job.go().expect("releasing the job");

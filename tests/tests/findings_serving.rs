@@ -19,8 +19,6 @@ use serde_json::Value;
 const REQUESTS: u64 = 20;
 
 #[test]
-#[ignore = "needs `llmdd attach --pid` to accept a process that maps no GPU library (the HTTP \
-            front) and trace its sockets only"]
 fn streamed_requests_match_the_front_record() {
     let _one = serial();
     let requests = REQUESTS.to_string();

@@ -74,9 +74,6 @@ fn stall_is_one_resolved_finding_with_its_duration() {
 }
 
 #[test]
-#[ignore = "needs `llmdd attach` to feed the engine the NCCL calls still in flight (entry-only \
-            records from the INFLIGHT map, see Engine::ingest) and to print the findings block \
-            in every --interval summary"]
 fn stall_is_named_while_it_goes_on() {
     let _one = serial();
     let mut seen_at = None;

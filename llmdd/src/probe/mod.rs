@@ -395,6 +395,26 @@ impl Tracer {
         self.links.get(&pid).map_or(0, Vec::len)
     }
 
+    /// The calls entered and not yet returned (the in-flight map), each as the bytes of a
+    /// `CallRecord` (without an exit time), for `Event::decode`.
+    pub fn in_flight(&self) -> Result<Vec<Vec<u8>>, ProbeError> {
+        const N: usize = std::mem::size_of::<llmdd_common::call::CallRecord>();
+        const K: usize = std::mem::size_of::<llmdd_common::call::InflightKey>();
+        let map = self
+            .bpf
+            .map("INFLIGHT")
+            .ok_or(ProbeError::MissingMap("INFLIGHT"))?;
+        let h: BpfHashMap<_, [u8; K], [u8; N]> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "INFLIGHT",
+                source,
+            })?;
+        Ok(h.iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.to_vec())
+            .collect())
+    }
+
     /// The drop and diagnostic counters, summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counters::COUNT as usize], ProbeError> {
         let map = self

@@ -85,11 +85,7 @@ fn traced_objects(file: &MappedFile, host_path: &Path, info: &LibraryInfo) -> Ve
 /// Inspects process `pid` with the given cache: its identity, rank hints, and every mapped
 /// object that exports traced functions.
 pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetError> {
-    let status = procfs::read(pid, "status")?;
-    let status = procfs::parse_status(&String::from_utf8_lossy(&status));
-    if let Some(tgid) = status.tgid.filter(|&t| t != pid) {
-        return Err(TargetError::NotAProcess { pid, tgid });
-    }
+    let status = status_of(pid)?;
 
     let maps = procfs::read(pid, "maps")?;
     let maps = parse_maps(&maps).map_err(|source| TargetError::MapsFormat { pid, source })?;
@@ -142,14 +138,39 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
         });
     }
 
-    // Best effort from here on: the libraries are what matter.
+    Ok(describe(pid, status, objects, issues))
+}
+
+/// The process's status, refusing a thread id.
+fn status_of(pid: u32) -> Result<procfs::Status, TargetError> {
+    let status = procfs::read(pid, "status")?;
+    let status = procfs::parse_status(&String::from_utf8_lossy(&status));
+    if let Some(tgid) = status.tgid.filter(|&t| t != pid) {
+        return Err(TargetError::NotAProcess { pid, tgid });
+    }
+    Ok(status)
+}
+
+/// A process traced for its sockets only (a serving front): who it is, no objects.
+pub fn sockets_only(pid: u32) -> Result<Target, TargetError> {
+    let status = status_of(pid)?;
+    Ok(describe(pid, status, Vec::new(), Vec::new()))
+}
+
+/// Assembles a target; from here on everything is best effort.
+fn describe(
+    pid: u32,
+    status: procfs::Status,
+    objects: Vec<TracedObject>,
+    issues: Vec<ObjectIssue>,
+) -> Target {
     let cmdline = procfs::read(pid, "cmdline")
         .map(|raw| procfs::split_nul(&raw))
         .unwrap_or_default();
     let rank_hints = procfs::read(pid, "environ")
         .map(|raw| procfs::rank_hints(&procfs::split_nul(&raw)))
         .unwrap_or_default();
-    Ok(Target {
+    Target {
         pid,
         ns_pid: status.ns_pid(),
         comm: status.name,
@@ -158,5 +179,5 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
         rank_hints,
         objects,
         issues,
-    })
+    }
 }

@@ -100,6 +100,11 @@ pub fn inspect(pid: u32) -> Result<Target, TargetError> {
     discover::inspect_with(pid, LibraryCache::global())
 }
 
+/// A process to trace for its sockets only (a serving front that maps no GPU library).
+pub fn sockets_only(pid: u32) -> Result<Target, TargetError> {
+    discover::sockets_only(pid)
+}
+
 /// The result of scanning every process.
 #[derive(Clone, Debug, Default)]
 pub struct Discovery {

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::harness::workspace_root;
+use crate::harness::{built, workspace_root, Proc, Stream};
 
 /// One library inside one pinned wheel.
 #[derive(Clone, Copy, Debug)]
@@ -237,4 +237,19 @@ fn download_and_extract(lib: &WheelLib, work: &Path, dest: &Path) -> Result<()> 
     fs::rename(&tmp, dest)
         .with_context(|| format!("moving {} to {}", tmp.display(), dest.display()))?;
     Ok(())
+}
+
+/// Starts `reallib-caller` on the real libraries (`--iters ITERS`) and waits until it has
+/// loaded them; it calls into them when it is sent a line.
+pub fn start_caller(libs: &RealLibs, iters: u64) -> Result<Proc> {
+    let mut cmd = Command::new(built("reallib-caller"));
+    cmd.args(["--iters", &iters.to_string(), "--nccl"])
+        .arg(&libs.nccl)
+        .arg("--cudart")
+        .arg(&libs.cudart);
+    let mut caller = Proc::spawn("reallib-caller", cmd)?;
+    caller.wait_line("READY", std::time::Duration::from_secs(60), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })?;
+    Ok(caller)
 }

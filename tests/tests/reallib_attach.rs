@@ -3,11 +3,11 @@
 //! must see every call once (ncclX and pncclX share an address: one probe, one event) with
 //! the return codes the libraries really give.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use llmdd_tests::{
-    harness::{built, read_events, require_root, start_llmdd, Proc, Stream},
-    reallibs::real_libs,
+    harness::{read_events, require_root, start_llmdd, Stream},
+    reallibs::{real_libs, start_caller},
 };
 
 const ITERS: u64 = 5;
@@ -17,17 +17,7 @@ fn real_nccl_and_cudart_calls_are_seen_once_with_their_return_codes() {
     require_root();
     let libs =
         real_libs().unwrap_or_else(|e| panic!("fetching the real libraries from PyPI: {e:#}"));
-    let mut cmd = Command::new(built("reallib-caller"));
-    cmd.args(["--iters", &ITERS.to_string(), "--nccl"])
-        .arg(&libs.nccl)
-        .arg("--cudart")
-        .arg(&libs.cudart);
-    let mut caller = Proc::spawn("reallib-caller", cmd).expect("spawning reallib-caller");
-    caller
-        .wait_line("READY", Duration::from_secs(60), |s, l| {
-            s == Stream::Stdout && l == "READY"
-        })
-        .expect("caller loads the libraries");
+    let mut caller = start_caller(&libs, ITERS).expect("caller loads the libraries");
 
     let dir = std::env::temp_dir().join(format!("llmdd-reallib-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -6,13 +6,15 @@
 //! tests fail and say so: passing without having looked at the real libraries would claim a
 //! coverage they do not have.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use llmdd::target::{self, library};
 use llmdd_common::funcs::{Family, FUNCS};
 use llmdd_tests::{
-    harness::{built, Proc, Stream},
-    reallibs::{real_libs, RealLibs, NCCL_NRANKS_OFF, NCCL_RANK_OFF, NCCL_VERSION_CODE},
+    harness::Stream,
+    reallibs::{
+        real_libs, start_caller, RealLibs, NCCL_NRANKS_OFF, NCCL_RANK_OFF, NCCL_VERSION_CODE,
+    },
 };
 
 fn libs() -> RealLibs {
@@ -129,17 +131,7 @@ fn cuda_runtime_exports_and_ptsz_twins() {
 #[test]
 fn live_process_with_both_libraries_is_inspected() {
     let libs = libs();
-    let mut cmd = Command::new(built("reallib-caller"));
-    cmd.args(["--iters", "3", "--nccl"])
-        .arg(&libs.nccl)
-        .arg("--cudart")
-        .arg(&libs.cudart);
-    let mut caller = Proc::spawn("reallib-caller", cmd).expect("spawning reallib-caller");
-    caller
-        .wait_line("READY", Duration::from_secs(60), |s, l| {
-            s == Stream::Stdout && l == "READY"
-        })
-        .expect("caller loads the libraries");
+    let mut caller = start_caller(&libs, 3).expect("caller loads the libraries");
 
     let t = target::inspect(caller.pid()).unwrap_or_else(|e| panic!("inspect: {e}"));
     assert_eq!(t.pid, caller.pid());

@@ -1108,18 +1108,15 @@ impl Engine {
         // Straggler.
         match ev.straggler {
             Some(v) => {
-                if let Some(prev) = self.stragglers.insert(lane, v.member) {
-                    if prev != v.member {
-                        self.findings.deactivate(
-                            &FindingKey {
-                                kind: FindingKind::Straggler,
-                                scope: id,
-                                culprit: prev as u64,
-                            },
-                            now,
-                        );
-                    }
-                }
+                shift_blame(
+                    &mut self.stragglers,
+                    &mut self.findings,
+                    lane,
+                    Some(v.member),
+                    FindingKind::Straggler,
+                    id,
+                    now,
+                );
                 let mm = &l.members[v.member as usize];
                 let host = self.procs.host(mm.proc).map(str::to_owned);
                 let who = describe_member(mm.rank, mm.pid, host.as_deref());
@@ -1181,35 +1178,29 @@ impl Engine {
                 };
                 self.raise(key, d);
             }
-            None => {
-                if let Some(prev) = self.stragglers.remove(&lane) {
-                    self.findings.deactivate(
-                        &FindingKey {
-                            kind: FindingKind::Straggler,
-                            scope: id,
-                            culprit: prev as u64,
-                        },
-                        now,
-                    );
-                }
-            }
+            None => shift_blame(
+                &mut self.stragglers,
+                &mut self.findings,
+                lane,
+                None,
+                FindingKind::Straggler,
+                id,
+                now,
+            ),
         }
         // Data-parallel idle blamed on the busy rank.
         let l = &self.lanes[li];
         match ev.idle {
             Some(v) => {
-                if let Some(prev) = self.idle_blame.insert(lane, v.member) {
-                    if prev != v.member {
-                        self.findings.deactivate(
-                            &FindingKey {
-                                kind: FindingKind::Bubble,
-                                scope: id,
-                                culprit: prev as u64,
-                            },
-                            now,
-                        );
-                    }
-                }
+                shift_blame(
+                    &mut self.idle_blame,
+                    &mut self.findings,
+                    lane,
+                    Some(v.member),
+                    FindingKind::Bubble,
+                    id,
+                    now,
+                );
                 let mm = &l.members[v.member as usize];
                 let host = self.procs.host(mm.proc).map(str::to_owned);
                 let who = describe_member(mm.rank, mm.pid, host.as_deref());
@@ -1237,18 +1228,15 @@ impl Engine {
                 };
                 self.raise(key, d);
             }
-            None => {
-                if let Some(prev) = self.idle_blame.remove(&lane) {
-                    self.findings.deactivate(
-                        &FindingKey {
-                            kind: FindingKind::Bubble,
-                            scope: id,
-                            culprit: prev as u64,
-                        },
-                        now,
-                    );
-                }
-            }
+            None => shift_blame(
+                &mut self.idle_blame,
+                &mut self.findings,
+                lane,
+                None,
+                FindingKind::Bubble,
+                id,
+                now,
+            ),
         }
     }
 
@@ -1483,6 +1471,33 @@ fn rank_name(rank: u32, member: u32) -> String {
         format!("member {member}")
     } else {
         format!("rank {rank}")
+    }
+}
+
+/// Records `culprit` (or nobody) as the member of `lane` blamed for `kind`, and withdraws
+/// the finding of a previously blamed, different member.
+fn shift_blame(
+    blamed: &mut FastMap<u32, u32>,
+    findings: &mut FindingBook,
+    lane: u32,
+    culprit: Option<u32>,
+    kind: FindingKind,
+    scope: u64,
+    now: u64,
+) {
+    let prev = match culprit {
+        Some(member) => blamed.insert(lane, member).filter(|p| *p != member),
+        None => blamed.remove(&lane),
+    };
+    if let Some(prev) = prev {
+        findings.deactivate(
+            &FindingKey {
+                kind,
+                scope,
+                culprit: prev as u64,
+            },
+            now,
+        );
     }
 }
 

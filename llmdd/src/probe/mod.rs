@@ -162,7 +162,8 @@ pub struct Tracer {
     /// The uprobe programs loaded for uprobe-multi, when the kernel has it.
     multi: Option<multi::MultiPrograms>,
     set: ProbeSet,
-    libs: Vec<AttachedObject>,
+    /// Library slots handed out so far (a slot indexes `LIB_CFG` and is carried in cookies).
+    next_slot: u16,
     links: HashMap<u32, Vec<Link>>,
     /// What is probed in each process: (file, family).
     probed: HashMap<u32, Vec<(PathBuf, Family)>>,
@@ -210,7 +211,7 @@ impl Tracer {
             bpf,
             multi,
             set,
-            libs: Vec::new(),
+            next_slot: 0,
             links: HashMap::new(),
             probed: HashMap::new(),
             kernel,
@@ -232,11 +233,6 @@ impl Tracer {
             name: "EVENTS",
             source,
         })
-    }
-
-    /// The probed object behind a library slot.
-    pub fn library(&self, slot: u16) -> Option<&AttachedObject> {
-        self.libs.get(slot as usize)
     }
 
     /// Attaches every probe point of `objects` in process `pid` and marks it traced for the
@@ -269,10 +265,11 @@ impl Tracer {
         })?;
         let mut done = Vec::new();
         for obj in objects {
-            let slot = u16::try_from(self.libs.len())
-                .ok()
-                .filter(|s| u32::from(*s) < MAX_LIBS)
-                .ok_or(ProbeError::TooManyLibraries)?;
+            let slot = self.next_slot;
+            if u32::from(slot) >= MAX_LIBS {
+                return Err(ProbeError::TooManyLibraries);
+            }
+            self.next_slot += 1;
             if let Some((rank_off, nranks_off)) = obj.comm_offsets {
                 let mut cfg: Array<_, LibCfg> = map_mut(&mut self.bpf, "LIB_CFG")?;
                 let value = LibCfg {
@@ -331,7 +328,6 @@ impl Tracer {
                 path: obj.path.clone(),
                 probes: obj.points.len(),
             };
-            self.libs.push(attached.clone());
             self.probed
                 .entry(pid)
                 .or_default()
@@ -383,16 +379,6 @@ impl Tracer {
             let _ = traced.remove(&pid);
         }
         Detached(links)
-    }
-
-    /// Whether probes go through uprobe-multi links (else one perf event per point).
-    pub fn uses_multi(&self) -> bool {
-        self.multi.is_some()
-    }
-
-    /// Number of uprobe attachments (links) currently held for `pid`.
-    pub fn probe_count(&self, pid: u32) -> usize {
-        self.links.get(&pid).map_or(0, Vec::len)
     }
 
     /// The calls entered and not yet returned (the in-flight map), each as the bytes of a
@@ -484,15 +470,6 @@ enum DetachedLink {
 pub struct Detached(Vec<DetachedLink>);
 
 impl Detached {
-    /// Number of links held.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Adds another set.
     pub fn extend(&mut self, other: Detached) {
         self.0.extend(other.0);

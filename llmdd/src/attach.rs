@@ -5,8 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    fs::File,
-    io::{BufWriter, IsTerminal, Write},
+    io::{IsTerminal, Write},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -15,19 +14,20 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+pub use crate::session::{create_output, hostname, monotonic_ns, render_findings};
 use crate::{
     cli::AttachArgs,
-    engine::{Config, Engine, ProcessHints},
+    engine::{Engine, ProcessHints},
     events::Event,
     kernel, privileges,
     probe::{Detached, ObjectPlan, Tracer},
-    summary::Summary,
+    session::{End, Session},
     target,
     transport::{Reader, DRAIN_INTERVAL},
     views::{
-        flame, metrics, report,
-        run::{LibInfo, ProcInfo, RunInfo},
-        trace, tui, Outputs,
+        metrics,
+        run::{LibInfo, ProcInfo},
+        tui,
     },
 };
 
@@ -43,20 +43,6 @@ enum Stop {
 /// How often the file and metrics views read the engine's matched instances while tracing
 /// (the engine keeps 512 per communicator: this covers 2000 collectives a second).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Opens an output file now, so a bad path fails before any attach rather than after a long
-/// run. Created with mode 0600: traces describe other users' processes.
-pub fn create_output(path: &Path) -> Result<BufWriter<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}: choose a writable path", path.display()))?;
-    Ok(BufWriter::new(file))
-}
 
 /// Messages for the user while tracing: stderr with the plain output, the status bar (and
 /// stderr once the live view has closed) with the live view.
@@ -91,10 +77,9 @@ impl Console {
 pub async fn run(args: AttachArgs) -> Result<()> {
     privileges::check().map_err(anyhow::Error::msg)?;
     let opts = &args.run;
-    let mut dump = opts.dump_events.as_deref().map(create_output).transpose()?;
-    let report = opts.report.as_deref().map(create_output).transpose()?;
-    let trace_out = opts.trace.as_deref().map(create_output).transpose()?;
-    let flame_out = opts.flamegraph.as_deref().map(create_output).transpose()?;
+    let host = hostname();
+    // Every output is opened (and the port bound) before anything is attached.
+    let mut session = Session::open(opts, host.clone())?;
     let metrics_server = opts.prometheus.map(metrics::Server::bind).transpose()?;
     let want_tui = !args.no_tui && std::io::stdout().is_terminal();
 
@@ -136,25 +121,24 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             None
         }
     };
-    let mut tracer = Tracer::load(sock_cfg)?;
+    let tracer = Tracer::load(sock_cfg)?;
     for kp in tracer.kernel_probes() {
         if let Err(why) = &kp.status {
             eprintln!("llmdd: warning: kernel probe {} disabled: {why}", kp.name);
         }
     }
-    let mut reader = Reader::new(tracer.take_events()?).context("watching the BPF ring buffer")?;
+    let mut live = Live {
+        tracer,
+        pids: BTreeSet::new(),
+        reaper: Vec::new(),
+        console: Console::default(),
+    };
+    let mut reader =
+        Reader::new(live.tracer.take_events()?).context("watching the BPF ring buffer")?;
 
-    let mut engine = Engine::new(Config::default());
-    let host = hostname();
-    for t in &targets {
-        engine.register_process(t.pid, hints_of(t, host.clone()));
-    }
-    let mut outputs = Outputs::new(RunInfo::start(host.clone()));
-    let mut live: BTreeSet<u32> = BTreeSet::new();
     let attach_start = Instant::now();
     for t in &targets {
-        let plans = plan(t);
-        let attached = tracer.attach(t.pid, &plans)?;
+        let attached = live.tracer.attach(t.pid, &plan(t))?;
         let libs: Vec<String> = attached
             .iter()
             .map(|a| {
@@ -175,36 +159,32 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         for note in target_notes(t) {
             eprintln!("llmdd: note: pid {}: {note}", t.pid);
         }
-        outputs.run.add_process(proc_info(t, &attached));
-        live.insert(t.pid);
+        session.register_process(hints_of(t, host.clone()), proc_info(t, &attached));
+        live.pids.insert(t.pid);
     }
     tracing::info!(
         "attached {} process(es) in {:?}",
-        live.len(),
+        live.pids.len(),
         attach_start.elapsed()
     );
     if let Some(server) = metrics_server {
         let state = Arc::new(Mutex::new(metrics::State::new(
-            engine.config().token_coalesce_ns,
+            session.engine.config().token_coalesce_ns,
         )));
         eprintln!("llmdd: serving metrics on http://{}/metrics", server.addr);
         server.spawn(state.clone())?;
-        outputs.metrics = Some(state);
+        session.outputs.metrics = Some(state);
     }
-    if let Some(out) = trace_out {
-        outputs.trace = Some(trace::Trace::new(out, opts.trace_max_slices));
-    }
-    if flame_out.is_some() {
-        outputs.flame = Some(flame::Folder::default());
-    }
-    eprintln!("llmdd: tracing {} process(es); Ctrl-C to stop", live.len());
+    eprintln!(
+        "llmdd: tracing {} process(es); Ctrl-C to stop",
+        live.pids.len()
+    );
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut console = Console::default();
     let mut tui = if want_tui {
         let t = tui::live::Live::start()?;
-        console.live = true;
+        live.console.live = true;
         Some(t)
     } else {
         None
@@ -214,11 +194,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut last_poll = start;
     let mut last_model = start;
     let mut events_at_model = 0u64;
-    let mut summary = Summary::default();
     let mut lost_seen = 0u64;
     let mut batch = Vec::with_capacity(4096);
-    // Threads releasing the probes of targets that exited (slow; never on the reading path).
-    let mut reaper: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut last_scan = Instant::now();
     let result: Result<Stop> = async {
         loop {
@@ -229,55 +206,48 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
             };
             reader.drain(&mut batch);
-            consume(
-                &mut batch,
-                &mut summary,
-                &mut engine,
-                &mut outputs,
-                dump.as_mut(),
-                &mut live,
-                &mut tracer,
-                &mut reaper,
-                &mut console,
-            )?;
+            live.consume(&mut batch, &mut session)?;
             for pid in reader.take_new_mappings() {
-                if live.contains(&pid) {
-                    probe_new_libraries(pid, &mut tracer, &mut console);
+                if live.pids.contains(&pid) {
+                    probe_new_libraries(pid, &mut live.tracer, &mut live.console);
                 }
             }
-            report_losses(&tracer, &mut engine, &mut lost_seen)?;
+            report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
             let now = monotonic_ns();
             if last_scan.elapsed() >= IN_FLIGHT_SCAN {
                 last_scan = Instant::now();
-                feed_in_flight(&tracer, &mut engine, now)?;
+                feed_in_flight(&live.tracer, &mut session.engine, now)?;
             }
-            engine.advance(now);
+            session.engine.advance(now);
             if let Some(s) = signalled {
                 return Ok(s);
             }
             // Backstop for a lost or disabled exit tracepoint.
             let gone: Vec<u32> = live
+                .pids
                 .iter()
                 .copied()
                 .filter(|p| !Path::new(&format!("/proc/{p}")).exists())
                 .collect();
             for pid in gone {
-                target_exited(pid, &mut live, &mut tracer, &mut reaper, &mut console);
+                live.target_exited(pid);
             }
-            if live.is_empty() {
+            if live.pids.is_empty() {
                 return Ok(Stop::TargetsGone);
             }
             if opts.duration.is_some_and(|d| start.elapsed() >= d) {
                 return Ok(Stop::Duration);
             }
-            let poll_due = outputs.polls() && last_poll.elapsed() >= POLL_INTERVAL;
+            let poll_due = session.outputs.polls() && last_poll.elapsed() >= POLL_INTERVAL;
             let model_due =
                 tui.is_some() && last_model.elapsed() >= opts.interval.min(Duration::from_secs(1));
             if poll_due || model_due {
-                let snap = engine.snapshot();
+                let snap = session.engine.snapshot();
                 if poll_due {
                     last_poll = Instant::now();
-                    outputs.poll(&engine, &snap, reader.records, lost_seen);
+                    session
+                        .outputs
+                        .poll(&session.engine, &snap, reader.records, lost_seen);
                 }
                 if let (true, Some(t)) = (model_due, tui.as_mut()) {
                     let dt = last_model.elapsed().as_secs_f64();
@@ -287,12 +257,13 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                         events: reader.records,
                         event_rate: (reader.records - events_at_model) as f64 / dt.max(1e-3),
                         lost: lost_seen,
-                        live_pids: live.iter().copied().collect(),
+                        live_pids: live.pids.iter().copied().collect(),
                         total_pids: targets.len(),
-                        note: console.latest.clone(),
+                        note: live.console.latest.clone(),
                     };
                     events_at_model = reader.records;
-                    let m = tui::Model::build(&snap, &outputs.run, status, Some(t.model()), dt);
+                    let m =
+                        tui::Model::build(&snap, &session.outputs.run, status, Some(t.model()), dt);
                     t.set_model(m);
                 }
             }
@@ -304,12 +275,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             } else if !args.quiet && last_render.elapsed() >= opts.interval {
                 let interval = last_render.elapsed().as_secs_f64();
                 last_render = Instant::now();
-                let lost = tracer.counters()?;
+                let lost = live.tracer.counters()?;
                 print!(
                     "{}",
-                    summary.render(start.elapsed().as_secs_f64(), interval, &lost)
+                    session
+                        .summary
+                        .render(start.elapsed().as_secs_f64(), interval, &lost)
                 );
-                print!("{}", render_findings(&engine));
+                print!("{}", session.render_findings());
                 std::io::stdout().flush().ok();
             }
         }
@@ -317,34 +290,23 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     .await;
     // Leave the live view before anything else is printed, whatever happened.
     drop(tui);
-    console.flush();
+    live.console.flush();
     let stop = result?;
 
     // Final drain: whatever was submitted before we stopped is still counted.
     reader.drain(&mut batch);
-    consume(
-        &mut batch,
-        &mut summary,
-        &mut engine,
-        &mut outputs,
-        dump.as_mut(),
-        &mut live,
-        &mut tracer,
-        &mut reaper,
-        &mut console,
-    )?;
+    live.consume(&mut batch, &mut session)?;
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
-    report_losses(&tracer, &mut engine, &mut lost_seen)?;
-    engine.flush();
-    let lost = tracer.counters()?;
+    report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
+    let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
     let mut detached = Detached::default();
     for t in &targets {
-        detached.extend(tracer.detach(t.pid));
+        detached.extend(live.tracer.detach(t.pid));
     }
     detached.release();
-    for h in reaper.drain(..) {
+    for h in live.reaper.drain(..) {
         let _ = h.join();
     }
     tracing::info!("detached in {:?}", detach_start.elapsed());
@@ -354,85 +316,16 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         Stop::TargetsGone => "every target exited".to_string(),
         Stop::Quit => "stopped from the live view".to_string(),
     };
-    println!("=== final summary ({why}) ===");
-    print!(
-        "{}",
-        summary.render(
-            start.elapsed().as_secs_f64(),
-            last_render.elapsed().as_secs_f64(),
-            &lost
-        )
-    );
-    print!("{}", render_findings(&engine));
-    if reader.decode_errors > 0 {
-        println!("undecodable records: {}", reader.decode_errors);
-    }
-    std::io::stdout().flush().ok();
-    // The file views: each failure is reported, and the others are still written.
-    let snap = engine.snapshot();
-    if outputs.polls() {
-        outputs.poll(&engine, &snap, reader.records, lost_seen);
-    }
-    let mut failed: Vec<String> = Vec::new();
-    if let (Some(mut w), Some(path)) = (report, opts.report.as_deref()) {
-        let doc = report::build(&report::Inputs {
-            run: &outputs.run,
-            summary: &summary,
-            snapshot: &snap,
-            events: report::EventTotals {
-                received: reader.records,
-                undecodable: reader.decode_errors,
-                counters: lost.to_vec(),
-            },
-            stopped_because: &why,
+    session.finish(
+        &End {
+            records: reader.records,
+            undecodable: reader.decode_errors,
+            counters: &lost,
+            why: &why,
             duration_s: start.elapsed().as_secs_f64(),
-        });
-        let written = serde_json::to_writer_pretty(&mut w, &doc)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| w.write_all(b"\n").map_err(anyhow::Error::from))
-            .and_then(|()| w.flush().map_err(anyhow::Error::from));
-        match written {
-            Ok(()) => eprintln!("llmdd: report written to {}", path.display()),
-            Err(e) => failed.push(format!("writing {}: {e}", path.display())),
-        }
-    }
-    if let (Some(t), Some(path)) = (outputs.trace.take(), opts.trace.as_deref()) {
-        match t.finish(&outputs.run, &snap.findings, outputs.instances_missed) {
-            Ok(c) => eprintln!(
-                "llmdd: trace written to {} ({} slices{}, {} flows, {} requests)",
-                path.display(),
-                c.slices,
-                if c.slices_dropped > 0 {
-                    format!(
-                        ", {} more not written: --trace-max-slices reached",
-                        c.slices_dropped
-                    )
-                } else {
-                    String::new()
-                },
-                c.flows,
-                c.requests
-            ),
-            Err(e) => failed.push(format!("{}: {e:#}", path.display())),
-        }
-    }
-    if let (Some(f), Some(out), Some(path)) =
-        (outputs.flame.take(), flame_out, opts.flamegraph.as_deref())
-    {
-        match f.write(&outputs.run, out) {
-            Ok(()) => eprintln!("llmdd: flame graph written to {}", path.display()),
-            Err(e) => failed.push(format!("{}: {e:#}", path.display())),
-        }
-    }
-    if let Some(mut d) = dump {
-        if let Err(e) = d.flush() {
-            failed.push(format!("writing the event dump: {e}"));
-        }
-    }
-    if !failed.is_empty() {
-        bail!("{}", failed.join("; "));
-    }
-    Ok(())
+        },
+        last_render.elapsed().as_secs_f64(),
+    )
 }
 
 /// What the views keep about an attached target.
@@ -463,31 +356,38 @@ fn proc_info(t: &target::Target, attached: &[crate::probe::AttachedObject]) -> P
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn consume(
-    batch: &mut Vec<Event>,
-    summary: &mut Summary,
-    engine: &mut Engine,
-    outputs: &mut Outputs,
-    mut dump: Option<&mut BufWriter<File>>,
-    live: &mut BTreeSet<u32>,
-    tracer: &mut Tracer,
-    reaper: &mut Vec<std::thread::JoinHandle<()>>,
-    console: &mut Console,
-) -> Result<()> {
-    outputs.on_batch(batch);
-    for ev in batch.drain(..) {
-        summary.add(&ev);
-        if let Some(d) = dump.as_deref_mut() {
-            serde_json::to_writer(&mut *d, &ev).context("writing the event dump")?;
-            d.write_all(b"\n").context("writing the event dump")?;
+/// The probe side of a live session: the tracer, the pids still traced, the threads
+/// releasing the probes of targets that exited (slow; never on the reading path), and the
+/// console for messages.
+struct Live {
+    tracer: Tracer,
+    pids: BTreeSet<u32>,
+    reaper: Vec<std::thread::JoinHandle<()>>,
+    console: Console,
+}
+
+impl Live {
+    /// Hands a batch to the session and detaches from the targets that exited in it.
+    fn consume(&mut self, batch: &mut Vec<Event>, session: &mut Session) -> Result<()> {
+        let mut exited = Vec::new();
+        session.ingest(batch, &mut exited)?;
+        for pid in exited {
+            self.target_exited(pid);
         }
-        if let Event::ProcExit(p) = &ev {
-            target_exited(p.pid, live, tracer, reaper, console);
-        }
-        engine.ingest(ev);
+        Ok(())
     }
-    Ok(())
+
+    fn target_exited(&mut self, pid: u32) {
+        if self.pids.remove(&pid) {
+            let links = self.tracer.detach(pid);
+            self.reaper
+                .push(std::thread::spawn(move || links.release()));
+            self.console.say(format!(
+                "llmdd: pid {pid} exited; {} still traced",
+                self.pids.len()
+            ));
+        }
+    }
 }
 
 /// How often the calls still inside a collective are looked at.
@@ -526,23 +426,6 @@ fn report_losses(tracer: &Tracer, engine: &mut Engine, seen: &mut u64) -> Result
     Ok(())
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of every BPF timestamp.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-}
-
 fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
     ProcessHints {
         rank: t.rank_hints.rank,
@@ -550,47 +433,6 @@ fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
         world_size: t.rank_hints.world_size,
         host,
         job: None,
-    }
-}
-
-/// The findings block of the live summary.
-pub fn render_findings(engine: &Engine) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let findings = engine.findings();
-    if findings.is_empty() {
-        let _ = writeln!(out, "findings: none");
-        return out;
-    }
-    let _ = writeln!(out, "findings ({}):", findings.len());
-    for f in findings {
-        let _ = writeln!(
-            out,
-            "  [{:?}] {}{}: {}\n      -> {}",
-            f.severity,
-            f.kind.name(),
-            if f.active { "" } else { " (resolved)" },
-            f.evidence,
-            f.suggestion
-        );
-    }
-    out
-}
-
-fn target_exited(
-    pid: u32,
-    live: &mut BTreeSet<u32>,
-    tracer: &mut Tracer,
-    reaper: &mut Vec<std::thread::JoinHandle<()>>,
-    console: &mut Console,
-) {
-    if live.remove(&pid) {
-        let links = tracer.detach(pid);
-        reaper.push(std::thread::spawn(move || links.release()));
-        console.say(format!(
-            "llmdd: pid {pid} exited; {} still traced",
-            live.len()
-        ));
     }
 }
 

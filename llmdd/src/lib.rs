@@ -12,6 +12,7 @@ pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod privileges;
+pub mod session;
 pub mod probe;
 pub mod summary;
 pub mod target;

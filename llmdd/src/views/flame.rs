@@ -222,7 +222,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("llmdd-flame-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("f.svg");
-        f.write(&run, crate::attach::create_output(&path).expect("open"))
+        f.write(&run, crate::session::create_output(&path).expect("open"))
             .expect("svg");
         let svg = std::fs::read_to_string(&path).expect("read");
         assert!(svg.contains("<svg"));

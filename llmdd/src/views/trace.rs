@@ -339,7 +339,7 @@ mod tests {
             std::env::temp_dir().join(format!("llmdd-trace-{}-{max_slices}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("t.json");
-        let out = crate::attach::create_output(&path).expect("open");
+        let out = crate::session::create_output(&path).expect("open");
         let mut o = Outputs::new(run);
         o.trace = Some(Trace::new(out, max_slices));
         o.on_batch(&fixture::events());

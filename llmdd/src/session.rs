@@ -1,0 +1,315 @@
+//! One tracing session's analysis and outputs, whatever the events come from: the live probes
+//! (`attach`, `top`, `record`) or a recording read back (`report`). A session owns the engine,
+//! the per-function summary, the views that are written when it ends (JSON report, timeline,
+//! flame graph) and the event sinks (the `--dump-events` JSON lines, a record file). The
+//! source of events (ring buffer, file) and what to do about a process that exits stay with
+//! the caller.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    cli::RunArgs,
+    engine::{Config, Engine, ProcessHints},
+    events::Event,
+    summary::Summary,
+    views::{flame, report, run::ProcInfo, run::RunInfo, trace, Outputs},
+};
+
+/// Opens an output file now, so a bad path fails before any attach rather than after a long
+/// run. Created with mode 0600: traces describe other users' processes.
+pub fn create_output(path: &Path) -> Result<BufWriter<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}: choose a writable path", path.display()))?;
+    Ok(BufWriter::new(file))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of every BPF timestamp.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This machine's host name, as the kernel has it.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
+
+/// Somewhere every decoded event goes, in order, as it is ingested (`--dump-events`, a record
+/// file). `finish` is called once, when the session ends.
+pub trait EventSink {
+    /// What the sink writes to, for messages ("the event dump", "record file x.rec").
+    fn name(&self) -> String;
+    /// A batch of events, in the order they reach the engine.
+    fn write(&mut self, batch: &[Event]) -> Result<()>;
+    /// Flush and close; the session reports a failure with the sink's name.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// `--dump-events`: one JSON object per line.
+pub struct JsonLines {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl JsonLines {
+    pub fn create(path: &Path) -> Result<JsonLines> {
+        Ok(JsonLines {
+            path: path.to_path_buf(),
+            out: create_output(path)?,
+        })
+    }
+}
+
+impl EventSink for JsonLines {
+    fn name(&self) -> String {
+        format!("the event dump {}", self.path.display())
+    }
+
+    fn write(&mut self, batch: &[Event]) -> Result<()> {
+        for ev in batch {
+            serde_json::to_writer(&mut self.out, ev).context("writing the event dump")?;
+            self.out
+                .write_all(b"\n")
+                .context("writing the event dump")?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.out.flush().context("writing the event dump")
+    }
+}
+
+/// The file views asked for on the command line, opened before anything is attached.
+#[derive(Default)]
+struct FileViews {
+    report: Option<(PathBuf, BufWriter<File>)>,
+    trace: Option<PathBuf>,
+    flame: Option<(PathBuf, BufWriter<File>)>,
+}
+
+/// How a session ended, for the report and the final summary.
+pub struct End<'a> {
+    /// Records read from the source (ring buffer or file).
+    pub records: u64,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// The probes' counters at the stop (losses and diagnostics), as `Tracer::counters`.
+    pub counters: &'a [u64],
+    /// Why the session stopped, in words ("duration reached").
+    pub why: &'a str,
+    /// Seconds traced.
+    pub duration_s: f64,
+}
+
+/// The engine, the summary and the views of one session.
+pub struct Session {
+    pub engine: Engine,
+    pub summary: Summary,
+    pub outputs: Outputs,
+    files: FileViews,
+    sinks: Vec<Box<dyn EventSink>>,
+}
+
+impl Session {
+    /// Opens every output `opts` names (failing now on a bad path) and starts an empty engine.
+    /// `host` names the machine the events come from.
+    pub fn open(opts: &RunArgs, host: Option<String>) -> Result<Session> {
+        Session::open_with(opts, RunInfo::start(host), Config::default())
+    }
+
+    /// As [`Session::open`], with the run's description and the engine's configuration given.
+    pub fn open_with(opts: &RunArgs, run: RunInfo, cfg: Config) -> Result<Session> {
+        let mut sinks: Vec<Box<dyn EventSink>> = Vec::new();
+        if let Some(p) = opts.dump_events.as_deref() {
+            sinks.push(Box::new(JsonLines::create(p)?));
+        }
+        let mut files = FileViews::default();
+        if let Some(p) = opts.report.as_deref() {
+            files.report = Some((p.to_path_buf(), create_output(p)?));
+        }
+        let mut outputs = Outputs::new(run);
+        if let Some(p) = opts.trace.as_deref() {
+            outputs.trace = Some(trace::Trace::new(create_output(p)?, opts.trace_max_slices));
+            files.trace = Some(p.to_path_buf());
+        }
+        if let Some(p) = opts.flamegraph.as_deref() {
+            files.flame = Some((p.to_path_buf(), create_output(p)?));
+            outputs.flame = Some(flame::Folder::default());
+        }
+        Ok(Session {
+            engine: Engine::new(cfg),
+            summary: Summary::default(),
+            outputs,
+            files,
+            sinks,
+        })
+    }
+
+    /// Adds a sink that sees every event from now on (e.g. a record file).
+    pub fn add_sink(&mut self, sink: Box<dyn EventSink>) {
+        self.sinks.push(sink);
+    }
+
+    /// A traced process: what the engine should assume about it and what the views show.
+    pub fn register_process(&mut self, hints: ProcessHints, info: ProcInfo) {
+        self.engine.register_process(info.pid, hints);
+        self.outputs.run.add_process(info);
+    }
+
+    /// Feeds a batch to the sinks, the views, the summary and the engine, in that order, and
+    /// empties it. The pids of processes whose exit is in the batch are pushed to `exited`.
+    pub fn ingest(&mut self, batch: &mut Vec<Event>, exited: &mut Vec<u32>) -> Result<()> {
+        for sink in &mut self.sinks {
+            let name = sink.name();
+            sink.write(batch)
+                .with_context(|| format!("writing {name}"))?;
+        }
+        self.outputs.on_batch(batch);
+        for ev in batch.drain(..) {
+            self.summary.add(&ev);
+            if let Event::ProcExit(p) = &ev {
+                exited.push(p.pid);
+            }
+            self.engine.ingest(ev);
+        }
+        Ok(())
+    }
+
+    /// The findings block of the plain summary.
+    pub fn render_findings(&self) -> String {
+        render_findings(&self.engine)
+    }
+
+    /// Ends the session: flushes the engine, prints the final summary and findings, then
+    /// writes every file view and closes every sink. Each failure is reported and the other
+    /// outputs are still written.
+    pub fn finish(mut self, end: &End, last_interval_s: f64) -> Result<()> {
+        self.engine.flush();
+        println!("=== final summary ({}) ===", end.why);
+        print!(
+            "{}",
+            self.summary
+                .render(end.duration_s, last_interval_s, end.counters)
+        );
+        print!("{}", render_findings(&self.engine));
+        if end.undecodable > 0 {
+            println!("undecodable records: {}", end.undecodable);
+        }
+        std::io::stdout().flush().ok();
+
+        let snap = self.engine.snapshot();
+        let lost: u64 = llmdd_common::counters::LOSSES
+            .iter()
+            .filter_map(|&i| end.counters.get(i as usize))
+            .sum();
+        if self.outputs.polls() {
+            self.outputs.poll(&self.engine, &snap, end.records, lost);
+        }
+        let mut failed: Vec<String> = Vec::new();
+        if let Some((path, mut w)) = self.files.report.take() {
+            let doc = report::build(&report::Inputs {
+                run: &self.outputs.run,
+                summary: &self.summary,
+                snapshot: &snap,
+                events: report::EventTotals {
+                    received: end.records,
+                    undecodable: end.undecodable,
+                    counters: end.counters.to_vec(),
+                },
+                stopped_because: end.why,
+                duration_s: end.duration_s,
+            });
+            let written = serde_json::to_writer_pretty(&mut w, &doc)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| w.write_all(b"\n").map_err(anyhow::Error::from))
+                .and_then(|()| w.flush().map_err(anyhow::Error::from));
+            match written {
+                Ok(()) => eprintln!("llmdd: report written to {}", path.display()),
+                Err(e) => failed.push(format!("writing {}: {e}", path.display())),
+            }
+        }
+        if let (Some(t), Some(path)) = (self.outputs.trace.take(), self.files.trace.take()) {
+            match t.finish(
+                &self.outputs.run,
+                &snap.findings,
+                self.outputs.instances_missed,
+            ) {
+                Ok(c) => eprintln!(
+                    "llmdd: trace written to {} ({} slices{}, {} flows, {} requests)",
+                    path.display(),
+                    c.slices,
+                    if c.slices_dropped > 0 {
+                        format!(
+                            ", {} more not written: --trace-max-slices reached",
+                            c.slices_dropped
+                        )
+                    } else {
+                        String::new()
+                    },
+                    c.flows,
+                    c.requests
+                ),
+                Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+            }
+        }
+        if let (Some(f), Some((path, out))) = (self.outputs.flame.take(), self.files.flame.take()) {
+            match f.write(&self.outputs.run, out) {
+                Ok(()) => eprintln!("llmdd: flame graph written to {}", path.display()),
+                Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+            }
+        }
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.finish() {
+                failed.push(format!("{}: {e:#}", sink.name()));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("{}", failed.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// The findings block of the plain summary.
+pub fn render_findings(engine: &Engine) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let findings = engine.findings();
+    if findings.is_empty() {
+        let _ = writeln!(out, "findings: none");
+        return out;
+    }
+    let _ = writeln!(out, "findings ({}):", findings.len());
+    for f in findings {
+        let _ = writeln!(
+            out,
+            "  [{:?}] {}{}: {}\n      -> {}",
+            f.severity,
+            f.kind.name(),
+            if f.active { "" } else { " (resolved)" },
+            f.evidence,
+            f.suggestion
+        );
+    }
+    out
+}

@@ -93,6 +93,11 @@ pub const C_UID: u8 = 1 << 0;
 /// Capture flag: some argument of interest is passed on the stack (slots 6-8); read the
 /// three stack words at entry. Functions whose arguments all fit in registers skip the read.
 pub const C_STACK: u8 = 1 << 1;
+/// Mode flag: entry-only. The entry probe sends the record at once (no duration, return
+/// value or out-pointer value); no return probe is attached.
+pub const C_ENTRY_ONLY: u8 = 1 << 6;
+/// Mode flag: aggregate. Calls are counted into `AGG` (see `agg`), no record is sent.
+pub const C_AGG: u8 = 1 << 7;
 
 impl Cookie {
     #[allow(clippy::too_many_arguments)]
@@ -142,6 +147,15 @@ impl Cookie {
     #[inline(always)]
     pub const fn flags(self) -> u8 {
         (self.0 >> 48) as u8
+    }
+    /// The cookie with mode flags (`C_ENTRY_ONLY`, `C_AGG`) added and, for aggregate mode,
+    /// the argument slot whose value picks the size bucket.
+    pub const fn with_mode(self, mode_flags: u8, size_slot: u8) -> Self {
+        Cookie(self.0 | ((mode_flags as u64) << 48) | (((size_slot & 0xf) as u64) << 56))
+    }
+    #[inline(always)]
+    pub const fn size_slot(self) -> u8 {
+        ((self.0 >> 56) & 0xf) as u8
     }
 }
 

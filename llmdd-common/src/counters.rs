@@ -12,8 +12,10 @@ pub const RETURN_WITHOUT_ENTRY: u32 = 2;
 pub const USER_READ_FAILED: u32 = 3;
 /// Reading a kernel socket field failed.
 pub const KERNEL_READ_FAILED: u32 = 4;
+/// The aggregate map was full: a call in aggregate mode was not counted.
+pub const AGG_FULL: u32 = 5;
 /// Number of counters.
-pub const COUNT: u32 = 5;
+pub const COUNT: u32 = 6;
 
 /// Human names, indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -22,11 +24,12 @@ pub const NAMES: [&str; COUNT as usize] = [
     "return_without_entry",
     "user_read_failed",
     "kernel_read_failed",
+    "aggregate_map_full",
 ];
 
 /// The counters that mean a record was lost (the rest are diagnostics: a return seen
 /// without its entry is normal for calls already in flight when the probes attach).
-pub const LOSSES: [u32; 2] = [RING_FULL, INFLIGHT_FULL];
+pub const LOSSES: [u32; 3] = [RING_FULL, INFLIGHT_FULL, AGG_FULL];
 
 /// Whether counter `index` counts lost records.
 pub fn is_loss(index: u32) -> bool {

@@ -10,6 +10,7 @@
 //! - [`counters`]: indices of the per-CPU drop/diagnostic counters.
 #![no_std]
 
+pub mod agg;
 pub mod call;
 pub mod counters;
 pub mod funcs;

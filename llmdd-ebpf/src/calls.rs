@@ -16,14 +16,15 @@ use aya_ebpf::{
 };
 use llmdd_common::{
     call::{
-        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_STACK, C_UID, F_DEREF, F_OUT,
-        F_RANK, F_RETURNED, F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT,
+        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_AGG, C_ENTRY_ONLY, C_STACK,
+        C_UID, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT,
     },
     counters, RecordKind,
 };
 
 use crate::{
-    emit::wakeup_flags,
+    agg::{agg_entry, agg_return},
+    emit::{send, wakeup_flags},
     maps::{count, EVENTS, INFLIGHT, LIB_CFG},
 };
 
@@ -78,6 +79,10 @@ pub fn on_entry<C: EbpfContext>(ctx: &C) -> u32 {
     // SAFETY: the helper only reads the attachment's cookie.
     let cookie = Cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     let pid_tgid = bpf_get_current_pid_tgid();
+    if cookie.flags() & C_AGG != 0 {
+        agg_entry(regs, cookie, &key_of(pid_tgid, cookie.func()));
+        return 0;
+    }
 
     let mut rec = CallRecord {
         kind: RecordKind::Call as u32,
@@ -162,6 +167,10 @@ pub fn on_entry<C: EbpfContext>(ctx: &C) -> u32 {
 
     // SAFETY: ktime is always readable.
     rec.entry_ns = unsafe { bpf_ktime_get_ns() };
+    if cookie.flags() & C_ENTRY_ONLY != 0 {
+        send(&rec);
+        return 0;
+    }
     let key = key_of(pid_tgid, rec.func);
     if INFLIGHT.insert(&key, &rec, 0).is_err() {
         count(counters::INFLIGHT_FULL);
@@ -179,6 +188,10 @@ pub fn on_return<C: EbpfContext>(ctx: &C) -> u32 {
     let cookie = Cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = key_of(pid_tgid, cookie.func());
+    if cookie.flags() & C_AGG != 0 {
+        agg_return(regs, now, (pid_tgid >> 32) as u32, cookie.func(), &key);
+        return 0;
+    }
 
     let Some(parked) = INFLIGHT.get_ptr(&key) else {
         count(counters::RETURN_WITHOUT_ENTRY);

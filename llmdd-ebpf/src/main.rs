@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod agg;
 mod bench;
 #[macro_use]
 mod calls;

@@ -67,4 +67,6 @@ mod user {
     // integers, and have no padding (checked by the size assertions next to each type).
     unsafe impl aya::Pod for crate::call::LibCfg {}
     unsafe impl aya::Pod for crate::sock::SockCfg {}
+    unsafe impl aya::Pod for crate::agg::AggKey {}
+    unsafe impl aya::Pod for crate::agg::AggVal {}
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use llmdd_common::{
     agg::{hist_bucket, size_bucket, AggKey, AggStart, AggVal, MAX_AGG},
-    call::{Cookie, InflightKey, ARG_WORDS},
+    call::{Cookie, InflightKey},
     counters, MAX_INFLIGHT,
 };
 
@@ -31,32 +31,33 @@ pub static AGG: PerCpuHashMap<AggKey, AggVal> =
 #[map]
 pub static AGG_START: HashMap<InflightKey, AggStart> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-/// The argument in `slot` (0 when there is none).
+/// The register argument in `slot` (0 when there is none). The registers are read at fixed
+/// context offsets first: the verifier refuses a context read at a computed offset, which is
+/// what a `match` on the slot compiles to.
 #[inline(always)]
 fn size_arg(regs: *const pt_regs, slot: u8) -> u64 {
     // SAFETY: `regs` is the uprobe's pt_regs context; direct reads are allowed.
-    unsafe {
-        match slot {
-            0 => (*regs).rdi,
-            1 => (*regs).rsi,
-            2 => (*regs).rdx,
-            3 => (*regs).rcx,
-            4 => (*regs).r8,
-            5 => (*regs).r9,
-            // Sizes on the stack are not read in this mode (a user read per call).
-            _ => 0,
-        }
+    let words = unsafe {
+        [
+            (*regs).rdi,
+            (*regs).rsi,
+            (*regs).rdx,
+            (*regs).rcx,
+            (*regs).r8,
+            (*regs).r9,
+        ]
+    };
+    // Sizes on the stack (slots 6-8) are not read in this mode: a user read per call.
+    if (slot as usize) < words.len() {
+        words[slot as usize]
+    } else {
+        0
     }
 }
 
 #[inline(always)]
 pub fn agg_entry(regs: *const pt_regs, cookie: Cookie, key: &InflightKey) {
-    let slot = cookie.size_slot();
-    let size = if (slot as usize) < ARG_WORDS {
-        size_arg(regs, slot)
-    } else {
-        0
-    };
+    let size = size_arg(regs, cookie.size_slot());
     let start = AggStart {
         // SAFETY: ktime is always readable.
         entry_ns: unsafe { bpf_ktime_get_ns() },

@@ -121,7 +121,21 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             None
         }
     };
-    let tracer = Tracer::load(sock_cfg)?;
+    let mut tracer = Tracer::load(sock_cfg)?;
+    for &(family, mode) in &opts.modes {
+        tracer.set_mode(family, mode);
+        if family == llmdd_common::funcs::Family::Nccl && mode != crate::probe::Mode::Full {
+            eprintln!(
+                "llmdd: warning: nccl traced in {} mode: collectives cannot be matched across \
+                 ranks, so no straggler or stall findings",
+                mode.name()
+            );
+        }
+    }
+    let aggregating = opts
+        .modes
+        .iter()
+        .any(|&(_, m)| m == crate::probe::Mode::Aggregate);
     for kp in tracer.kernel_probes() {
         if let Err(why) = &kp.status {
             eprintln!("llmdd: warning: kernel probe {} disabled: {why}", kp.name);
@@ -273,6 +287,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 }
                 t.draw()?;
             } else if !args.quiet && last_render.elapsed() >= opts.interval {
+                if aggregating {
+                    session.summary.set_aggregates(&live.tracer.aggregates()?);
+                }
                 let interval = last_render.elapsed().as_secs_f64();
                 last_render = Instant::now();
                 let lost = live.tracer.counters()?;
@@ -299,6 +316,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
     report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
+    if aggregating {
+        session.summary.set_aggregates(&live.tracer.aggregates()?);
+    }
     let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
     let mut detached = Detached::default();

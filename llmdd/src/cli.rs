@@ -136,6 +136,47 @@ pub struct RunArgs {
     /// stops, folded by process;thread;library;function;op.
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
+    /// Trace one probe family in another mode (repeatable), as FAMILY=MODE. FAMILY: nccl,
+    /// cudart, cuda (and every other family `llmdd doctor` lists). MODE: `full` (default:
+    /// one record per call with duration, return code and out-values), `entry` (one record
+    /// at entry and no return probe: no duration or return code) or
+    /// `aggregate` (no per-call records: counts, errors and log2 latency histograms per
+    /// process, function and size bucket kept in the kernel and read every --interval; the
+    /// cheapest, for hot calls such as kernel launches and copies). Keep collectives `full`:
+    /// matching them across ranks needs every record. Example: --mode cuda=aggregate
+    #[arg(long = "mode", value_parser = parse_family_mode, value_name = "FAMILY=MODE")]
+    pub modes: Vec<(llmdd_common::funcs::Family, crate::probe::Mode)>,
+}
+
+/// Parses `FAMILY=MODE` for `--mode`.
+pub fn parse_family_mode(
+    s: &str,
+) -> Result<(llmdd_common::funcs::Family, crate::probe::Mode), String> {
+    use llmdd_common::funcs::FUNCS;
+    let Some((fam, mode)) = s.split_once('=') else {
+        return Err(format!(
+            "`{s}` is not FAMILY=MODE (e.g. cuda=aggregate, cudart=entry)"
+        ));
+    };
+    let mut names: Vec<&str> = FUNCS.iter().map(|f| f.family.name()).collect();
+    names.dedup();
+    let family = FUNCS
+        .iter()
+        .map(|f| f.family)
+        .find(|f| f.name() == fam.trim())
+        .ok_or_else(|| {
+            format!(
+                "unknown probe family `{fam}` in `{s}`: use one of {}",
+                names.join(", ")
+            )
+        })?;
+    let mode = crate::probe::Mode::parse(mode.trim()).ok_or_else(|| {
+        format!(
+            "unknown mode `{mode}` in `{s}`: use one of {}",
+            crate::probe::Mode::NAMES.join(", ")
+        )
+    })?;
+    Ok((family, mode))
 }
 
 /// Parses `PORT`, `ADDR:PORT` or `[V6ADDR]:PORT`; a bare port listens on 127.0.0.1.
@@ -253,6 +294,28 @@ mod tests {
         assert!(a.all && a.pids.is_empty() && !a.no_tui && !a.quiet);
         assert_eq!(a.run.duration, Some(Duration::from_secs(5)));
         assert!(Cli::try_parse_from(["llmdd", "top", "--pid", "1"]).is_err());
+    }
+
+    #[test]
+    fn family_modes() {
+        use crate::probe::Mode;
+        use llmdd_common::funcs::Family;
+        assert_eq!(
+            parse_family_mode("cuda=aggregate"),
+            Ok((Family::CudaDriver, Mode::Aggregate))
+        );
+        assert_eq!(
+            parse_family_mode("cudart=entry"),
+            Ok((Family::CudaRuntime, Mode::EntryOnly))
+        );
+        let e = parse_family_mode("gpu=full").unwrap_err();
+        assert!(
+            e.contains("unknown probe family `gpu`") && e.contains("nccl"),
+            "{e}"
+        );
+        let e = parse_family_mode("nccl=fast").unwrap_err();
+        assert!(e.contains("aggregate"), "{e}");
+        assert!(parse_family_mode("nccl").is_err());
     }
 
     #[test]

@@ -73,6 +73,34 @@ impl Summary {
         }
     }
 
+    /// Replaces the figures of the functions traced in aggregate mode with the kernel's
+    /// running totals (`Tracer::aggregates`); sizes are summed in bytes only where the size
+    /// argument is a byte count.
+    pub fn set_aggregates(
+        &mut self,
+        aggs: &[(llmdd_common::agg::AggKey, llmdd_common::agg::AggVal)],
+    ) {
+        let mut totals: BTreeMap<(u32, &'static str), FuncStats> = BTreeMap::new();
+        for (k, v) in aggs {
+            let Some(spec) = llmdd_common::funcs::spec(k.func) else {
+                continue;
+            };
+            let s = totals.entry((k.pid, spec.name)).or_default();
+            s.calls += v.calls;
+            if spec.family != llmdd_common::funcs::Family::Nccl {
+                s.bytes += v.size_sum;
+            }
+            s.total_ns += v.total_ns;
+            s.max_ns = s.max_ns.max(v.max_ns);
+            if v.errors > 0 {
+                // The kernel keeps how many calls failed, not which codes: -1 stands for
+                // "some non-zero code".
+                *s.errors.entry(-1).or_default() += v.errors;
+            }
+        }
+        self.funcs.extend(totals);
+    }
+
     /// Renders one block; `interval_s` is the time since the previous render (for rates).
     pub fn render(&mut self, elapsed_s: f64, interval_s: f64, lost: &[u64]) -> String {
         let mut out = String::new();

@@ -19,7 +19,8 @@ use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
 };
 use llmdd_common::{
-    call::{Cookie, LibCfg, C_STACK, C_UID, NO_SLOT},
+    agg::{AggKey, AggVal},
+    call::{Cookie, LibCfg, C_AGG, C_ENTRY_ONLY, C_STACK, C_UID, NO_SLOT},
     counters,
     funcs::{self, Family, FuncId},
     sock::SockCfg,
@@ -98,6 +99,53 @@ pub enum ProbeSet {
     Floor,
 }
 
+/// How the calls of one probe family are traced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One record per call with entry and return: durations, return codes, out-values.
+    #[default]
+    Full,
+    /// One record per call sent at entry; no return probe (no duration or return value).
+    EntryOnly,
+    /// No record: counts and latency histograms per (pid, function, size bucket) kept in a
+    /// BPF map and read periodically.
+    Aggregate,
+}
+
+impl Mode {
+    pub const NAMES: [&'static str; 3] = ["full", "entry", "aggregate"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::EntryOnly => "entry",
+            Mode::Aggregate => "aggregate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "full" => Some(Mode::Full),
+            "entry" | "entry-only" => Some(Mode::EntryOnly),
+            "aggregate" | "agg" => Some(Mode::Aggregate),
+            _ => None,
+        }
+    }
+
+    /// The cookie of `func` in this mode.
+    pub fn cookie(self, func: FuncId, slot: u16) -> Cookie {
+        let c = cookie_for(func, slot);
+        match self {
+            Mode::Full => c,
+            Mode::EntryOnly => c.with_mode(C_ENTRY_ONLY, NO_SLOT),
+            Mode::Aggregate => c.with_mode(
+                C_AGG,
+                funcs::spec(func).map(|f| f.roles.count).unwrap_or(NO_SLOT),
+            ),
+        }
+    }
+}
+
 /// The programs serving each family: (entry, return).
 const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str) {
     match (set, family) {
@@ -162,6 +210,8 @@ pub struct Tracer {
     /// The uprobe programs loaded for uprobe-multi, when the kernel has it.
     multi: Option<multi::MultiPrograms>,
     set: ProbeSet,
+    /// Families traced in another mode than `Mode::Full`.
+    modes: HashMap<Family, Mode>,
     /// Library slots handed out so far (a slot indexes `LIB_CFG` and is carried in cookies).
     next_slot: u16,
     links: HashMap<u32, Vec<Link>>,
@@ -211,11 +261,54 @@ impl Tracer {
             bpf,
             multi,
             set,
+            modes: HashMap::new(),
             next_slot: 0,
             links: HashMap::new(),
             probed: HashMap::new(),
             kernel,
         })
+    }
+
+    /// Traces the calls of `family` attached from now on in `mode`.
+    pub fn set_mode(&mut self, family: Family, mode: Mode) {
+        self.modes.insert(family, mode);
+    }
+
+    /// The mode of `family`.
+    pub fn mode(&self, family: Family) -> Mode {
+        self.modes.get(&family).copied().unwrap_or_default()
+    }
+
+    /// The aggregate-mode counts so far, per (pid, function, size bucket), summed over CPUs
+    /// (`max_ns` is the largest of the CPUs').
+    pub fn aggregates(&self) -> Result<Vec<(AggKey, AggVal)>, ProbeError> {
+        let map = self.bpf.map("AGG").ok_or(ProbeError::MissingMap("AGG"))?;
+        let agg: aya::maps::PerCpuHashMap<_, AggKey, AggVal> =
+            aya::maps::PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "AGG",
+                source,
+            })?;
+        let mut out = Vec::new();
+        for item in agg.iter() {
+            let (key, per_cpu) = item.map_err(|source| ProbeError::Map {
+                name: "AGG",
+                source,
+            })?;
+            let mut sum = AggVal::default();
+            for v in per_cpu.iter() {
+                sum.calls += v.calls;
+                sum.size_sum += v.size_sum;
+                sum.total_ns += v.total_ns;
+                sum.errors += v.errors;
+                sum.max_ns = sum.max_ns.max(v.max_ns);
+                for (s, h) in sum.hist.iter_mut().zip(v.hist.iter()) {
+                    *s += h;
+                }
+            }
+            out.push((key, sum));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
     }
 
     /// Status of each kernel-side probe (attached, or why not).
@@ -285,13 +378,23 @@ impl Tracer {
                     })?;
             }
             let (entry, ret) = programs(self.set, obj.family);
+            let mode = match self.set {
+                ProbeSet::Full => self.mode(obj.family),
+                ProbeSet::Floor => Mode::Full,
+            };
+            // Entry-only mode attaches no return probe at all: that is its saving.
+            let directions: &[(&'static str, bool)] = if mode == Mode::EntryOnly {
+                &[(entry, false)]
+            } else {
+                &[(entry, false), (ret, true)]
+            };
             if let Some(m) = &self.multi {
                 let points: Vec<(u64, u64)> = obj
                     .points
                     .iter()
-                    .map(|&(func, offset)| (offset, cookie_for(func, slot).0))
+                    .map(|&(func, offset)| (offset, mode.cookie(func, slot).0))
                     .collect();
-                for (name, is_ret) in [(entry, false), (ret, true)] {
+                for &(name, is_ret) in directions {
                     let fd = m
                         .attach(name, &obj.path, &points, is_ret, pid)
                         .map_err(|source| ProbeError::Multi { pid, source })?;
@@ -299,8 +402,8 @@ impl Tracer {
                 }
             } else {
                 for &(func, offset) in &obj.points {
-                    let cookie = cookie_for(func, slot).0;
-                    for name in [entry, ret] {
+                    let cookie = mode.cookie(func, slot).0;
+                    for &(name, _) in directions {
                         let prog: &mut UProbe = program_mut(&mut self.bpf, name)?;
                         let point = UProbeAttachPoint {
                             location: UProbeAttachLocation::AbsoluteOffset(offset),

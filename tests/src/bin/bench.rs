@@ -118,28 +118,40 @@ fn main() -> Result<()> {
             t.detach(pid).release();
         }
 
-        let t0 = Instant::now();
-        let mut cmd = Command::new(built("llmdd"));
-        cmd.args(["attach", "--pid", &pid.to_string(), "--quiet"]);
-        let mut l = Proc::spawn("llmdd", cmd)?;
-        l.wait_line("tracing", Duration::from_secs(60), |s, x| {
-            s == Stream::Stderr && x.starts_with("llmdd: tracing")
-        })?;
-        attach_s.push(t0.elapsed().as_secs_f64());
-        samples
-            .entry("llmdd (all probes, daemon reading)")
-            .or_default()
-            .push(run_calls(&mut lp, o.calls)?);
-        l.signal(libc::SIGINT)?;
-        l.wait_exit(Duration::from_secs(60))?;
-        let seen: u64 = l
-            .lines_of(Stream::Stdout)
-            .iter()
-            .rfind(|x| x.contains(" ncclAllReduce "))
-            .and_then(|x| x.split_whitespace().nth(2))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        delivered.push((seen, o.calls));
+        for (case, mode) in [
+            ("llmdd (all probes, daemon reading)", None),
+            ("llmdd --mode nccl=entry", Some("nccl=entry")),
+            ("llmdd --mode nccl=aggregate", Some("nccl=aggregate")),
+        ] {
+            let t0 = Instant::now();
+            let mut cmd = Command::new(built("llmdd"));
+            cmd.args(["attach", "--pid", &pid.to_string(), "--quiet"]);
+            if let Some(m) = mode {
+                cmd.args(["--mode", m]);
+            }
+            let mut l = Proc::spawn("llmdd", cmd)?;
+            l.wait_line("tracing", Duration::from_secs(60), |s, x| {
+                s == Stream::Stderr && x.starts_with("llmdd: tracing")
+            })?;
+            if mode.is_none() {
+                attach_s.push(t0.elapsed().as_secs_f64());
+            }
+            samples
+                .entry(case)
+                .or_default()
+                .push(run_calls(&mut lp, o.calls)?);
+            l.signal(libc::SIGINT)?;
+            l.wait_exit(Duration::from_secs(60))?;
+            // The final summary's ncclAllReduce row: pid, name, calls, ...
+            let seen: u64 = l
+                .lines_of(Stream::Stdout)
+                .iter()
+                .rfind(|x| x.contains(" ncclAllReduce "))
+                .and_then(|x| x.split_whitespace().nth(2))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            delivered.push((case, seen, o.calls));
+        }
 
         if have_bpftrace {
             let path = lib.display();
@@ -198,7 +210,9 @@ fn main() -> Result<()> {
             .map(|s| format!("{s:.2}"))
             .collect::<Vec<_>>()
     );
-    println!("llmdd events delivered / calls made: {delivered:?}");
+    for (case, seen, calls) in &delivered {
+        println!("{case}: calls seen {seen} of {calls} made");
+    }
     if !have_bpftrace {
         println!("(bpftrace not installed: its row is missing; `cargo xtask bench` installs it)");
     }
@@ -213,7 +227,8 @@ fn main() -> Result<()> {
     });
     let doc = serde_json::json!({
         "calls_per_round": o.calls, "rounds": o.rounds, "machine": machine, "rows": rows,
-        "attach_to_tracing_s": attach_s, "delivered_vs_calls": delivered,
+        "attach_to_tracing_s": attach_s,
+        "delivered_vs_calls": delivered.iter().map(|(c, s, n)| serde_json::json!({"case": c, "seen": s, "calls": n})).collect::<Vec<_>>(),
     });
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -6,11 +6,13 @@
 //! (`engine`, `summary`). `attach` and `doctor` are the subcommands; `cli` holds their flags.
 
 pub mod attach;
+pub mod budget;
 pub mod cli;
 pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod merge;
 pub mod privileges;
 pub mod session;
 pub mod probe;

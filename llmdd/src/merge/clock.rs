@@ -1,0 +1,540 @@
+//! Clock alignment between hosts, from the recorded data itself.
+//!
+//! Every host's CLOCK_MONOTONIC runs from its own boot, so each host `h` gets an offset
+//! `θ_h`: its local time plus `θ_h` is the reference host's time. The data gives difference
+//! constraints `θ_to - θ_from ≥ c` ([`Bound`]), each true of the real clocks, so the set of
+//! offsets they allow always holds the true ones:
+//!
+//! * **TCP, seen from both ends.** A connection traced on host A (local a, remote b) and on
+//!   host B (local b, remote a) carries one byte stream per direction. Once the two ends'
+//!   byte counts are aligned (below), a receive on B returning at `u` (B's clock) whose last
+//!   byte was written by A's send `i` proves that A's send `i-1` had returned before it (A's
+//!   sends on one socket follow each other): `t(send i-1) + θ_A ≤ u + θ_B`. The reverse
+//!   direction bounds the offset from the other side: NTP's two-way bound, each side kept at
+//!   its tightest (the least-delayed message).
+//! * **Collective instances.** No rank leaves a blocking collective before the last rank
+//!   entered it: for the k-th collective call of two members of one communicator (counted from
+//!   the `ncclCommInitRank` both recordings saw), `entry_a + θ_A ≤ exit_b + θ_B`. Asynchronous
+//!   NCCL calls return after enqueueing and may break this, so these bounds are used only
+//!   between hosts that no TCP connection links.
+//!
+//! Aligning byte counts: a recording may start mid-stream, so each side counts bytes from
+//! its own first event. Receive boundaries usually fall on send boundaries (messages are
+//! framed), so the shift that puts most receive ends on send ends is found by voting; with
+//! periodic traffic several shifts fit equally, one message period apart. Among them the
+//! chosen shift is the one whose bounds are consistent with the other direction's and closest
+//! to the prior (the offsets from the wall clocks sampled by the recorders), else zero (both
+//! ends saw the connection from its first byte, as when the recording started before the job
+//! connected).
+//!
+//! Offsets are then the tightest bounds through any chain of hosts (longest paths in the
+//! constraint graph, Bellman-Ford): the estimate is the middle of the allowed interval and
+//! the error its half-width. A host the constraints do not bound on both sides falls back to
+//! the wall-clock offset (clamped into the one-sided bound when there is one).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::events::{Event, SockKind};
+use llmdd_common::funcs::CallKind;
+
+/// `θ_to - θ_from ≥ min_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Bound {
+    pub from: usize,
+    pub to: usize,
+    pub min_ns: i64,
+    pub source: BoundSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundSource {
+    Tcp,
+    Collective,
+}
+
+/// How a host's offset was established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMethod {
+    /// The reference host: offset 0 by definition.
+    Reference,
+    /// Bounded on both sides by the data (TCP and/or collectives).
+    Data,
+    /// Not bounded on both sides: the wall-clock offsets the recorders sampled.
+    Realtime,
+    /// Neither: no data bound and no wall-clock sample. Offset 0, error unknown.
+    Unknown,
+}
+
+/// One host's estimated offset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Offset {
+    /// Add to this host's CLOCK_MONOTONIC to get the reference host's.
+    pub offset_ns: i64,
+    /// Half-width of the interval the data allows (the true offset is within
+    /// `offset_ns ± error_ns`); `None` when not bounded on both sides.
+    pub error_ns: Option<u64>,
+    /// Tightest lower and upper bounds from the data.
+    pub lower_ns: Option<i64>,
+    pub upper_ns: Option<i64>,
+    pub method: ClockMethod,
+    /// Bounds (TCP and collective) that involve this host.
+    pub bounds: usize,
+    /// The data's bounds contradict each other (clock drift, or a misaligned stream): the
+    /// interval was empty and the estimate is the middle of the crossing.
+    pub inconsistent: bool,
+}
+
+/// What the estimator needs of one clock domain (a host and boot).
+pub struct Domain<'a> {
+    /// Events of every recording of this domain, each with its local times.
+    pub events: Vec<&'a Event>,
+    /// This domain's wall-clock offset (`CLOCK_REALTIME - CLOCK_MONOTONIC`) as its recorder
+    /// sampled it, if it did: the difference of two domains' is the prior for their offset.
+    pub prior_ns: Option<i64>,
+}
+
+/// Normalised endpoint (IPv4-mapped IPv6 as IPv4).
+fn norm(a: (IpAddr, u16)) -> (IpAddr, u16) {
+    match a.0 {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), a.1),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
+/// An address that may name the same endpoint from another host (loopback and unspecified
+/// addresses are every host's own).
+fn routable(a: &IpAddr) -> bool {
+    !(a.is_loopback() || a.is_unspecified() || a.is_multicast())
+}
+
+/// One socket's data events as seen from one side: `(time, bytes)` in time order.
+#[derive(Default)]
+struct Side {
+    sends: Vec<(u64, u64)>,
+    recvs: Vec<(u64, u64)>,
+}
+
+type Tuple = ((IpAddr, u16), (IpAddr, u16));
+
+/// Per domain: 4-tuple (local, remote) -> socket -> its events. Only sockets whose tuple is
+/// seen on one socket per domain are kept (a reused tuple cannot be paired safely).
+fn sockets(events: &[&Event]) -> HashMap<Tuple, Side> {
+    let mut by_tuple: HashMap<Tuple, (u64, Side, bool)> = HashMap::new();
+    let mut ordered: Vec<&crate::events::SockEvent> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sock(s) if matches!(s.kind, SockKind::Send | SockKind::Recv) && s.bytes > 0 => {
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect();
+    ordered.sort_by_key(|s| s.ts_ns);
+    for s in ordered {
+        let (Some(l), Some(r)) = (s.local, s.remote) else {
+            continue;
+        };
+        let (l, r) = (norm(l), norm(r));
+        if !routable(&l.0) || !routable(&r.0) {
+            continue;
+        }
+        let entry = by_tuple
+            .entry((l, r))
+            .or_insert_with(|| (s.sk, Side::default(), true));
+        if entry.0 != s.sk {
+            entry.2 = false;
+            continue;
+        }
+        let ev = (s.ts_ns, s.bytes as u64);
+        match s.kind {
+            SockKind::Send => entry.1.sends.push(ev),
+            _ => entry.1.recvs.push(ev),
+        }
+    }
+    by_tuple
+        .into_iter()
+        .filter(|(_, (_, _, unique))| *unique)
+        .map(|(k, (_, side, _))| (k, side))
+        .collect()
+}
+
+/// Cumulative end positions.
+fn ends(evs: &[(u64, u64)]) -> Vec<u64> {
+    let mut pos = 0u64;
+    evs.iter()
+        .map(|(_, n)| {
+            pos += n;
+            pos
+        })
+        .collect()
+}
+
+/// Receive boundaries voted onto send boundaries: candidate shifts `δ` (receive position +
+/// δ = send position) with their score, best first; at most `keep`.
+fn candidate_shifts(sends: &[(u64, u64)], recvs: &[(u64, u64)], keep: usize) -> Vec<i64> {
+    const VOTERS: usize = 64;
+    let s_ends = ends(sends);
+    let r_ends = ends(recvs);
+    let mut votes: HashMap<i64, u32> = HashMap::new();
+    for &re in r_ends.iter().take(VOTERS) {
+        for &se in &s_ends {
+            *votes.entry(se as i64 - re as i64).or_default() += 1;
+        }
+    }
+    // Score every candidate that got at least a quarter of the voters over all receives.
+    let send_set: HashSet<u64> = s_ends.iter().copied().collect();
+    let voters = r_ends.len().min(VOTERS) as u32;
+    let mut scored: Vec<(u32, i64)> = votes
+        .into_iter()
+        .filter(|(_, v)| *v * 4 >= voters && *v >= 2)
+        .map(|(d, _)| {
+            let hits = r_ends
+                .iter()
+                .filter(|&&re| {
+                    let p = re as i64 + d;
+                    p >= 0 && send_set.contains(&(p as u64))
+                })
+                .count() as u32;
+            (hits, d)
+        })
+        .collect();
+    // Best score first; among equals, the smaller shift magnitude (deterministic).
+    scored.sort_by_key(|(hits, d)| (std::cmp::Reverse(*hits), d.unsigned_abs(), *d));
+    let best = scored.first().map_or(0, |s| s.0);
+    let mut out: Vec<i64> = scored
+        .into_iter()
+        .filter(|(hits, _)| *hits * 10 >= best * 9)
+        .map(|(_, d)| d)
+        .take(keep)
+        .collect();
+    if !out.contains(&0) {
+        out.push(0);
+    }
+    out
+}
+
+/// The tightest `θ_recv - θ_send ≥ c` one direction gives under shift `δ`, if any.
+fn direction_bound(sends: &[(u64, u64)], recvs: &[(u64, u64)], delta: i64) -> Option<i64> {
+    let s_ends = ends(sends);
+    let r_ends = ends(recvs);
+    let mut best: Option<i64> = None;
+    for (j, &re) in r_ends.iter().enumerate() {
+        let p = re as i64 + delta;
+        if p <= 0 {
+            continue;
+        }
+        let p = p as u64;
+        // The send holding byte p-1 (the receive's last byte): first send end >= p.
+        let i = s_ends.partition_point(|&e| e < p);
+        // i == 0: no earlier send recorded; i == len: bytes past every recorded send (sent
+        // after the sender's recording ended). Neither gives a bound.
+        if i == 0 || i >= s_ends.len() {
+            continue;
+        }
+        let prev_send_t = sends[i - 1].0 as i64;
+        let c = prev_send_t - recvs[j].0 as i64;
+        best = Some(best.map_or(c, |b: i64| b.max(c)));
+    }
+    best
+}
+
+/// TCP bounds between two domains: `(θ_b - θ_a ≥ lo, θ_b - θ_a ≤ hi)`, over every
+/// connection seen from both ends.
+fn tcp_bounds(
+    a: &HashMap<Tuple, Side>,
+    b: &HashMap<Tuple, Side>,
+    prior: Option<i64>,
+) -> (Option<i64>, Option<i64>) {
+    let mut lo: Option<i64> = None;
+    let mut hi: Option<i64> = None;
+    let mut keys: Vec<&Tuple> = a.keys().collect();
+    keys.sort();
+    for key in keys {
+        let Some(sb) = b.get(&(key.1, key.0)) else {
+            continue;
+        };
+        let sa = &a[key];
+        // a -> b gives lower bounds on θ_b - θ_a; b -> a gives upper bounds.
+        let fwd = candidate_shifts(&sa.sends, &sb.recvs, 6);
+        let rev = candidate_shifts(&sb.sends, &sa.recvs, 6);
+        let mut best: Option<(i64, i64, i64)> = None; // (cost, lo, hi)
+        let mut one_sided: (Option<i64>, Option<i64>) = (None, None);
+        // θ_a - θ_b ≥ u  <=>  θ_b - θ_a ≤ -u
+        let highs: Vec<(i64, Option<i64>)> = rev
+            .iter()
+            .map(|&dr| (dr, direction_bound(&sb.sends, &sa.recvs, dr).map(|u| -u)))
+            .collect();
+        for &df in &fwd {
+            let l = direction_bound(&sa.sends, &sb.recvs, df);
+            for &(dr, h) in &highs {
+                match (l, h) {
+                    (Some(l), Some(h)) if l <= h => {
+                        let mid = l / 2 + h / 2;
+                        let cost = match prior {
+                            Some(p) if (l..=h).contains(&p) => 0,
+                            Some(p) => (p - mid).saturating_abs(),
+                            // No prior: both ends from the first byte, else the narrowest.
+                            None if df == 0 && dr == 0 => 0,
+                            None => h - l,
+                        };
+                        let cand = (cost, l, h);
+                        if best.is_none_or(|b| (cand.0, cand.2 - cand.1) < (b.0, b.2 - b.1)) {
+                            best = Some(cand);
+                        }
+                    }
+                    _ => {
+                        if df == 0 && dr == 0 {
+                            one_sided = (l, h);
+                        }
+                    }
+                }
+            }
+        }
+        let (l, h) = match best {
+            Some((_, l, h)) => (Some(l), Some(h)),
+            // Traffic one way only: the shift 0 bound alone (both ends from the first byte).
+            None if one_sided.0.is_some() != one_sided.1.is_some() => one_sided,
+            None => (None, None),
+        };
+        if let Some(l) = l {
+            lo = Some(lo.map_or(l, |x| x.max(l)));
+        }
+        if let Some(h) = h {
+            hi = Some(hi.map_or(h, |x| x.min(h)));
+        }
+    }
+    (lo, hi)
+}
+
+/// The k-th collective call (entry, exit) of each communicator member, keyed by the
+/// communicator's unique-id hash and the member's rank, counted from its `ncclCommInitRank`.
+fn collective_calls(events: &[&Event]) -> BTreeMap<(u64, i32), Vec<(u64, u64)>> {
+    let mut handle: HashMap<(u32, u64), (u64, i32)> = HashMap::new();
+    let mut calls: Vec<&crate::events::CallEvent> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Call(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    calls.sort_by_key(|c| c.entry_ns);
+    let mut out: BTreeMap<(u64, i32), Vec<(u64, u64)>> = BTreeMap::new();
+    for c in calls {
+        match c.spec().kind {
+            CallKind::CommInit => {
+                if let (Some(uid), Some(h), Some(rank), Some(0)) =
+                    (c.uid_hash, c.comm, c.rank, c.ret)
+                {
+                    handle.insert((c.pid, h), (uid, rank));
+                    out.insert((uid, rank), Vec::new());
+                }
+            }
+            CallKind::Collective => {
+                if let (Some(h), Some(exit)) = (c.comm, c.exit_ns) {
+                    if let Some(key) = handle.get(&(c.pid, h)) {
+                        if let Some(v) = out.get_mut(key) {
+                            v.push((c.entry_ns, exit));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Collective bounds between two domains: `(lo, hi)` on `θ_b - θ_a`.
+fn collective_bounds(
+    a: &BTreeMap<(u64, i32), Vec<(u64, u64)>>,
+    b: &BTreeMap<(u64, i32), Vec<(u64, u64)>>,
+) -> (Option<i64>, Option<i64>) {
+    let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);
+    for ((uid, _), ca) in a {
+        for (_, cb) in b.range((*uid, i32::MIN)..=(*uid, i32::MAX)) {
+            for (&(ea, xa), &(eb, xb)) in ca.iter().zip(cb) {
+                // entry_a + θ_a ≤ exit_b + θ_b  =>  θ_b - θ_a ≥ entry_a - exit_b
+                let l = ea as i64 - xb as i64;
+                // entry_b + θ_b ≤ exit_a + θ_a  =>  θ_b - θ_a ≤ exit_a - entry_b
+                let h = xa as i64 - eb as i64;
+                lo = Some(lo.map_or(l, |x| x.max(l)));
+                hi = Some(hi.map_or(h, |x| x.min(h)));
+            }
+        }
+    }
+    (lo, hi)
+}
+
+/// Every pairwise bound between domains (index 0 is the reference for priors).
+pub fn bounds(domains: &[Domain<'_>]) -> Vec<Bound> {
+    let socks: Vec<HashMap<Tuple, Side>> = domains.iter().map(|d| sockets(&d.events)).collect();
+    let colls: Vec<_> = domains
+        .iter()
+        .map(|d| collective_calls(&d.events))
+        .collect();
+    let mut out = Vec::new();
+    for a in 0..domains.len() {
+        for b in a + 1..domains.len() {
+            let prior = domains[a]
+                .prior_ns
+                .zip(domains[b].prior_ns)
+                .map(|(pa, pb)| pb - pa);
+            let (mut lo, mut hi) = tcp_bounds(&socks[a], &socks[b], prior);
+            let mut source = BoundSource::Tcp;
+            if lo.is_none() || hi.is_none() {
+                let (cl, ch) = collective_bounds(&colls[a], &colls[b]);
+                if cl.is_some() || ch.is_some() {
+                    source = BoundSource::Collective;
+                    lo = match (lo, cl) {
+                        (Some(x), Some(y)) => Some(x.max(y)),
+                        (x, y) => x.or(y),
+                    };
+                    hi = match (hi, ch) {
+                        (Some(x), Some(y)) => Some(x.min(y)),
+                        (x, y) => x.or(y),
+                    };
+                }
+            }
+            if let Some(l) = lo {
+                out.push(Bound {
+                    from: a,
+                    to: b,
+                    min_ns: l,
+                    source,
+                });
+            }
+            if let Some(h) = hi {
+                // θ_b - θ_a ≤ h  <=>  θ_a - θ_b ≥ -h
+                out.push(Bound {
+                    from: b,
+                    to: a,
+                    min_ns: -h,
+                    source,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Longest paths from `src` over `θ_to - θ_from ≥ w` edges (Bellman-Ford); `None` when a
+/// positive cycle (contradicting bounds) is reachable.
+fn longest_from(n: usize, edges: &[Bound], src: usize, reverse: bool) -> Option<Vec<Option<i64>>> {
+    let mut d: Vec<Option<i64>> = vec![None; n];
+    d[src] = Some(0);
+    for round in 0..=n {
+        let mut changed = false;
+        for e in edges {
+            let (u, v) = if reverse {
+                (e.to, e.from)
+            } else {
+                (e.from, e.to)
+            };
+            if let Some(du) = d[u] {
+                let cand = du.saturating_add(e.min_ns);
+                if d[v].is_none_or(|dv| cand > dv) {
+                    d[v] = Some(cand);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return Some(d);
+        }
+        if round == n {
+            return None;
+        }
+    }
+    Some(d)
+}
+
+/// Offsets of every domain against domain 0, from `bounds` (tightest over all chains of
+/// hosts) with the priors as fallback.
+pub fn solve(priors: &[Option<i64>], bounds: &[Bound]) -> Vec<Offset> {
+    let n = priors.len();
+    // Lower bounds of θ_h: longest path 0 -> h. Upper bounds: θ_h ≤ -(longest path h -> 0),
+    // i.e. longest path from 0 on the reversed graph, negated.
+    let (lower, upper, inconsistent) = match (
+        longest_from(n, bounds, 0, false),
+        longest_from(n, bounds, 0, true),
+    ) {
+        (Some(l), Some(u)) => (l, u.into_iter().map(|x| x.map(|v| -v)).collect(), false),
+        // Contradicting bounds: fall back to the direct bounds to the reference only.
+        _ => {
+            let mut l = vec![None; n];
+            let mut u = vec![None; n];
+            l[0] = Some(0);
+            u[0] = Some(0);
+            for b in bounds {
+                if b.from == 0 {
+                    l[b.to] = Some(l[b.to].map_or(b.min_ns, |x: i64| x.max(b.min_ns)));
+                } else if b.to == 0 {
+                    u[b.from] = Some(u[b.from].map_or(-b.min_ns, |x: i64| x.min(-b.min_ns)));
+                }
+            }
+            (l, u, true)
+        }
+    };
+    let prior0 = priors.first().copied().flatten();
+    (0..n)
+        .map(|h| {
+            let count = bounds.iter().filter(|b| b.from == h || b.to == h).count();
+            if h == 0 {
+                return Offset {
+                    offset_ns: 0,
+                    error_ns: Some(0),
+                    lower_ns: Some(0),
+                    upper_ns: Some(0),
+                    method: ClockMethod::Reference,
+                    bounds: count,
+                    inconsistent: false,
+                };
+            }
+            let prior = prior0.zip(priors[h]).map(|(p0, ph)| ph - p0);
+            let (lo, hi) = (lower[h], upper[h]);
+            match (lo, hi) {
+                (Some(l), Some(u)) => {
+                    let crossed = l > u;
+                    let (a, b) = if crossed { (u, l) } else { (l, u) };
+                    Offset {
+                        offset_ns: a + (b - a) / 2,
+                        error_ns: Some(((b - a) as u64).div_ceil(2)),
+                        lower_ns: lo,
+                        upper_ns: hi,
+                        method: ClockMethod::Data,
+                        bounds: count,
+                        inconsistent: inconsistent || crossed,
+                    }
+                }
+                _ => {
+                    let (offset, method) = match prior {
+                        Some(p) => {
+                            let p = lo.map_or(p, |l| p.max(l));
+                            (hi.map_or(p, |u| p.min(u)), ClockMethod::Realtime)
+                        }
+                        None => (lo.or(hi).unwrap_or(0), ClockMethod::Unknown),
+                    };
+                    Offset {
+                        offset_ns: offset,
+                        error_ns: None,
+                        lower_ns: lo,
+                        upper_ns: hi,
+                        method,
+                        bounds: count,
+                        inconsistent,
+                    }
+                }
+            }
+        })
+        .collect()
+}

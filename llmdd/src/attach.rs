@@ -122,6 +122,32 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
     };
     let mut tracer = Tracer::load(sock_cfg)?;
+    // Measured before any mode is set: the budget is about full tracing's cost.
+    let budget = match opts.overhead_budget.0 {
+        Some(fraction) => match crate::budget::calibrate(&mut tracer) {
+            Ok(cost_ns) => {
+                eprintln!(
+                    "llmdd: overhead budget {}% of each traced thread's time (one traced call \
+                     costs {:.1} us on this machine, measured now)",
+                    fraction * 100.0,
+                    cost_ns / 1e3
+                );
+                Some(crate::budget::Budget::new(
+                    fraction,
+                    cost_ns,
+                    monotonic_ns(),
+                ))
+            }
+            Err(why) => {
+                eprintln!(
+                    "llmdd: warning: overhead budget not enforced: cannot measure the cost of \
+                     a traced call ({why})"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     for &(family, mode) in &opts.modes {
         tracer.set_mode(family, mode);
         if family == llmdd_common::funcs::Family::Nccl && mode != crate::probe::Mode::Full {
@@ -146,9 +172,17 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         pids: BTreeSet::new(),
         reaper: Vec::new(),
         console: Console::default(),
+        budget,
+        swaps_pending: BTreeSet::new(),
+        swaps: std::sync::mpsc::channel(),
     };
     let mut reader =
         Reader::new(live.tracer.take_events()?).context("watching the BPF ring buffer")?;
+    // The calibration's own records: not a target's.
+    {
+        let mut calibration = Vec::new();
+        reader.drain(&mut calibration);
+    }
 
     let attach_start = Instant::now();
     for t in &targets {
@@ -174,6 +208,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             eprintln!("llmdd: note: pid {}: {note}", t.pid);
         }
         session.register_process(hints_of(t, host.clone()), proc_info(t, &attached));
+        live.track(t.pid, &attached);
         live.pids.insert(t.pid);
     }
     tracing::info!(
@@ -223,7 +258,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             live.consume(&mut batch, &mut session)?;
             for pid in reader.take_new_mappings() {
                 if live.pids.contains(&pid) {
-                    probe_new_libraries(pid, &mut live.tracer, &mut live.console);
+                    let new = probe_new_libraries(pid, &mut live.tracer, &mut live.console);
+                    live.track(pid, &new);
                 }
             }
             report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
@@ -233,6 +269,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 feed_in_flight(&live.tracer, &mut session.engine, now)?;
             }
             session.engine.advance(now);
+            live.duty_cycle(now);
             if let Some(s) = signalled {
                 return Ok(s);
             }
@@ -290,6 +327,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 if aggregating {
                     session.summary.set_aggregates(&live.tracer.aggregates()?);
                 }
+                if let Some(b) = &live.budget {
+                    session.summary.duties = b.duties(monotonic_ns());
+                }
                 let interval = last_render.elapsed().as_secs_f64();
                 last_render = Instant::now();
                 let lost = live.tracer.counters()?;
@@ -318,6 +358,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
     if aggregating {
         session.summary.set_aggregates(&live.tracer.aggregates()?);
+    }
+    if let Some(b) = &live.budget {
+        session.summary.duties = b.duties(monotonic_ns());
     }
     let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
@@ -384,11 +427,109 @@ struct Live {
     pids: BTreeSet<u32>,
     reaper: Vec<std::thread::JoinHandle<()>>,
     console: Console,
+    /// The overhead budget's duty-cycle controller, unless `--overhead-budget off`.
+    budget: Option<crate::budget::Budget>,
+    /// Duty-cycle switches attaching on their own threads, and where they report.
+    swaps_pending: BTreeSet<(u32, llmdd_common::funcs::Family)>,
+    swaps: (
+        std::sync::mpsc::Sender<crate::probe::SwapDone>,
+        std::sync::mpsc::Receiver<crate::probe::SwapDone>,
+    ),
 }
 
 impl Live {
+    /// Puts newly attached objects under the overhead budget.
+    fn track(&mut self, pid: u32, attached: &[crate::probe::AttachedObject]) {
+        if let Some(b) = self.budget.as_mut() {
+            for a in attached {
+                b.track(pid, a.family, monotonic_ns());
+            }
+        }
+    }
+
+    /// Applies the overhead budget's switches due now. With uprobe-multi a switch attaches
+    /// on a thread of its own (it can wait seconds behind the kernel's release of earlier
+    /// links) and is installed here when done; the old links are released on another.
+    fn duty_cycle(&mut self, now: u64) {
+        let Some(b) = self.budget.as_mut() else {
+            return;
+        };
+        while let Ok(done) = self.swaps.1.try_recv() {
+            let (pid, family, on) = (done.pid, done.family, done.on);
+            self.swaps_pending.remove(&(pid, family));
+            if !self.pids.contains(&pid) {
+                continue;
+            }
+            match self.tracer.finish_swap(done) {
+                Ok(old) => {
+                    if on {
+                        b.attached_now(pid, family, monotonic_ns());
+                    }
+                    self.reaper.push(std::thread::spawn(move || old.release()));
+                }
+                Err(e) => {
+                    b.revert(crate::budget::Switch { pid, family, on }, monotonic_ns());
+                    self.console.say(format!(
+                        "llmdd: warning: pid {pid}: duty cycle of {} probes: {e}",
+                        family.name()
+                    ));
+                }
+            }
+        }
+        for sw in b.tick(now) {
+            if !self.pids.contains(&sw.pid) {
+                continue;
+            }
+            if self.swaps_pending.contains(&(sw.pid, sw.family)) {
+                // The previous switch is still attaching: try again at a later tick.
+                b.revert(sw, now);
+                continue;
+            }
+            if let Some(job) = self.tracer.swap_job(sw.pid, sw.family, sw.on) {
+                self.swaps_pending.insert((sw.pid, sw.family));
+                let tx = self.swaps.0.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(job.run());
+                });
+                continue;
+            }
+            let swapped = if sw.on {
+                self.tracer.resume_family(sw.pid, sw.family)
+            } else {
+                self.tracer.pause_family(sw.pid, sw.family)
+            };
+            match swapped {
+                Ok(links) => self
+                    .reaper
+                    .push(std::thread::spawn(move || links.release())),
+                Err(e) => {
+                    b.revert(sw, now);
+                    self.console.say(format!(
+                        "llmdd: warning: pid {}: duty cycle of {} probes: {e}",
+                        sw.pid,
+                        sw.family.name()
+                    ));
+                }
+            }
+        }
+        // Released links are joined here, so the list does not grow for the whole run.
+        let (done, running): (Vec<_>, Vec<_>) =
+            self.reaper.drain(..).partition(|h| h.is_finished());
+        for h in done {
+            let _ = h.join();
+        }
+        self.reaper = running;
+    }
+
     /// Hands a batch to the session and detaches from the targets that exited in it.
     fn consume(&mut self, batch: &mut Vec<Event>, session: &mut Session) -> Result<()> {
+        if let Some(b) = self.budget.as_mut() {
+            for ev in batch.iter() {
+                if let Event::Call(c) = ev {
+                    b.note_call(c.pid, c.tid, c.func);
+                }
+            }
+        }
         let mut exited = Vec::new();
         session.ingest(batch, &mut exited)?;
         for pid in exited {
@@ -398,6 +539,9 @@ impl Live {
     }
 
     fn target_exited(&mut self, pid: u32) {
+        if let Some(b) = self.budget.as_mut() {
+            b.forget(pid);
+        }
         if self.pids.remove(&pid) {
             let links = self.tracer.detach(pid);
             self.reaper
@@ -458,13 +602,17 @@ fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
 
 /// A traced process mapped a file executable: probe any library it did not have before
 /// (NCCL opened lazily with dlopen, as PyTorch does).
-fn probe_new_libraries(pid: u32, tracer: &mut Tracer, console: &mut Console) {
+fn probe_new_libraries(
+    pid: u32,
+    tracer: &mut Tracer,
+    console: &mut Console,
+) -> Vec<crate::probe::AttachedObject> {
     let Ok(t) = target::inspect(pid) else {
-        return;
+        return Vec::new();
     };
     match tracer.attach_new(pid, &plan(&t)) {
         Ok(new) => {
-            for a in new {
+            for a in &new {
                 console.say(format!(
                     "llmdd: pid {pid} loaded {} {} ({} functions); probes attached",
                     a.family.name(),
@@ -472,10 +620,14 @@ fn probe_new_libraries(pid: u32, tracer: &mut Tracer, console: &mut Console) {
                     a.probes
                 ));
             }
+            new
         }
-        Err(e) => console.say(format!(
-            "llmdd: warning: pid {pid} loaded a library that could not be probed: {e}"
-        )),
+        Err(e) => {
+            console.say(format!(
+                "llmdd: warning: pid {pid} loaded a library that could not be probed: {e}"
+            ));
+            Vec::new()
+        }
     }
 }
 

@@ -146,6 +146,38 @@ pub struct RunArgs {
     /// matching them across ranks needs every record. Example: --mode cuda=aggregate
     #[arg(long = "mode", value_parser = parse_family_mode, value_name = "FAMILY=MODE")]
     pub modes: Vec<(llmdd_common::funcs::Family, crate::probe::Mode)>,
+    /// Most of each traced thread's time the probes may cost, in percent (`1`, `0.5%`), or
+    /// `off`. The cost of one traced call is measured at start; when a thread's kernel
+    /// launches, copies, event records/queries and stream waits would cost more, their
+    /// probes are attached for only a fraction of every 2 s (duty cycle) and their counts
+    /// are extrapolated, which the summary states. Collectives, communicator setup, graph
+    /// launches, syncs and allocations are always traced. Example: --overhead-budget 0.5%
+    #[arg(long, default_value = "1%", value_parser = parse_budget, value_name = "PCT|off")]
+    pub overhead_budget: OverheadBudget,
+}
+
+/// `--overhead-budget`: a fraction of each traced thread's time, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OverheadBudget(pub Option<f64>);
+
+/// Parses `1`, `1%`, `0.5%` or `off` for `--overhead-budget`.
+pub fn parse_budget(s: &str) -> Result<OverheadBudget, String> {
+    let t = s.trim();
+    if t == "off" || t == "none" {
+        return Ok(OverheadBudget(None));
+    }
+    let pct: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage: use e.g. 1, 0.5% or off"))?;
+    if !(pct > 0.0 && pct <= 100.0) {
+        return Err(format!(
+            "`{s}` is out of range: a budget is above 0% and at most 100% (or `off`)"
+        ));
+    }
+    Ok(OverheadBudget(Some(pct / 100.0)))
 }
 
 /// Parses `FAMILY=MODE` for `--mode`.
@@ -294,6 +326,16 @@ mod tests {
         assert!(a.all && a.pids.is_empty() && !a.no_tui && !a.quiet);
         assert_eq!(a.run.duration, Some(Duration::from_secs(5)));
         assert!(Cli::try_parse_from(["llmdd", "top", "--pid", "1"]).is_err());
+    }
+
+    #[test]
+    fn budgets() {
+        assert_eq!(parse_budget("1%"), Ok(OverheadBudget(Some(0.01))));
+        assert_eq!(parse_budget("0.5"), Ok(OverheadBudget(Some(0.005))));
+        assert_eq!(parse_budget("off"), Ok(OverheadBudget(None)));
+        assert!(parse_budget("0").is_err());
+        assert!(parse_budget("150%").is_err());
+        assert!(parse_budget("lots").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (`engine`, `summary`). `attach` and `doctor` are the subcommands; `cli` holds their flags.
 
 pub mod attach;
+pub mod budget;
 pub mod cli;
 pub mod doctor;
 pub mod engine;

@@ -34,6 +34,9 @@ pub struct Summary {
     pub socks: BTreeMap<u32, SockStats>,
     pub exited: Vec<u32>,
     pub events: u64,
+    /// Probe families under the overhead budget's duty cycle (set by the caller before a
+    /// render): counts of their cycled functions are shown extrapolated.
+    pub duties: Vec<crate::budget::Duty>,
     last_calls: BTreeMap<(u32, &'static str), u64>,
 }
 
@@ -115,6 +118,22 @@ impl Summary {
             "pid", "function", "calls", "calls/s", "bytes", "avg_us", "max_us"
         );
         for ((pid, name), s) in &self.funcs {
+            // Observed calls of a duty-cycled function, scaled by the time it was probed.
+            let scale = llmdd_common::funcs::FUNCS
+                .iter()
+                .find(|f| f.name == *name)
+                .filter(|f| crate::budget::cyclable(f.id))
+                .and_then(|f| {
+                    self.duties
+                        .iter()
+                        .find(|d| d.pid == *pid && d.family == f.family)
+                })
+                .map(|d| d.scale)
+                .filter(|k| *k > 1.0);
+            let calls_col = match scale {
+                Some(k) => format!("~{:.0}", s.calls as f64 * k),
+                None => s.calls.to_string(),
+            };
             let prev = self.last_calls.insert((*pid, name), s.calls).unwrap_or(0);
             let rate = if interval_s > 0.0 {
                 (s.calls - prev) as f64 / interval_s
@@ -134,10 +153,21 @@ impl Summary {
                 .join(",");
             let _ = writeln!(
                 out,
-                "{pid:>8}  {name:<24} {:>10} {rate:>9.1} {:>12} {avg:>10.1} {:>10.1}  {errors}",
-                s.calls,
+                "{pid:>8}  {name:<24} {calls_col:>10} {rate:>9.1} {:>12} {avg:>10.1} {:>10.1}  {errors}",
                 s.bytes,
                 s.max_ns as f64 / 1e3
+            );
+        }
+        for d in &self.duties {
+            let _ = writeln!(
+                out,
+                "{:>8}  overhead budget: {} launches/copies/event calls probed {:.1}% of the time \
+                 (duty cycle now {:.1}%); counts marked ~ are extrapolated (observed x {:.2})",
+                d.pid,
+                d.family.name(),
+                d.attached * 100.0,
+                d.target * 100.0,
+                d.scale
             );
         }
         for (pid, s) in &self.socks {

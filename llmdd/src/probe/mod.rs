@@ -208,13 +208,17 @@ enum Link {
 pub struct Tracer {
     bpf: Ebpf,
     /// The uprobe programs loaded for uprobe-multi, when the kernel has it.
-    multi: Option<multi::MultiPrograms>,
+    multi: Option<std::sync::Arc<multi::MultiPrograms>>,
     set: ProbeSet,
     /// Families traced in another mode than `Mode::Full`.
     modes: HashMap<Family, Mode>,
     /// Library slots handed out so far (a slot indexes `LIB_CFG` and is carried in cookies).
     next_slot: u16,
-    links: HashMap<u32, Vec<Link>>,
+    /// Every link held, per pid, with the family of the object it probes.
+    links: HashMap<u32, Vec<(Family, Link)>>,
+    /// What was attached per (pid, family), with its library slot: re-attached as it was
+    /// after a pause.
+    plans: HashMap<(u32, Family), Vec<(u16, ObjectPlan)>>,
     /// What is probed in each process: (file, family).
     probed: HashMap<u32, Vec<(PathBuf, Family)>>,
     kernel: Vec<KernelProbe>,
@@ -234,7 +238,7 @@ impl Tracer {
             .load(object::BYTES)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let multi = match multi::MultiPrograms::load(object::BYTES, &bpf, &UPROBE_PROGRAMS) {
-            Ok(m) => Some(m),
+            Ok(m) => Some(std::sync::Arc::new(m)),
             Err(e) => {
                 tracing::info!(
                     "uprobe-multi unavailable ({e}); attaching one perf-event uprobe per point"
@@ -264,6 +268,7 @@ impl Tracer {
             modes: HashMap::new(),
             next_slot: 0,
             links: HashMap::new(),
+            plans: HashMap::new(),
             probed: HashMap::new(),
             kernel,
         })
@@ -377,54 +382,11 @@ impl Tracer {
                         source,
                     })?;
             }
-            let (entry, ret) = programs(self.set, obj.family);
-            let mode = match self.set {
-                ProbeSet::Full => self.mode(obj.family),
-                ProbeSet::Floor => Mode::Full,
-            };
-            // Entry-only mode attaches no return probe at all: that is its saving.
-            let directions: &[(&'static str, bool)] = if mode == Mode::EntryOnly {
-                &[(entry, false)]
-            } else {
-                &[(entry, false), (ret, true)]
-            };
-            if let Some(m) = &self.multi {
-                let points: Vec<(u64, u64)> = obj
-                    .points
-                    .iter()
-                    .map(|&(func, offset)| (offset, mode.cookie(func, slot).0))
-                    .collect();
-                for &(name, is_ret) in directions {
-                    let fd = m
-                        .attach(name, &obj.path, &points, is_ret, pid)
-                        .map_err(|source| ProbeError::Multi { pid, source })?;
-                    self.links.entry(pid).or_default().push(Link::Multi(fd));
-                }
-            } else {
-                for &(func, offset) in &obj.points {
-                    let cookie = mode.cookie(func, slot).0;
-                    for &(name, _) in directions {
-                        let prog: &mut UProbe = program_mut(&mut self.bpf, name)?;
-                        let point = UProbeAttachPoint {
-                            location: UProbeAttachLocation::AbsoluteOffset(offset),
-                            cookie: Some(cookie),
-                        };
-                        let link = prog.attach(point, &obj.path, scope).map_err(|source| {
-                            ProbeError::Attach {
-                                func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
-                                path: obj.path.clone(),
-                                offset,
-                                pid,
-                                source: Box::new(source),
-                            }
-                        })?;
-                        self.links
-                            .entry(pid)
-                            .or_default()
-                            .push(Link::Single(name, link));
-                    }
-                }
-            }
+            self.attach_object(pid, slot, obj, scope)?;
+            self.plans
+                .entry((pid, obj.family))
+                .or_default()
+                .push((slot, obj.clone()));
             let attached = AttachedObject {
                 slot,
                 family: obj.family,
@@ -438,6 +400,204 @@ impl Tracer {
             done.push(attached);
         }
         Ok(done)
+    }
+
+    /// Attaches the entry (and, but in entry-only mode, return) probes of one object whose
+    /// library slot is configured.
+    fn attach_object(
+        &mut self,
+        pid: u32,
+        slot: u16,
+        obj: &ObjectPlan,
+        scope: UProbeScope,
+    ) -> Result<(), ProbeError> {
+        let (entry, ret) = programs(self.set, obj.family);
+        let mode = match self.set {
+            ProbeSet::Full => self.mode(obj.family),
+            ProbeSet::Floor => Mode::Full,
+        };
+        // Entry-only mode attaches no return probe at all: that is its saving.
+        let directions: &[(&'static str, bool)] = if mode == Mode::EntryOnly {
+            &[(entry, false)]
+        } else {
+            &[(entry, false), (ret, true)]
+        };
+        if let Some(m) = self.multi.clone() {
+            for (name, points, is_ret) in self.link_specs(slot, obj) {
+                let fd = m
+                    .attach(name, &obj.path, &points, is_ret, pid)
+                    .map_err(|source| ProbeError::Multi { pid, source })?;
+                self.links
+                    .entry(pid)
+                    .or_default()
+                    .push((obj.family, Link::Multi(fd)));
+            }
+        } else {
+            for &(func, offset) in &obj.points {
+                let cookie = mode.cookie(func, slot).0;
+                for &(name, _) in directions {
+                    let prog: &mut UProbe = program_mut(&mut self.bpf, name)?;
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie: Some(cookie),
+                    };
+                    let link = prog.attach(point, &obj.path, scope).map_err(|source| {
+                        ProbeError::Attach {
+                            func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
+                            path: obj.path.clone(),
+                            offset,
+                            pid,
+                            source: Box::new(source),
+                        }
+                    })?;
+                    self.links
+                        .entry(pid)
+                        .or_default()
+                        .push((obj.family, Link::Single(name, link)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The uprobe-multi links of one object: (program, points with cookies, is return).
+    fn link_specs(
+        &self,
+        slot: u16,
+        obj: &ObjectPlan,
+    ) -> Vec<LinkSpec> {
+        let (entry, ret) = programs(self.set, obj.family);
+        let mode = match self.set {
+            ProbeSet::Full => self.mode(obj.family),
+            ProbeSet::Floor => Mode::Full,
+        };
+        let points: Vec<(u64, u64)> = obj
+            .points
+            .iter()
+            .map(|&(func, offset)| (offset, mode.cookie(func, slot).0))
+            .collect();
+        let mut out = vec![(entry, points.clone(), false)];
+        // Entry-only mode attaches no return probe at all: that is its saving.
+        if mode != Mode::EntryOnly {
+            out.push((ret, points, true));
+        }
+        out
+    }
+
+    /// The work of a duty-cycle switch (see [`Tracer::pause_family`]) as a job that can run
+    /// on another thread: attaching can wait seconds behind the kernel's release of links
+    /// taken out earlier, and the reading loop must not. `None` without uprobe-multi.
+    pub fn swap_job(&self, pid: u32, family: Family, on: bool) -> Option<SwapJob> {
+        let multi = self.multi.clone()?;
+        let plans = self.plans.get(&(pid, family)).cloned().unwrap_or_default();
+        let mut links = Vec::new();
+        for (slot, obj) in &plans {
+            let points: Vec<(FuncId, u64)> = obj
+                .points
+                .iter()
+                .copied()
+                .filter(|(f, _)| on || !crate::budget::cyclable(*f))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let reduced = ObjectPlan {
+                points,
+                ..obj.clone()
+            };
+            for (name, pts, is_ret) in self.link_specs(*slot, &reduced) {
+                links.push((obj.path.clone(), (name, pts, is_ret)));
+            }
+        }
+        Some(SwapJob {
+            multi,
+            pid,
+            family,
+            on,
+            links,
+        })
+    }
+
+    /// Installs the links a [`SwapJob`] attached in place of the family's current ones, and
+    /// returns those for release. A failed job leaves the current links in place.
+    pub fn finish_swap(&mut self, done: SwapDone) -> Result<Detached, ProbeError> {
+        let fds = done.result?;
+        let old: Vec<(Family, Link)> = match self.links.remove(&done.pid) {
+            Some(all) => {
+                let (old, kept): (Vec<_>, Vec<_>) =
+                    all.into_iter().partition(|(f, _)| *f == done.family);
+                self.links.insert(done.pid, kept);
+                old
+            }
+            None => Vec::new(),
+        };
+        let held = self.links.entry(done.pid).or_default();
+        held.extend(fds.into_iter().map(|fd| (done.family, Link::Multi(fd))));
+        Ok(self.take_links(old))
+    }
+
+    /// Duty cycle, off half: the probes of `family` in `pid` are replaced by probes on its
+    /// functions that are never cycled (`budget::cyclable` says which are). The reduced
+    /// probes go on before the full ones come off, so the kept functions are never
+    /// unprobed; a call caught by both for that instant is recorded once (the second entry
+    /// overwrites the same in-flight slot, the second return finds it gone).
+    pub fn pause_family(&mut self, pid: u32, family: Family) -> Result<Detached, ProbeError> {
+        self.swap_family(pid, family, |f| !crate::budget::cyclable(f))
+    }
+
+    /// Duty cycle, on half: every probe of `family` in `pid` back, as first attached.
+    pub fn resume_family(&mut self, pid: u32, family: Family) -> Result<Detached, ProbeError> {
+        self.swap_family(pid, family, |_| true)
+    }
+
+    fn swap_family(
+        &mut self,
+        pid: u32,
+        family: Family,
+        keep: impl Fn(FuncId) -> bool,
+    ) -> Result<Detached, ProbeError> {
+        let scope = match NonZeroU32::new(pid) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let old: Vec<(Family, Link)> = match self.links.remove(&pid) {
+            Some(all) => {
+                let (old, kept): (Vec<_>, Vec<_>) =
+                    all.into_iter().partition(|(f, _)| *f == family);
+                self.links.insert(pid, kept);
+                old
+            }
+            None => Vec::new(),
+        };
+        let plans = self.plans.get(&(pid, family)).cloned().unwrap_or_default();
+        let mut result = Ok(());
+        for (slot, obj) in &plans {
+            let points: Vec<(FuncId, u64)> = obj
+                .points
+                .iter()
+                .copied()
+                .filter(|(f, _)| keep(*f))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let reduced = ObjectPlan {
+                points,
+                ..obj.clone()
+            };
+            if let Err(e) = self.attach_object(pid, *slot, &reduced, scope) {
+                result = Err(e);
+                break;
+            }
+        }
+        match result {
+            Ok(()) => Ok(self.take_links(old)),
+            Err(e) => {
+                // Keep what was probed before rather than leave the family half-probed.
+                self.links.entry(pid).or_default().extend(old);
+                Err(e)
+            }
+        }
     }
 
     /// Attaches the objects of `objects` not yet probed in `pid` (a library loaded after the
@@ -464,8 +624,19 @@ impl Tracer {
     /// left to the caller to run where it does not block event reading.
     pub fn detach(&mut self, pid: u32) -> Detached {
         self.probed.remove(&pid);
+        self.plans.retain(|(p, _), _| *p != pid);
+        let links = self.links.remove(&pid).unwrap_or_default();
+        let detached = self.take_links(links);
+        if let Ok(mut traced) = map_mut::<BpfHashMap<_, u32, u32>>(&mut self.bpf, "TRACED") {
+            let _ = traced.remove(&pid);
+        }
+        detached
+    }
+
+    /// Takes links out of the programs that own them, for release.
+    fn take_links(&mut self, held: Vec<(Family, Link)>) -> Detached {
         let mut links = Vec::new();
-        for link in self.links.remove(&pid).unwrap_or_default() {
+        for (_, link) in held {
             match link {
                 Link::Multi(fd) => links.push(DetachedLink::Multi(fd)),
                 Link::Single(name, id) => {
@@ -477,9 +648,6 @@ impl Tracer {
                     }
                 }
             }
-        }
-        if let Ok(mut traced) = map_mut::<BpfHashMap<_, u32, u32>>(&mut self.bpf, "TRACED") {
-            let _ = traced.remove(&pid);
         }
         Detached(links)
     }
@@ -559,6 +727,52 @@ where
 }
 
 /// A link taken out of the tracer; dropping it detaches it.
+/// One uprobe-multi link to make: program, (file offset, cookie) per point, return probe.
+type LinkSpec = (&'static str, Vec<(u64, u64)>, bool);
+
+/// A duty-cycle switch to run off the reading loop (see [`Tracer::swap_job`]).
+pub struct SwapJob {
+    multi: std::sync::Arc<multi::MultiPrograms>,
+    pub pid: u32,
+    pub family: Family,
+    pub on: bool,
+    links: Vec<(PathBuf, LinkSpec)>,
+}
+
+/// What a [`SwapJob`] attached, for [`Tracer::finish_swap`].
+pub struct SwapDone {
+    pub pid: u32,
+    pub family: Family,
+    pub on: bool,
+    result: Result<Vec<OwnedFd>, ProbeError>,
+}
+
+impl SwapJob {
+    /// Attaches the job's links (on any thread). On failure, what it attached is dropped.
+    pub fn run(self) -> SwapDone {
+        let mut fds = Vec::new();
+        let mut result = Ok(());
+        for (path, (name, points, is_ret)) in &self.links {
+            match self.multi.attach(name, path, points, *is_ret, self.pid) {
+                Ok(fd) => fds.push(fd),
+                Err(source) => {
+                    result = Err(ProbeError::Multi {
+                        pid: self.pid,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        SwapDone {
+            pid: self.pid,
+            family: self.family,
+            on: self.on,
+            result: result.map(|()| fds),
+        }
+    }
+}
+
 enum DetachedLink {
     Multi(#[allow(dead_code)] OwnedFd),
     Single(#[allow(dead_code)] UProbeLink),

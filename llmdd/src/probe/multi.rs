@@ -56,6 +56,13 @@ fn raw_fd_of(map: &Map) -> Option<RawFd> {
         | Map::PerCpuArray(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::StackTraceMap(d)
+        | Map::BloomFilter(d)
+        | Map::LpmTrie(d)
+        | Map::Queue(d)
+        | Map::Stack(d)
         | Map::RingBuf(d) => d,
         _ => return None,
     };

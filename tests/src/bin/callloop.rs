@@ -3,6 +3,8 @@
 //! - `load PATH`: dlopen another library (as PyTorch opens NCCL lazily); prints `LOADED`.
 //! - `run N`: call `ncclAllReduce` N times in a tight loop (a null communicator: the library
 //!   returns at once, so the loop measures call overhead, not NCCL); prints `ns_per_call X`.
+//! - `query N`: call `cudaEventQuery` (a null event) N times in a tight loop, the hot polling
+//!   call that the overhead budget duty-cycles; prints `ns_per_call X`.
 //! - `quit` (or end of input): exit.
 
 use std::{
@@ -67,6 +69,23 @@ fn main() -> Result<()> {
                             std::ptr::null_mut(),
                         )
                     };
+                }
+                let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+                writeln!(out, "ns_per_call {ns:.2} rc {sink}")?;
+            }
+            (Some("query"), Some(n)) => {
+                let n: u64 = n.parse().context("query N")?;
+                type Query = unsafe extern "C" fn(*mut c_void) -> c_int;
+                // SAFETY: the symbol has the C signature above.
+                let query = libs
+                    .iter()
+                    .find_map(|l| unsafe { l.get::<Query>(b"cudaEventQuery\0") }.ok())
+                    .context("no loaded library exports cudaEventQuery")?;
+                let start = Instant::now();
+                let mut sink = 0;
+                for _ in 0..n {
+                    // SAFETY: a null event is a valid argument (an unknown event).
+                    sink ^= unsafe { query(std::ptr::null_mut()) };
                 }
                 let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
                 writeln!(out, "ns_per_call {ns:.2} rc {sink}")?;

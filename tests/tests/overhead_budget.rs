@@ -1,0 +1,102 @@
+//! `--overhead-budget`: a thread hammering a hot CUDA runtime call (cudaEventQuery) is
+//! traced by real probes under a 1% budget. The probes of its hot calls must be duty-cycled
+//! (fewer records than calls, the summary says so and extrapolates), while collectives in the
+//! same process stay fully traced.
+
+use std::time::Duration;
+
+use llmdd_tests::harness::{
+    built, fake_lib_dir, read_events, require_root, start_llmdd, Proc, Stream,
+};
+
+fn command(lp: &mut Proc, cmd: &str) {
+    lp.send_line(cmd).expect("send");
+    lp.wait_line("ns_per_call", Duration::from_secs(300), |s, l| {
+        s == Stream::Stdout && l.starts_with("ns_per_call")
+    })
+    .expect("loop ran");
+}
+
+#[test]
+fn hot_calls_are_duty_cycled_and_collectives_are_not() {
+    require_root();
+    let libs = fake_lib_dir();
+    let mut cmd = std::process::Command::new(built("callloop"));
+    cmd.arg(libs.join("libcudart.so.12"))
+        .arg(libs.join("libnccl.so.2"));
+    let mut lp = Proc::spawn("callloop", cmd).expect("callloop starts");
+    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })
+    .expect("ready");
+
+    let dir = libs.join("overhead_budget");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dump = dir.join("events.jsonl");
+    let dump_arg = dump.to_string_lossy().into_owned();
+    let mut l = start_llmdd(
+        &[lp.pid()],
+        &[
+            "--overhead-budget",
+            "1%",
+            "--interval",
+            "1s",
+            "--dump-events",
+            &dump_arg,
+        ],
+    )
+    .expect("llmdd starts");
+    // Hot calls for several duty periods (2 s each), with collectives between them.
+    const CHUNK: u64 = 1_000_000;
+    const CHUNKS: u64 = 40;
+    const COLLECTIVES: u64 = 200;
+    for _ in 0..CHUNKS {
+        command(&mut lp, &format!("query {CHUNK}"));
+        command(&mut lp, &format!("run {}", COLLECTIVES / CHUNKS));
+    }
+    l.signal(libc::SIGINT).expect("SIGINT");
+    let status = l.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(status.success(), "{}", l.transcript());
+    lp.send_line("quit").ok();
+
+    let text = l.transcript();
+    assert!(
+        text.contains("overhead budget 1% of each traced thread's time"),
+        "{text}"
+    );
+    let events = read_events(&dump).expect("dump");
+    let count = |name: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "call" && e["func"] == name)
+            .count() as u64
+    };
+    let queries = count("cudaEventQuery");
+    assert!(
+        queries > 0 && queries < CHUNK * CHUNKS / 2,
+        "hot calls traced {queries} of {} times: not duty-cycled\n{text}",
+        CHUNK * CHUNKS
+    );
+    assert_eq!(
+        count("ncclAllReduce"),
+        COLLECTIVES,
+        "collectives are never cycled"
+    );
+    // The final summary states the duty cycle and extrapolates the hot call's count.
+    let summary = text
+        .split("=== final summary")
+        .nth(1)
+        .expect("final summary");
+    assert!(summary.contains("overhead budget: cudart"), "{summary}");
+    let row = summary
+        .lines()
+        .find(|x| x.contains(" cudaEventQuery "))
+        .expect("cudaEventQuery row");
+    let shown = row.split_whitespace().nth(2).expect("calls column");
+    assert!(shown.starts_with('~'), "extrapolated count marked: {row}");
+    let estimate: f64 = shown.trim_start_matches('~').parse().expect("number");
+    assert!(
+        estimate > queries as f64,
+        "the estimate ({estimate}) scales up the {queries} calls seen"
+    );
+}

@@ -104,10 +104,30 @@ pub fn ensure() -> Result<()> {
         )?;
     }
 
+    ensure_netns_tools()?;
+
     if is_root() && !Path::new(TRACEFS).join("events").exists() {
         run(
             Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]),
             &format!("mount tracefs at {TRACEFS}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `ip` (iproute2) and `nsenter` (util-linux): tests/tests/multinode_merge.rs makes two
+/// network namespaces act as two hosts.
+fn ensure_netns_tools() -> Result<()> {
+    let missing = ["ip", "nsenter"]
+        .iter()
+        .any(|t| Command::new(t).arg("-V").output().is_err());
+    if is_root() && missing {
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(["iproute2", "util-linux"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install iproute2 util-linux (the multi-host merge test)",
         )?;
     }
     Ok(())

@@ -151,7 +151,7 @@ impl Merged {
                 };
                 let err = o
                     .error_ns
-                    .map(|e| format!(" ± {}", fmt_ns(e as i64)))
+                    .map(|e| format!(" ± {}", fmt_ns(e as i64).trim_start_matches('+')))
                     .unwrap_or_default();
                 format!(
                     "{}: clock offset {}{err}, {how}",

@@ -193,15 +193,17 @@ fn trace_host(pids: &[u32], dump: &Path) -> Proc {
     p
 }
 
-#[test]
-fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
-    require_root();
-    let hosts = Hosts::new();
-    let lib_dir = fake_lib_dir();
-    let work: PathBuf = lib_dir.join("multinode_merge");
-    std::fs::create_dir_all(&work).expect("work dir");
-    let truth = work.join("truth.json");
+/// One job at a time (the tests of this file share a 2-core machine).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs the job across two namespaces, ranks 0-1 on host A and 2-3 on host B, rank 3 late
+/// by 20 ms every step, each host traced by its own llmdd. `mid_stream`: the tracers
+/// attach while the job runs (at different moments), as in an incident, instead of before
+/// the communicator exists. Returns the rank pids and each host's event dump.
+fn two_host_run(hosts: &Hosts, name: &str, mid_stream: bool) -> (Vec<u32>, [PathBuf; 2]) {
+    let lib_dir = fake_lib_dir();
+    let work: PathBuf = lib_dir.join(name);
+    std::fs::create_dir_all(&work).expect("work dir");
     // The launcher (and ranks 0-1) in namespace A, ranks 2-3 in namespace B.
     let rank_host = |r: usize| format!("{r}={}:{}", hosts.ns[1], hosts.addr[1]);
     let mut cmd = Command::new("nsenter");
@@ -210,20 +212,15 @@ fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
         .env("FAKENCCL_ADDR", &hosts.addr[0])
         .arg("--lib-dir")
         .arg(&lib_dir)
-        .args([
-            "--ranks",
-            "4",
-            "--warmup",
-            "2",
-            "--steps",
-            "60",
-            "--gate-init",
-        ])
+        .args(["--ranks", "4", "--warmup", "2", "--gate-init"])
         .args(["--compute-us", "2000", "--collective", "allreduce:16K"])
         .args(["--straggler", "3:20:1", "--timeout-s", "240"])
-        .args(["--rank-host", &rank_host(2), "--rank-host", &rank_host(3)])
-        .arg("--truth")
-        .arg(&truth);
+        .args(["--rank-host", &rank_host(2), "--rank-host", &rank_host(3)]);
+    if mid_stream {
+        cmd.arg("--forever");
+    } else {
+        cmd.args(["--steps", "60"]);
+    }
     let mut job = Proc::spawn("simjob", cmd).expect("simjob starts");
     let spawned = job
         .wait_line("SPAWNED line", Duration::from_secs(120), |s, l| {
@@ -238,21 +235,36 @@ fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
     assert_eq!(netns(pids[2]), netns(pids[3]));
     assert_ne!(netns(pids[0]), netns(pids[2]));
 
-    // One tracer per host, started before the communicator exists (so the streams are seen
-    // from their first byte and ncclCommInitRank is recorded).
     let dumps = [work.join("a.jsonl"), work.join("b.jsonl")];
-    let mut tracers = [
-        trace_host(&pids[..2], &dumps[0]),
-        trace_host(&pids[2..], &dumps[1]),
-    ];
+    let mut tracers = Vec::new();
+    if !mid_stream {
+        // Before the communicator exists: the streams are seen from their first byte and
+        // ncclCommInitRank is recorded.
+        tracers.push(trace_host(&pids[..2], &dumps[0]));
+        tracers.push(trace_host(&pids[2..], &dumps[1]));
+    }
     job.send_line("init").expect("init");
     job.wait_line("READY line", Duration::from_secs(120), |s, l| {
         s == Stream::Stdout && l.starts_with("READY ")
     })
     .expect("ready");
     job.send_line("go").expect("go");
+    if mid_stream {
+        // Attach while traffic flows, one host after the other; trace until each has seen
+        // 100 more of its ranks' collectives.
+        tracers.push(trace_host(&pids[..2], &dumps[0]));
+        wait_for_calls(&dumps[0], 20);
+        tracers.push(trace_host(&pids[2..], &dumps[1]));
+        wait_for_calls(&dumps[1], 100);
+        wait_for_calls(&dumps[0], 200);
+        job.signal(libc::SIGTERM).expect("stopping the job");
+    }
     let status = job.wait_exit(Duration::from_secs(240)).expect("job ends");
-    assert!(status.success(), "simjob: {status}\n{}", job.transcript());
+    assert!(
+        mid_stream || status.success(),
+        "simjob: {status}\n{}",
+        job.transcript()
+    );
     for t in tracers.iter_mut() {
         t.signal(libc::SIGTERM).expect("SIGTERM");
         assert!(t
@@ -260,24 +272,62 @@ fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
             .expect("exits")
             .success());
     }
+    (pids, dumps)
+}
 
-    let recordings = vec![
+/// Waits (bounded) until `dump` holds `n` ncclAllReduce calls.
+fn wait_for_calls(dump: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let calls = std::fs::read_to_string(dump)
+            .map(|t| t.matches("\"func\":\"ncclAllReduce\"").count())
+            .unwrap_or(0);
+        if calls >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: {calls} of {n} calls",
+            dump.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The two hosts' recordings, host B's clock moved back by [`THETA_B_NS`]; with
+/// `realtime_error_ns`, the recorders' wall-clock offsets as well, host B's off by that
+/// much (NTP).
+fn recordings(
+    pids: &[u32],
+    dumps: &[PathBuf; 2],
+    realtime_error_ns: Option<i64>,
+) -> Vec<HostRecording> {
+    let realtime = 1_764_000_000_000_000_000i64;
+    vec![
         HostRecording {
             host: "host-a".into(),
             boot_id: Some("a".into()),
+            realtime_offset_ns: realtime_error_ns.map(|_| (realtime, realtime)),
             processes: pids[..2].iter().map(|&p| (p, Default::default())).collect(),
             events: host_events(&dumps[0], 0),
-            ..Default::default()
+            span_ns: None,
         },
         HostRecording {
             host: "host-b".into(),
             boot_id: Some("b".into()),
+            realtime_offset_ns: realtime_error_ns.map(|e| {
+                let r = realtime + THETA_B_NS + e;
+                (r, r)
+            }),
             processes: pids[2..].iter().map(|&p| (p, Default::default())).collect(),
             events: host_events(&dumps[1], THETA_B_NS),
-            ..Default::default()
+            span_ns: None,
         },
-    ];
-    let m = merge::merge(recordings).expect("merges");
+    ]
+}
+
+/// The merged clock of host B brackets the injected offset.
+fn check_clock(m: &merge::Merged) {
     for l in m.clock_lines() {
         eprintln!("{l}");
     }
@@ -290,6 +340,42 @@ fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
     let (lo, hi) = (b.lower_ns.expect("lower"), b.upper_ns.expect("upper"));
     assert!(lo <= THETA_B_NS && THETA_B_NS <= hi, "[{lo}, {hi}]");
     assert!(!b.inconsistent);
+}
+
+/// The engine on the merged job names rank 3 on host B, and the process maps back to its
+/// pid there.
+fn check_straggler(m: &merge::Merged, pids: &[u32]) {
+    let mut engine = Engine::new(Config::default());
+    for (id, h) in &m.registrations {
+        engine.register_process(*id, h.clone());
+    }
+    engine.ingest_batch(m.events.iter().cloned());
+    engine.flush();
+    let stragglers: Vec<_> = engine
+        .findings()
+        .iter()
+        .filter(|f| f.kind == FindingKind::Straggler)
+        .collect();
+    assert_eq!(stragglers.len(), 1, "{:#?}", engine.findings());
+    let f = stragglers[0];
+    eprintln!("{}", f.evidence);
+    assert_eq!(f.culprit.rank, Some(3), "{f:#?}");
+    assert_eq!(f.culprit.host.as_deref(), Some("host-b"), "{f:#?}");
+    let p = m
+        .process(f.culprit.pid.expect("pid"))
+        .expect("known process");
+    assert_eq!((p.host.as_str(), p.pid), ("host-b", pids[3]));
+}
+
+#[test]
+fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
+    require_root();
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let hosts = Hosts::new();
+    let (pids, dumps) = two_host_run(&hosts, "multinode_merge", false);
+    // No wall clock at all: the TCP traffic alone aligns the hosts.
+    let m = merge::merge(recordings(&pids, &dumps, None)).expect("merges");
+    check_clock(&m);
     // One communicator, spanning both hosts, ranks placed by host.
     assert_eq!(m.communicators.len(), 1, "{:?}", m.communicators);
     let c = &m.communicators[0];
@@ -308,26 +394,23 @@ fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
             (3, "host-b", pids[3])
         ]
     );
+    check_straggler(&m, &pids);
+}
 
-    // The engine on the merged job names rank 3 on host B.
-    let mut engine = Engine::new(Config::default());
-    for (id, h) in &m.registrations {
-        engine.register_process(*id, h.clone());
-    }
-    engine.ingest_batch(m.events.iter().cloned());
-    engine.flush();
-    let stragglers: Vec<_> = engine
-        .findings()
-        .iter()
-        .filter(|f| f.kind == FindingKind::Straggler)
-        .collect();
-    assert_eq!(stragglers.len(), 1, "{:#?}", engine.findings());
-    let f = stragglers[0];
-    assert_eq!(f.culprit.rank, Some(3), "{f:#?}");
-    assert_eq!(f.culprit.host.as_deref(), Some("host-b"), "{f:#?}");
-    let p = m
-        .process(f.culprit.pid.expect("pid"))
-        .expect("known process");
-    assert_eq!((p.host.as_str(), p.pid), ("host-b", pids[3]));
-    drop(hosts);
+#[test]
+fn recordings_started_mid_run_are_aligned_with_the_wall_clocks_help() {
+    require_root();
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let hosts = Hosts::new();
+    let (pids, dumps) = two_host_run(&hosts, "multinode_merge_mid", true);
+    // Wall clocks 300 µs apart: close enough to pick the stream alignment, and the data
+    // then narrows the offset far below that.
+    let m = merge::merge(recordings(&pids, &dumps, Some(300_000))).expect("merges");
+    check_clock(&m);
+    let err = m.hosts[1].offset.error_ns.expect("error bound");
+    assert!(
+        err < 300_000,
+        "± {err} ns is no better than the wall clocks"
+    );
+    check_straggler(&m, &pids);
 }

@@ -20,12 +20,12 @@
 //!
 //! Aligning byte counts: a recording may start mid-stream, so each side counts bytes from
 //! its own first event. Receive boundaries usually fall on send boundaries (messages are
-//! framed), so the shift that puts most receive ends on send ends is found by voting; with
-//! periodic traffic several shifts fit equally, one message period apart. Among them the
-//! chosen shift is the one whose bounds are consistent with the other direction's and closest
-//! to the prior (the offsets from the wall clocks sampled by the recorders), else zero (both
-//! ends saw the connection from its first byte, as when the recording started before the job
-//! connected).
+//! framed), so the shifts that put most receive ends on send ends are found by voting; with
+//! periodic traffic several shifts fit equally, one message period apart, each giving a
+//! narrow interval one period away from the next. With a prior (the offsets from the wall
+//! clocks sampled by the recorders) the interval nearest it is taken; without one only
+//! shift zero is trusted (both ends saw the connection from its first byte, as when the
+//! recording started before the job connected). See [`choose_alignment`].
 //!
 //! Offsets are then the tightest bounds through any chain of hosts (longest paths in the
 //! constraint graph, Bellman-Ford): the estimate is the middle of the allowed interval and
@@ -180,23 +180,28 @@ fn ends(evs: &[(u64, u64)]) -> Vec<u64> {
 }
 
 /// Receive boundaries voted onto send boundaries: candidate shifts `δ` (receive position +
-/// δ = send position) with their score, best first; at most `keep`.
+/// δ = send position) that put at least 90% as many receive ends on send ends as the best
+/// one, best first, at most `keep`; always with 0 (both ends from the first byte).
 fn candidate_shifts(sends: &[(u64, u64)], recvs: &[(u64, u64)], keep: usize) -> Vec<i64> {
     const VOTERS: usize = 64;
     let s_ends = ends(sends);
     let r_ends = ends(recvs);
     let mut votes: HashMap<i64, u32> = HashMap::new();
-    for &re in r_ends.iter().take(VOTERS) {
+    // Voters spread over the whole recording: either side may have started first, so only
+    // part of the receives have their sends recorded.
+    let step = r_ends.len().div_ceil(VOTERS).max(1);
+    let voters: Vec<u64> = r_ends.iter().step_by(step).copied().collect();
+    for &re in &voters {
         for &se in &s_ends {
             *votes.entry(se as i64 - re as i64).or_default() += 1;
         }
     }
-    // Score every candidate that got at least a quarter of the voters over all receives.
+    // Score every candidate that got at least an eighth of the voters over all receives.
     let send_set: HashSet<u64> = s_ends.iter().copied().collect();
-    let voters = r_ends.len().min(VOTERS) as u32;
+    let n_voters = voters.len() as u32;
     let mut scored: Vec<(u32, i64)> = votes
         .into_iter()
-        .filter(|(_, v)| *v * 4 >= voters && *v >= 2)
+        .filter(|(_, v)| *v * 8 >= n_voters && *v >= 2)
         .map(|(d, _)| {
             let hits = r_ends
                 .iter()
@@ -248,6 +253,59 @@ fn direction_bound(sends: &[(u64, u64)], recvs: &[(u64, u64)], delta: i64) -> Op
     best
 }
 
+/// Most candidate alignments tried per direction of a connection.
+const MAX_SHIFTS: usize = 1024;
+
+/// Picks one alignment per direction of a connection from the candidates' bounds
+/// (`(shift, bound)`: lower bounds from one direction, upper from the other).
+///
+/// A wrong alignment pairs receives with sends one or more messages away: pairing with later
+/// sends gives bounds that are too tight (wrong), with earlier ones bounds that are loose
+/// (still true). With periodic traffic the right pair of alignments and pairs shifted by the
+/// same number of periods in both directions all give narrow intervals, one period apart.
+/// So each lower bound is paired with the nearest upper bound above it, and:
+/// * with a prior (the wall clocks), the pair nearest the prior is taken: right while the
+///   wall clocks agree to better than half a period;
+/// * without one, only the alignment of both ends from their first byte (shift 0) is
+///   trusted (the recording saw the connection start); a connection whose shift-0 bounds
+///   contradict each other gives no bound at all.
+///
+/// Traffic one way only gives its bound at shift 0 alone.
+fn choose_alignment(
+    lows: &[(i64, i64)],
+    highs: &[(i64, i64)],
+    prior: Option<i64>,
+) -> (Option<i64>, Option<i64>) {
+    let at_zero = |v: &[(i64, i64)]| v.iter().find(|(d, _)| *d == 0).map(|x| x.1);
+    let (l0, h0) = (at_zero(lows), at_zero(highs));
+    let Some(p) = prior else {
+        return match (l0, h0) {
+            (Some(l), Some(h)) if l > h => (None, None),
+            other => other,
+        };
+    };
+    if lows.is_empty() || highs.is_empty() {
+        return (l0, h0);
+    }
+    let mut ups: Vec<i64> = highs.iter().map(|x| x.1).collect();
+    ups.sort_unstable();
+    let pick = lows
+        .iter()
+        .filter_map(|&(_, l)| {
+            let i = ups.partition_point(|&h| h < l);
+            ups.get(i).map(|&h| (l, h))
+        })
+        .min_by_key(|&(l, h)| {
+            let dist = if (l..=h).contains(&p) {
+                0
+            } else {
+                (p - (l + (h - l) / 2)).saturating_abs()
+            };
+            (dist, h - l, l)
+        });
+    pick.map_or((None, None), |(l, h)| (Some(l), Some(h)))
+}
+
 /// TCP bounds between two domains: `(θ_b - θ_a ≥ lo, θ_b - θ_a ≤ hi)`, over every
 /// connection seen from both ends.
 fn tcp_bounds(
@@ -264,48 +322,17 @@ fn tcp_bounds(
             continue;
         };
         let sa = &a[key];
-        // a -> b gives lower bounds on θ_b - θ_a; b -> a gives upper bounds.
-        let fwd = candidate_shifts(&sa.sends, &sb.recvs, 6);
-        let rev = candidate_shifts(&sb.sends, &sa.recvs, 6);
-        let mut best: Option<(i64, i64, i64)> = None; // (cost, lo, hi)
-        let mut one_sided: (Option<i64>, Option<i64>) = (None, None);
-        // θ_a - θ_b ≥ u  <=>  θ_b - θ_a ≤ -u
-        let highs: Vec<(i64, Option<i64>)> = rev
-            .iter()
-            .map(|&dr| (dr, direction_bound(&sb.sends, &sa.recvs, dr).map(|u| -u)))
+        // a -> b gives lower bounds on θ_b - θ_a; b -> a gives upper bounds
+        // (θ_a - θ_b ≥ u  <=>  θ_b - θ_a ≤ -u), one per candidate alignment.
+        let lows: Vec<(i64, i64)> = candidate_shifts(&sa.sends, &sb.recvs, MAX_SHIFTS)
+            .into_iter()
+            .filter_map(|d| Some((d, direction_bound(&sa.sends, &sb.recvs, d)?)))
             .collect();
-        for &df in &fwd {
-            let l = direction_bound(&sa.sends, &sb.recvs, df);
-            for &(dr, h) in &highs {
-                match (l, h) {
-                    (Some(l), Some(h)) if l <= h => {
-                        let mid = l / 2 + h / 2;
-                        let cost = match prior {
-                            Some(p) if (l..=h).contains(&p) => 0,
-                            Some(p) => (p - mid).saturating_abs(),
-                            // No prior: both ends from the first byte, else the narrowest.
-                            None if df == 0 && dr == 0 => 0,
-                            None => h - l,
-                        };
-                        let cand = (cost, l, h);
-                        if best.is_none_or(|b| (cand.0, cand.2 - cand.1) < (b.0, b.2 - b.1)) {
-                            best = Some(cand);
-                        }
-                    }
-                    _ => {
-                        if df == 0 && dr == 0 {
-                            one_sided = (l, h);
-                        }
-                    }
-                }
-            }
-        }
-        let (l, h) = match best {
-            Some((_, l, h)) => (Some(l), Some(h)),
-            // Traffic one way only: the shift 0 bound alone (both ends from the first byte).
-            None if one_sided.0.is_some() != one_sided.1.is_some() => one_sided,
-            None => (None, None),
-        };
+        let highs: Vec<(i64, i64)> = candidate_shifts(&sb.sends, &sa.recvs, MAX_SHIFTS)
+            .into_iter()
+            .filter_map(|d| Some((d, -direction_bound(&sb.sends, &sa.recvs, d)?)))
+            .collect();
+        let (l, h) = choose_alignment(&lows, &highs, prior);
         if let Some(l) = l {
             lo = Some(lo.map_or(l, |x| x.max(l)));
         }

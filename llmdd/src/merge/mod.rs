@@ -13,6 +13,9 @@
 //!   communicator whatever host they run on ([`Merged::communicators`]); the engine keys them
 //!   by that hash too, so one communicator spanning hosts is analysed as one.
 //!
+//! * **Window.** With several hosts only the time all of them were recording is kept: a
+//!   rank whose host was not recording yet would otherwise look late or gone.
+//!
 //! Everything here is a plain function of the recordings: no I/O.
 
 pub mod clock;
@@ -48,6 +51,9 @@ pub struct HostRecording {
     pub processes: Vec<(u32, ProcessHints)>,
     /// Decoded events, local times.
     pub events: Vec<Event>,
+    /// When the recorder started and stopped (local CLOCK_MONOTONIC), if it says; else the
+    /// first and last event are taken.
+    pub span_ns: Option<(u64, u64)>,
 }
 
 /// Errors of a merge.
@@ -116,6 +122,12 @@ pub struct Merged {
     /// hints (host filled in).
     #[serde(skip)]
     pub registrations: Vec<(u32, ProcessHints)>,
+    /// The time every host was recording (reference clock), when there are several hosts:
+    /// only events in it are kept, since a rank's host not yet (or no longer) recording
+    /// would look like a rank that is late or missing.
+    pub window_ns: Option<(u64, u64)>,
+    /// Events left out because they fall outside `window_ns`.
+    pub events_outside_window: u64,
 }
 
 impl Merged {
@@ -283,6 +295,27 @@ pub fn merge(recordings: Vec<HostRecording>) -> Result<Merged, MergeError> {
         }
     };
 
+    // Each domain's recording span on the reference clock (the union of its recordings').
+    let mut spans: Vec<(u64, u64)> = Vec::with_capacity(domains.len());
+    for (d, (_, _, recs)) in domains.iter().enumerate() {
+        let by = offsets[d].offset_ns;
+        let mut span: Option<(u64, u64)> = None;
+        for &i in recs {
+            let r = &recordings[i];
+            let own = r.span_ns.or_else(|| {
+                let times = r.events.iter().map(event_time);
+                Some((times.clone().min()?, times.max()?))
+            });
+            if let Some((a, b)) = own {
+                let (a, b) = (shift(a, by), shift(b, by));
+                span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+            }
+        }
+        if let Some(sp) = span {
+            spans.push(sp);
+        }
+    }
+
     let mut processes: BTreeMap<u32, JobProcess> = BTreeMap::new();
     let mut registrations: Vec<(u32, ProcessHints)> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
@@ -352,6 +385,19 @@ pub fn merge(recordings: Vec<HostRecording>) -> Result<Merged, MergeError> {
         }
     }
     events.sort_by_key(event_time);
+    // The common window: latest start to earliest end over the clock domains.
+    let window_ns = (domains.len() > 1)
+        .then(|| {
+            let start = spans.iter().map(|s| s.0).max()?;
+            let end = spans.iter().map(|s| s.1).min()?;
+            (start <= end).then_some((start, end))
+        })
+        .flatten();
+    let before = events.len();
+    if let Some((start, end)) = window_ns {
+        events.retain(|e| (start..=end).contains(&event_time(e)));
+    }
+    let events_outside_window = (before - events.len()) as u64;
 
     let communicators = members
         .into_iter()
@@ -387,5 +433,7 @@ pub fn merge(recordings: Vec<HostRecording>) -> Result<Merged, MergeError> {
         communicators,
         events,
         registrations,
+        window_ns,
+        events_outside_window,
     })
 }

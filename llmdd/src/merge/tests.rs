@@ -133,6 +133,7 @@ fn rec(host: &str, events: Vec<Event>, realtime: Option<i64>) -> HostRecording {
         realtime_offset_ns: realtime.map(|r| (r, r)),
         processes: Vec::new(),
         events,
+        span_ns: None,
     }
 }
 
@@ -324,11 +325,12 @@ fn loopback_connections_of_two_hosts_are_not_matched() {
 #[test]
 fn pids_shared_by_hosts_get_job_wide_ids_and_events_are_shifted_and_ordered() {
     let a = vec![
-        synth::plain(synth::DEVICE_SYNC, 100, 1_000, 2_000),
-        synth::plain(synth::DEVICE_SYNC, 7, 5_000, 6_000),
+        synth::plain(synth::DEVICE_SYNC, 100, 4_000, 5_000),
+        synth::plain(synth::DEVICE_SYNC, 7, 8_000, 9_000),
     ];
-    let b = vec![synth::plain(synth::DEVICE_SYNC, 100, 1_000, 2_500)];
+    let b = vec![synth::plain(synth::DEVICE_SYNC, 100, 2_000, 2_500)];
     let mut ra = rec("a", a, Some(0));
+    ra.span_ns = Some((0, 20_000));
     ra.processes = vec![(
         100,
         ProcessHints {
@@ -337,6 +339,7 @@ fn pids_shared_by_hosts_get_job_wide_ids_and_events_are_shifted_and_ordered() {
         },
     )];
     let mut rb = rec("b", b, Some(3_000));
+    rb.span_ns = Some((0, 20_000));
     rb.processes = vec![(
         100,
         ProcessHints {
@@ -368,7 +371,7 @@ fn pids_shared_by_hosts_get_job_wide_ids_and_events_are_shifted_and_ordered() {
             _ => unreachable!(),
         })
         .collect();
-    assert_eq!(seen, [(100, 1_000), (10_000_100, 4_000), (7, 5_000)]);
+    assert_eq!(seen, [(100, 4_000), (10_000_100, 5_000), (7, 8_000)]);
     let Event::Call(c) = &m.events[1] else {
         unreachable!()
     };
@@ -429,4 +432,38 @@ fn contradicting_bounds_are_flagged_not_hidden() {
     assert!(o[1].inconsistent);
     assert_eq!(o[1].method, ClockMethod::Data);
     assert_eq!((o[1].lower_ns, o[1].upper_ns), (Some(100), Some(50)));
+}
+
+#[test]
+fn only_the_time_every_host_recorded_is_kept() {
+    // a records 1000..9000, b (same clock) only 4000..6000 by its own account.
+    let a: Vec<Event> = (1..=9)
+        .map(|k| synth::plain(synth::DEVICE_SYNC, 1, k * 1_000, k * 1_000 + 10))
+        .collect();
+    let mut rb = rec(
+        "b",
+        vec![synth::plain(synth::DEVICE_SYNC, 2, 5_000, 5_010)],
+        Some(0),
+    );
+    rb.span_ns = Some((4_000, 6_000));
+    let m = merge(vec![rec("a", a, Some(0)), rb]).expect("merges");
+    assert_eq!(m.window_ns, Some((4_000, 6_000)));
+    let kept: Vec<u64> = m
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::Call(c) => c.entry_ns,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(kept, [4_000, 5_000, 5_000, 6_000]);
+    assert_eq!(m.events_outside_window, 6);
+    // One host: nothing is cut.
+    let one = merge(vec![rec(
+        "a",
+        vec![synth::plain(synth::DEVICE_SYNC, 1, 1, 2)],
+        None,
+    )])
+    .expect("merges");
+    assert_eq!((one.window_ns, one.events_outside_window), (None, 0));
 }

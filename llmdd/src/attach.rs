@@ -128,14 +128,23 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             Ok(cost_ns) => {
                 eprintln!(
                     "llmdd: overhead budget {}% of each traced thread's time (one traced call \
-                     costs {:.1} us on this machine, measured now)",
+                     costs {:.1} us on this machine, measured now){}",
                     fraction * 100.0,
-                    cost_ns / 1e3
+                    cost_ns / 1e3,
+                    if opts.enforce_budget {
+                        "; hot calls are duty-cycled to hold it"
+                    } else {
+                        ""
+                    }
                 );
+                if opts.enforce_budget {
+                    tracer.split_hot_points();
+                }
                 Some(crate::budget::Budget::new(
                     fraction,
                     cost_ns,
                     monotonic_ns(),
+                    opts.enforce_budget,
                 ))
             }
             Err(why) => {
@@ -174,6 +183,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         console: Console::default(),
         budget,
         swaps_pending: BTreeSet::new(),
+        warned_over: BTreeSet::new(),
         swaps: std::sync::mpsc::channel(),
     };
     let mut reader =
@@ -329,6 +339,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 }
                 if let Some(b) = &live.budget {
                     session.summary.duties = b.duties(monotonic_ns());
+                    session.summary.over_budget = (b.fraction, b.over_budget().to_vec());
                 }
                 let interval = last_render.elapsed().as_secs_f64();
                 last_render = Instant::now();
@@ -361,6 +372,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     }
     if let Some(b) = &live.budget {
         session.summary.duties = b.duties(monotonic_ns());
+        session.summary.over_budget = (b.fraction, b.over_budget().to_vec());
     }
     let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
@@ -430,7 +442,10 @@ struct Live {
     /// The overhead budget's duty-cycle controller, unless `--overhead-budget off`.
     budget: Option<crate::budget::Budget>,
     /// Duty-cycle switches attaching on their own threads, and where they report.
+    /// "On" switches still attaching.
     swaps_pending: BTreeSet<(u32, llmdd_common::funcs::Family)>,
+    /// Threads already named as over the overhead budget.
+    warned_over: BTreeSet<(u32, u32)>,
     swaps: (
         std::sync::mpsc::Sender<crate::probe::SwapDone>,
         std::sync::mpsc::Receiver<crate::probe::SwapDone>,
@@ -447,28 +462,29 @@ impl Live {
         }
     }
 
-    /// Applies the overhead budget's switches due now. With uprobe-multi a switch attaches
-    /// on a thread of its own (it can wait seconds behind the kernel's release of earlier
-    /// links) and is installed here when done; the old links are released on another.
+    /// Applies the overhead budget's switches due now. "Off" takes the hot links out (their
+    /// release, slow in the kernel, runs on a thread of its own); "on" attaches them on a
+    /// thread of its own (it can wait seconds behind such a release) and they are
+    /// installed here when done.
     fn duty_cycle(&mut self, now: u64) {
         let Some(b) = self.budget.as_mut() else {
             return;
         };
         while let Ok(done) = self.swaps.1.try_recv() {
-            let (pid, family, on) = (done.pid, done.family, done.on);
+            let (pid, family) = (done.pid, done.family);
             self.swaps_pending.remove(&(pid, family));
             if !self.pids.contains(&pid) {
                 continue;
             }
-            match self.tracer.finish_swap(done) {
-                Ok(old) => {
-                    if on {
-                        b.attached_now(pid, family, monotonic_ns());
-                    }
-                    self.reaper.push(std::thread::spawn(move || old.release()));
-                }
+            match self.tracer.finish_resume(done) {
+                Ok(()) => b.attached_now(pid, family, monotonic_ns()),
                 Err(e) => {
-                    b.revert(crate::budget::Switch { pid, family, on }, monotonic_ns());
+                    let sw = crate::budget::Switch {
+                        pid,
+                        family,
+                        on: true,
+                    };
+                    b.revert(sw, monotonic_ns());
                     self.console.say(format!(
                         "llmdd: warning: pid {pid}: duty cycle of {} probes: {e}",
                         family.name()
@@ -476,40 +492,52 @@ impl Live {
                 }
             }
         }
-        for sw in b.tick(now) {
+        let switches = b.tick(now);
+        for &(pid, tid, share) in b.over_budget() {
+            if self.warned_over.insert((pid, tid)) {
+                self.console.say(format!(
+                    "llmdd: warning: pid {pid} thread {tid}: probes cost about {:.1}% of its \
+                     time, over the {}% budget (--mode FAMILY=aggregate for its hot calls, or \
+                     --enforce-budget)",
+                    share * 100.0,
+                    b.fraction * 100.0
+                ));
+            }
+        }
+        for sw in switches {
+            tracing::debug!(
+                "duty cycle: pid {} {} {}",
+                sw.pid,
+                sw.family.name(),
+                if sw.on { "on" } else { "off" }
+            );
             if !self.pids.contains(&sw.pid) {
                 continue;
             }
             if self.swaps_pending.contains(&(sw.pid, sw.family)) {
-                // The previous switch is still attaching: try again at a later tick.
+                // The previous "on" is still attaching: decide again at a later tick.
                 b.revert(sw, now);
                 continue;
             }
-            if let Some(job) = self.tracer.swap_job(sw.pid, sw.family, sw.on) {
+            if !sw.on {
+                let links = self.tracer.pause_hot(sw.pid, sw.family);
+                self.reaper
+                    .push(std::thread::spawn(move || links.release()));
+                continue;
+            }
+            if let Some(job) = self.tracer.resume_hot_job(sw.pid, sw.family) {
                 self.swaps_pending.insert((sw.pid, sw.family));
                 let tx = self.swaps.0.clone();
                 std::thread::spawn(move || {
                     let _ = tx.send(job.run());
                 });
-                continue;
-            }
-            let swapped = if sw.on {
-                self.tracer.resume_family(sw.pid, sw.family)
-            } else {
-                self.tracer.pause_family(sw.pid, sw.family)
-            };
-            match swapped {
-                Ok(links) => self
-                    .reaper
-                    .push(std::thread::spawn(move || links.release())),
-                Err(e) => {
-                    b.revert(sw, now);
-                    self.console.say(format!(
-                        "llmdd: warning: pid {}: duty cycle of {} probes: {e}",
-                        sw.pid,
-                        sw.family.name()
-                    ));
-                }
+            } else if let Err(e) = self.tracer.resume_hot(sw.pid, sw.family) {
+                b.revert(sw, now);
+                self.console.say(format!(
+                    "llmdd: warning: pid {}: duty cycle of {} probes: {e}",
+                    sw.pid,
+                    sw.family.name()
+                ));
             }
         }
         // Released links are joined here, so the list does not grow for the whole run.

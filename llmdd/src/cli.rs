@@ -146,14 +146,22 @@ pub struct RunArgs {
     /// matching them across ranks needs every record. Example: --mode cuda=aggregate
     #[arg(long = "mode", value_parser = parse_family_mode, value_name = "FAMILY=MODE")]
     pub modes: Vec<(llmdd_common::funcs::Family, crate::probe::Mode)>,
-    /// Most of each traced thread's time the probes may cost, in percent (`1`, `0.5%`), or
-    /// `off`. The cost of one traced call is measured at start; when a thread's kernel
-    /// launches, copies, event records/queries and stream waits would cost more, their
-    /// probes are attached for only a fraction of every 2 s (duty cycle) and their counts
-    /// are extrapolated, which the summary states. Collectives, communicator setup, graph
-    /// launches, syncs and allocations are always traced. Example: --overhead-budget 0.5%
+    /// Most of each traced thread's time the probes should cost, in percent (`1`, `0.5%`),
+    /// or `off`. The cost of one traced call is measured at start, and every 2 s each
+    /// thread's traced calls are costed: a thread over the budget is named, with its share,
+    /// in a warning and the summary (then consider `--mode cudart=aggregate` or
+    /// `--enforce-budget`). Example: --overhead-budget 0.5%
     #[arg(long, default_value = "1%", value_parser = parse_budget, value_name = "PCT|off")]
     pub overhead_budget: OverheadBudget,
+    /// Hold the --overhead-budget by duty-cycling the probes of hot calls (kernel launches,
+    /// copies, event records/queries, stream waits): attached for part of every 2 s and
+    /// their counts extrapolated, as the summary states; collectives, communicator setup,
+    /// graph launches, syncs and allocations stay traced. Caution, measured: on kernels
+    /// where removing a uprobe from a thread that keeps hitting it waits for a slow RCU
+    /// grace period, the cycling itself can slow such a thread more than tracing it does
+    /// (see the README's performance section); prefer --mode aggregate there.
+    #[arg(long)]
+    pub enforce_budget: bool,
 }
 
 /// `--overhead-budget`: a fraction of each traced thread's time, or none.

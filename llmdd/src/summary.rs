@@ -37,6 +37,8 @@ pub struct Summary {
     /// Probe families under the overhead budget's duty cycle (set by the caller before a
     /// render): counts of their cycled functions are shown extrapolated.
     pub duties: Vec<crate::budget::Duty>,
+    /// The overhead budget and the threads over it in the last window (pid, tid, share).
+    pub over_budget: (f64, Vec<(u32, u32, f64)>),
     last_calls: BTreeMap<(u32, &'static str), u64>,
 }
 
@@ -156,6 +158,15 @@ impl Summary {
                 "{pid:>8}  {name:<24} {calls_col:>10} {rate:>9.1} {:>12} {avg:>10.1} {:>10.1}  {errors}",
                 s.bytes,
                 s.max_ns as f64 / 1e3
+            );
+        }
+        for &(pid, tid, share) in &self.over_budget.1 {
+            let _ = writeln!(
+                out,
+                "{pid:>8}  probe cost: thread {tid} spends about {:.1}% of its time in probes \
+                 (budget {}%)",
+                share * 100.0,
+                self.over_budget.0 * 100.0
             );
         }
         for d in &self.duties {

@@ -1,7 +1,8 @@
 //! `--overhead-budget`: a thread hammering a hot CUDA runtime call (cudaEventQuery) is
-//! traced by real probes under a 1% budget. The probes of its hot calls must be duty-cycled
-//! (fewer records than calls, the summary says so and extrapolates), while collectives in the
-//! same process stay fully traced.
+//! traced by real probes under a 1% budget. By default llmdd names the thread and what its
+//! probes cost it; with `--enforce-budget` the probes of its hot calls are duty-cycled (fewer
+//! records than calls, the summary says so and extrapolates), while collectives in the same
+//! process stay fully traced.
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ fn hot_calls_are_duty_cycled_and_collectives_are_not() {
         &[
             "--overhead-budget",
             "1%",
+            "--enforce-budget",
             "--interval",
             "1s",
             "--dump-events",
@@ -48,7 +50,7 @@ fn hot_calls_are_duty_cycled_and_collectives_are_not() {
     .expect("llmdd starts");
     // Hot calls for several duty periods (2 s each), with collectives between them.
     const CHUNK: u64 = 1_000_000;
-    const CHUNKS: u64 = 40;
+    const CHUNKS: u64 = 25;
     const COLLECTIVES: u64 = 200;
     for _ in 0..CHUNKS {
         command(&mut lp, &format!("query {CHUNK}"));
@@ -98,5 +100,54 @@ fn hot_calls_are_duty_cycled_and_collectives_are_not() {
     assert!(
         estimate > queries as f64,
         "the estimate ({estimate}) scales up the {queries} calls seen"
+    );
+}
+
+#[test]
+fn by_default_a_thread_over_the_budget_is_named_and_fully_traced() {
+    require_root();
+    let libs = fake_lib_dir();
+    let mut cmd = std::process::Command::new(built("callloop"));
+    cmd.arg(libs.join("libcudart.so.12"));
+    let mut lp = Proc::spawn("callloop", cmd).expect("callloop starts");
+    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })
+    .expect("ready");
+    let pid = lp.pid();
+    let mut l = start_llmdd(&[pid], &["--quiet"]).expect("llmdd starts");
+    // Enough hot calls to span more than one 2 s costing window whatever the machine.
+    const CHUNK: u64 = 200_000;
+    let mut made = 0;
+    for _ in 0..30 {
+        command(&mut lp, &format!("query {CHUNK}"));
+        made += CHUNK;
+        let named = l
+            .transcript()
+            .contains(&format!("pid {pid} thread {pid}: probes cost about"));
+        if named && made >= 4 * CHUNK {
+            break;
+        }
+    }
+    l.signal(libc::SIGINT).expect("SIGINT");
+    let status = l.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(status.success(), "{}", l.transcript());
+    lp.send_line("quit").ok();
+    let text = l.transcript();
+    assert!(
+        text.contains(&format!("pid {pid} thread {pid}: probes cost about")),
+        "the costly thread is named\n{text}"
+    );
+    assert!(text.contains("over the 1% budget"), "{text}");
+    // Not enforcing: every call was traced, none extrapolated.
+    let summary = text.split("=== final summary").nth(1).expect("summary");
+    let row = summary
+        .lines()
+        .find(|x| x.contains(" cudaEventQuery "))
+        .expect("row");
+    assert_eq!(
+        row.split_whitespace().nth(2),
+        Some(made.to_string().as_str()),
+        "{row}"
     );
 }

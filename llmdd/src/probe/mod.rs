@@ -196,6 +196,14 @@ pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
     Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, flags)
 }
 
+/// What a link probes: the family of its object, and whether it holds the object's hot
+/// (duty-cyclable) points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Group {
+    family: Family,
+    hot: bool,
+}
+
 /// One attachment held for a target.
 enum Link {
     /// A uprobe-multi link: every point of one object, entry or return.
@@ -215,7 +223,9 @@ pub struct Tracer {
     /// Library slots handed out so far (a slot indexes `LIB_CFG` and is carried in cookies).
     next_slot: u16,
     /// Every link held, per pid, with the family of the object it probes.
-    links: HashMap<u32, Vec<(Family, Link)>>,
+    links: HashMap<u32, Vec<(Group, Link)>>,
+    /// Whether hot points get links of their own (see [`Tracer::split_hot_points`]).
+    split_hot: bool,
     /// What was attached per (pid, family), with its library slot: re-attached as it was
     /// after a pause.
     plans: HashMap<(u32, Family), Vec<(u16, ObjectPlan)>>,
@@ -268,6 +278,7 @@ impl Tracer {
             modes: HashMap::new(),
             next_slot: 0,
             links: HashMap::new(),
+            split_hot: false,
             plans: HashMap::new(),
             probed: HashMap::new(),
             kernel,
@@ -403,7 +414,9 @@ impl Tracer {
     }
 
     /// Attaches the entry (and, but in entry-only mode, return) probes of one object whose
-    /// library slot is configured.
+    /// library slot is configured. With a duty cycle possible (`split_hot`), the object's
+    /// hot (cyclable) points get links of their own, so that the cycle can take them out
+    /// and put them back without touching the others.
     fn attach_object(
         &mut self,
         pid: u32,
@@ -411,16 +424,38 @@ impl Tracer {
         obj: &ObjectPlan,
         scope: UProbeScope,
     ) -> Result<(), ProbeError> {
-        let (entry, ret) = programs(self.set, obj.family);
-        let mode = match self.set {
-            ProbeSet::Full => self.mode(obj.family),
-            ProbeSet::Floor => Mode::Full,
-        };
-        // Entry-only mode attaches no return probe at all: that is its saving.
-        let directions: &[(&'static str, bool)] = if mode == Mode::EntryOnly {
-            &[(entry, false)]
+        if self.split_hot {
+            let (hot, kept): (Vec<_>, Vec<_>) = obj
+                .points
+                .iter()
+                .copied()
+                .partition(|(f, _)| crate::budget::cyclable(*f));
+            for (points, is_hot) in [(kept, false), (hot, true)] {
+                if !points.is_empty() {
+                    let part = ObjectPlan {
+                        points,
+                        ..obj.clone()
+                    };
+                    self.attach_points(pid, slot, &part, scope, is_hot)?;
+                }
+            }
+            Ok(())
         } else {
-            &[(entry, false), (ret, true)]
+            self.attach_points(pid, slot, obj, scope, false)
+        }
+    }
+
+    fn attach_points(
+        &mut self,
+        pid: u32,
+        slot: u16,
+        obj: &ObjectPlan,
+        scope: UProbeScope,
+        hot: bool,
+    ) -> Result<(), ProbeError> {
+        let group = Group {
+            family: obj.family,
+            hot,
         };
         if let Some(m) = self.multi.clone() {
             for (name, points, is_ret) in self.link_specs(slot, obj) {
@@ -430,12 +465,11 @@ impl Tracer {
                 self.links
                     .entry(pid)
                     .or_default()
-                    .push((obj.family, Link::Multi(fd)));
+                    .push((group, Link::Multi(fd)));
             }
         } else {
-            for &(func, offset) in &obj.points {
-                let cookie = mode.cookie(func, slot).0;
-                for &(name, _) in directions {
+            for (name, points, _) in self.link_specs(slot, obj) {
+                for (offset, cookie) in points {
                     let prog: &mut UProbe = program_mut(&mut self.bpf, name)?;
                     let point = UProbeAttachPoint {
                         location: UProbeAttachLocation::AbsoluteOffset(offset),
@@ -443,7 +477,9 @@ impl Tracer {
                     };
                     let link = prog.attach(point, &obj.path, scope).map_err(|source| {
                         ProbeError::Attach {
-                            func: funcs::spec(func).map(|f| f.name).unwrap_or("?"),
+                            func: funcs::spec(Cookie(cookie).func())
+                                .map(|f| f.name)
+                                .unwrap_or("?"),
                             path: obj.path.clone(),
                             offset,
                             pid,
@@ -453,7 +489,7 @@ impl Tracer {
                     self.links
                         .entry(pid)
                         .or_default()
-                        .push((obj.family, Link::Single(name, link)));
+                        .push((group, Link::Single(name, link)));
                 }
             }
         }
@@ -461,11 +497,7 @@ impl Tracer {
     }
 
     /// The uprobe-multi links of one object: (program, points with cookies, is return).
-    fn link_specs(
-        &self,
-        slot: u16,
-        obj: &ObjectPlan,
-    ) -> Vec<LinkSpec> {
+    fn link_specs(&self, slot: u16, obj: &ObjectPlan) -> Vec<LinkSpec> {
         let (entry, ret) = programs(self.set, obj.family);
         let mode = match self.set {
             ProbeSet::Full => self.mode(obj.family),
@@ -484,120 +516,94 @@ impl Tracer {
         out
     }
 
-    /// The work of a duty-cycle switch (see [`Tracer::pause_family`]) as a job that can run
-    /// on another thread: attaching can wait seconds behind the kernel's release of links
-    /// taken out earlier, and the reading loop must not. `None` without uprobe-multi.
-    pub fn swap_job(&self, pid: u32, family: Family, on: bool) -> Option<SwapJob> {
-        let multi = self.multi.clone()?;
-        let plans = self.plans.get(&(pid, family)).cloned().unwrap_or_default();
-        let mut links = Vec::new();
-        for (slot, obj) in &plans {
-            let points: Vec<(FuncId, u64)> = obj
-                .points
-                .iter()
-                .copied()
-                .filter(|(f, _)| on || !crate::budget::cyclable(*f))
-                .collect();
-            if points.is_empty() {
-                continue;
+    /// Gives the hot (cyclable) points of every object their own links from now on, so that
+    /// the overhead budget can duty-cycle them. Call before attaching.
+    pub fn split_hot_points(&mut self) {
+        self.split_hot = true;
+    }
+
+    /// Duty cycle, off half: the links of the hot points of `family` in `pid` come out (to
+    /// be released by the caller; the kernel removes their breakpoints first, then waits).
+    pub fn pause_hot(&mut self, pid: u32, family: Family) -> Detached {
+        let taken = match self.links.remove(&pid) {
+            Some(all) => {
+                let (taken, kept): (Vec<_>, Vec<_>) = all
+                    .into_iter()
+                    .partition(|(g, _)| g.family == family && g.hot);
+                self.links.insert(pid, kept);
+                taken
             }
-            let reduced = ObjectPlan {
-                points,
-                ..obj.clone()
-            };
-            for (name, pts, is_ret) in self.link_specs(*slot, &reduced) {
-                links.push((obj.path.clone(), (name, pts, is_ret)));
+            None => Vec::new(),
+        };
+        self.take_links(taken)
+    }
+
+    /// Duty cycle, on half, as a job that can run on another thread: attaching can wait
+    /// seconds behind the kernel's release of links taken out earlier, and the reading loop
+    /// must not. `None` without uprobe-multi (then use [`Tracer::resume_hot`]).
+    pub fn resume_hot_job(&self, pid: u32, family: Family) -> Option<SwapJob> {
+        let multi = self.multi.clone()?;
+        let mut links = Vec::new();
+        for (slot, obj) in self.hot_plans(pid, family) {
+            for spec in self.link_specs(slot, &obj) {
+                links.push((obj.path.clone(), spec));
             }
         }
         Some(SwapJob {
             multi,
             pid,
             family,
-            on,
             links,
         })
     }
 
-    /// Installs the links a [`SwapJob`] attached in place of the family's current ones, and
-    /// returns those for release. A failed job leaves the current links in place.
-    pub fn finish_swap(&mut self, done: SwapDone) -> Result<Detached, ProbeError> {
-        let fds = done.result?;
-        let old: Vec<(Family, Link)> = match self.links.remove(&done.pid) {
-            Some(all) => {
-                let (old, kept): (Vec<_>, Vec<_>) =
-                    all.into_iter().partition(|(f, _)| *f == done.family);
-                self.links.insert(done.pid, kept);
-                old
-            }
-            None => Vec::new(),
-        };
-        let held = self.links.entry(done.pid).or_default();
-        held.extend(fds.into_iter().map(|fd| (done.family, Link::Multi(fd))));
-        Ok(self.take_links(old))
-    }
-
-    /// Duty cycle, off half: the probes of `family` in `pid` are replaced by probes on its
-    /// functions that are never cycled (`budget::cyclable` says which are). The reduced
-    /// probes go on before the full ones come off, so the kept functions are never
-    /// unprobed; a call caught by both for that instant is recorded once (the second entry
-    /// overwrites the same in-flight slot, the second return finds it gone).
-    pub fn pause_family(&mut self, pid: u32, family: Family) -> Result<Detached, ProbeError> {
-        self.swap_family(pid, family, |f| !crate::budget::cyclable(f))
-    }
-
-    /// Duty cycle, on half: every probe of `family` in `pid` back, as first attached.
-    pub fn resume_family(&mut self, pid: u32, family: Family) -> Result<Detached, ProbeError> {
-        self.swap_family(pid, family, |_| true)
-    }
-
-    fn swap_family(
-        &mut self,
-        pid: u32,
-        family: Family,
-        keep: impl Fn(FuncId) -> bool,
-    ) -> Result<Detached, ProbeError> {
+    /// Duty cycle, on half, here and now (the perf-event fallback).
+    pub fn resume_hot(&mut self, pid: u32, family: Family) -> Result<(), ProbeError> {
         let scope = match NonZeroU32::new(pid) {
             Some(p) => UProbeScope::OneProcess(p),
             None => UProbeScope::AllProcesses,
         };
-        let old: Vec<(Family, Link)> = match self.links.remove(&pid) {
-            Some(all) => {
-                let (old, kept): (Vec<_>, Vec<_>) =
-                    all.into_iter().partition(|(f, _)| *f == family);
-                self.links.insert(pid, kept);
-                old
-            }
-            None => Vec::new(),
-        };
-        let plans = self.plans.get(&(pid, family)).cloned().unwrap_or_default();
-        let mut result = Ok(());
-        for (slot, obj) in &plans {
+        for (slot, obj) in self.hot_plans(pid, family) {
+            self.attach_points(pid, slot, &obj, scope, true)?;
+        }
+        Ok(())
+    }
+
+    /// The hot points of each object of `family` in `pid`.
+    fn hot_plans(&self, pid: u32, family: Family) -> Vec<(u16, ObjectPlan)> {
+        let mut out = Vec::new();
+        for (slot, obj) in self.plans.get(&(pid, family)).into_iter().flatten() {
             let points: Vec<(FuncId, u64)> = obj
                 .points
                 .iter()
                 .copied()
-                .filter(|(f, _)| keep(*f))
+                .filter(|(f, _)| crate::budget::cyclable(*f))
                 .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let reduced = ObjectPlan {
-                points,
-                ..obj.clone()
-            };
-            if let Err(e) = self.attach_object(pid, *slot, &reduced, scope) {
-                result = Err(e);
-                break;
+            if !points.is_empty() {
+                out.push((
+                    *slot,
+                    ObjectPlan {
+                        points,
+                        ..obj.clone()
+                    },
+                ));
             }
         }
-        match result {
-            Ok(()) => Ok(self.take_links(old)),
-            Err(e) => {
-                // Keep what was probed before rather than leave the family half-probed.
-                self.links.entry(pid).or_default().extend(old);
-                Err(e)
-            }
-        }
+        out
+    }
+
+    /// Installs the hot links a [`SwapJob`] attached.
+    pub fn finish_resume(&mut self, done: SwapDone) -> Result<(), ProbeError> {
+        let fds = done.result?;
+        let group = Group {
+            family: done.family,
+            hot: true,
+        };
+        self.links
+            .entry(done.pid)
+            .or_default()
+            .extend(fds.into_iter().map(|fd| (group, Link::Multi(fd))));
+        Ok(())
     }
 
     /// Attaches the objects of `objects` not yet probed in `pid` (a library loaded after the
@@ -634,7 +640,7 @@ impl Tracer {
     }
 
     /// Takes links out of the programs that own them, for release.
-    fn take_links(&mut self, held: Vec<(Family, Link)>) -> Detached {
+    fn take_links(&mut self, held: Vec<(Group, Link)>) -> Detached {
         let mut links = Vec::new();
         for (_, link) in held {
             match link {
@@ -730,12 +736,11 @@ where
 /// One uprobe-multi link to make: program, (file offset, cookie) per point, return probe.
 type LinkSpec = (&'static str, Vec<(u64, u64)>, bool);
 
-/// A duty-cycle switch to run off the reading loop (see [`Tracer::swap_job`]).
+/// Attaching a family's hot links, off the reading loop (see [`Tracer::resume_hot_job`]).
 pub struct SwapJob {
     multi: std::sync::Arc<multi::MultiPrograms>,
     pub pid: u32,
     pub family: Family,
-    pub on: bool,
     links: Vec<(PathBuf, LinkSpec)>,
 }
 
@@ -743,7 +748,6 @@ pub struct SwapJob {
 pub struct SwapDone {
     pub pid: u32,
     pub family: Family,
-    pub on: bool,
     result: Result<Vec<OwnedFd>, ProbeError>,
 }
 
@@ -767,7 +771,6 @@ impl SwapJob {
         SwapDone {
             pid: self.pid,
             family: self.family,
-            on: self.on,
             result: result.map(|()| fds),
         }
     }

@@ -5,7 +5,13 @@
 //! pair. Ratios, not absolute times, are the result: the trap's cost differs a lot between
 //! virtual machines and bare metal.
 //!
-//! Usage: bench [--calls N] [--rounds R] [--out FILE.json] [--no-bpftrace]
+//! Then three cases that need longer runs: the overhead budget held on a thread hammering a
+//! hot call, events delivered vs calls made at rising rates across two processes (full and
+//! aggregate mode), and the simulated job's step time with and without llmdd next to the
+//! prediction from the measured floor.
+//!
+//! Usage: bench [--calls N] [--rounds R] [--out FILE.json] [--no-bpftrace] [--no-extra]
+//!        [--budget-secs S]
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +29,10 @@ struct Opts {
     rounds: usize,
     out: std::path::PathBuf,
     bpftrace: bool,
+    /// The overhead-budget, loss-vs-rate and macro cases (off for a smoke run).
+    extra: bool,
+    /// Seconds of hot calls the budget case measures.
+    budget_secs: f64,
 }
 
 fn parse() -> Result<Opts> {
@@ -31,6 +41,8 @@ fn parse() -> Result<Opts> {
         rounds: 3,
         out: llmdd_tests::harness::build_dir().join("../bench/overhead.json"),
         bpftrace: true,
+        extra: true,
+        budget_secs: 10.0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -39,6 +51,8 @@ fn parse() -> Result<Opts> {
             "--rounds" => o.rounds = args.next().context("--rounds R")?.parse()?,
             "--out" => o.out = args.next().context("--out FILE")?.into(),
             "--no-bpftrace" => o.bpftrace = false,
+            "--no-extra" => o.extra = false,
+            "--budget-secs" => o.budget_secs = args.next().context("--budget-secs S")?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -225,7 +239,24 @@ fn main() -> Result<()> {
             .find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim(),
         "virtualised": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains(" hypervisor"),
     });
+    let floor_ns = floor.unwrap_or(0.0);
+    let budget = if o.extra {
+        Some(budget_case(&o)?)
+    } else {
+        None
+    };
+    let loss = if o.extra {
+        Some(loss_vs_rate(&o)?)
+    } else {
+        None
+    };
+    let macro_rows = if o.extra {
+        Some(macro_case(&o, floor_ns)?)
+    } else {
+        None
+    };
     let doc = serde_json::json!({
+        "budget": budget, "loss_vs_rate": loss, "macro": macro_rows,
         "calls_per_round": o.calls, "rounds": o.rounds, "machine": machine, "rows": rows,
         "attach_to_tracing_s": attach_s,
         "delivered_vs_calls": delivered.iter().map(|(c, s, n)| serde_json::json!({"case": c, "seen": s, "calls": n})).collect::<Vec<_>>(),
@@ -237,4 +268,273 @@ fn main() -> Result<()> {
         .with_context(|| format!("writing {}", o.out.display()))?;
     println!("written: {}", o.out.display());
     Ok(())
+}
+
+/// Starts a `callloop` process over `libs` (file names in the fake library directory).
+fn start_loop(libs: &[&str]) -> Result<Proc> {
+    let dir = fake_lib_dir();
+    let mut c = Command::new(built("callloop"));
+    for l in libs {
+        c.arg(dir.join(l));
+    }
+    let mut lp = Proc::spawn("callloop", c)?;
+    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })?;
+    Ok(lp)
+}
+
+/// Sends one loop command and waits for its `ns_per_call` line.
+fn loop_cmd(lp: &mut Proc, cmd: &str) -> Result<f64> {
+    lp.send_line(cmd)?;
+    let line = lp.wait_line("ns_per_call", Duration::from_secs(900), |s, l| {
+        s == Stream::Stdout && l.starts_with("ns_per_call")
+    })?;
+    line.split_whitespace()
+        .nth(1)
+        .context("ns value")?
+        .parse()
+        .context("ns value")
+}
+
+/// The calls column of the final summary's row for `func` of `pid` (`~N` when extrapolated).
+fn final_calls(l: &Proc, pid: u32, func: &str) -> Option<f64> {
+    let out = l.lines_of(Stream::Stdout);
+    let start = out
+        .iter()
+        .rposition(|x| x.starts_with("=== final summary"))?;
+    out[start..]
+        .iter()
+        .find(|x| {
+            let mut w = x.split_whitespace();
+            w.next() == Some(&pid.to_string()) && w.next() == Some(func)
+        })
+        .and_then(|x| x.split_whitespace().nth(2))
+        .and_then(|n| n.trim_start_matches('~').parse().ok())
+}
+
+fn start_llmdd_on(pids: &[u32], extra: &[&str]) -> Result<Proc> {
+    let mut cmd = Command::new(built("llmdd"));
+    cmd.arg("attach");
+    for p in pids {
+        cmd.args(["--pid", &p.to_string()]);
+    }
+    cmd.args(["--quiet"]).args(extra);
+    let mut l = Proc::spawn("llmdd", cmd)?;
+    l.wait_line("tracing", Duration::from_secs(60), |s, x| {
+        s == Stream::Stderr && x.starts_with("llmdd: tracing")
+    })?;
+    Ok(l)
+}
+
+fn stop(l: &mut Proc) -> Result<()> {
+    l.signal(libc::SIGINT)?;
+    l.wait_exit(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// The overhead budget on a thread calling cudaEventQuery as fast as it can: ns per call
+/// untraced, traced in full, and under a 1% budget (after a warm-up of two duty periods),
+/// plus the extrapolated count against the calls made.
+fn budget_case(o: &Opts) -> Result<serde_json::Value> {
+    eprintln!("bench: overhead budget ({} s of hot calls)", o.budget_secs);
+    let mut lp = start_loop(&["libcudart.so.12"])?;
+    loop_cmd(&mut lp, "query 1000000")?;
+    let untraced = loop_cmd(&mut lp, "query 5000000")?;
+    let n = (o.budget_secs * 1e9 / untraced.max(1.0)) as u64;
+    let pid = lp.pid();
+
+    let mut l = start_llmdd_on(&[pid], &["--overhead-budget", "off"])?;
+    let full = loop_cmd(&mut lp, &format!("query {}", (n / 200).max(1000)))?;
+    stop(&mut l)?;
+
+    let mut l = start_llmdd_on(&[pid], &["--overhead-budget", "1%", "--enforce-budget"])?;
+    // Warm-up: the first periods start fully attached and brake.
+    let warm = (4e9 / untraced.max(1.0)) as u64;
+    loop_cmd(&mut lp, &format!("query {warm}"))?;
+    let budgeted = loop_cmd(&mut lp, &format!("query {n}"))?;
+    stop(&mut l)?;
+    let estimate = final_calls(&l, pid, "cudaEventQuery").unwrap_or(0.0);
+    let made = (warm + n) as f64;
+    lp.send_line("quit")?;
+
+    let added_pct = (budgeted / untraced - 1.0) * 100.0;
+    let full_pct = (full / untraced - 1.0) * 100.0;
+    println!("\noverhead budget: a thread calling cudaEventQuery back to back");
+    println!("  untraced            {untraced:>9.1} ns/call");
+    println!("  llmdd, budget off   {full:>9.1} ns/call  (+{full_pct:.0}% of the thread's time)");
+    println!(
+        "  llmdd, budget 1% enforced {budgeted:>9.1} ns/call  (+{added_pct:.2}%: {})",
+        if added_pct <= 1.0 { "held" } else { "NOT held" }
+    );
+    println!(
+        "  calls made {made:.0}, estimated from the duty-cycled probes {estimate:.0} ({:+.1}%)",
+        (estimate / made - 1.0) * 100.0
+    );
+    Ok(serde_json::json!({
+        "untraced_ns": untraced, "budget_off_ns": full, "budget_1pct_ns": budgeted,
+        "added_pct_under_budget": added_pct, "calls_made": made, "calls_estimated": estimate,
+    }))
+}
+
+/// Events delivered vs calls made by two processes calling ncclAllReduce at rising paced
+/// rates for two seconds each, in full and aggregate mode.
+fn loss_vs_rate(o: &Opts) -> Result<serde_json::Value> {
+    let _ = o;
+    eprintln!("bench: events delivered vs calls made at rising rates (2 processes)");
+    let mut a = start_loop(&["libnccl.so.2"])?;
+    let mut b = start_loop(&["libnccl.so.2"])?;
+    let pids = [a.pid(), b.pid()];
+    let mut rows = Vec::new();
+    println!("\nevents delivered vs calls made, 2 processes x 2 s each (ncclAllReduce)");
+    println!(
+        "{:>14} {:>10} {:>12} {:>12} {:>12} {:>10}",
+        "rate/process", "made", "full: seen", "lost", "agg: seen", "achieved/s"
+    );
+    for rate in [10_000.0, 50_000.0, 100_000.0, 200_000.0, 1e9] {
+        let n = if rate >= 1e9 {
+            200_000
+        } else {
+            (rate * 2.0) as u64
+        };
+        let mut seen = Vec::new();
+        let mut lost = 0u64;
+        let mut achieved = 0.0;
+        for mode in [None, Some("nccl=aggregate")] {
+            let mut extra = vec!["--overhead-budget", "off"];
+            if let Some(m) = mode {
+                extra.extend(["--mode", m]);
+            }
+            let mut l = start_llmdd_on(&pids, &extra)?;
+            a.send_line(&format!("pace {n} {rate}"))?;
+            b.send_line(&format!("pace {n} {rate}"))?;
+            let mut ns = 0.0;
+            for p in [&mut a, &mut b] {
+                let line = p.wait_line("ns_per_call", Duration::from_secs(900), |s, x| {
+                    s == Stream::Stdout && x.starts_with("ns_per_call")
+                })?;
+                ns += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+            stop(&mut l)?;
+            let got: f64 = pids
+                .iter()
+                .map(|p| final_calls(&l, *p, "ncclAllReduce").unwrap_or(0.0))
+                .sum();
+            if mode.is_none() {
+                lost = l
+                    .lines_of(Stream::Stdout)
+                    .iter()
+                    .rfind(|x| x.starts_with("lost events:"))
+                    .and_then(|x| x.split_whitespace().nth(2))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                achieved = 2.0 * 1e9 / (ns / 2.0).max(1.0);
+            }
+            seen.push(got);
+        }
+        let label = if rate >= 1e9 {
+            "unpaced".to_string()
+        } else {
+            format!("{rate:.0}")
+        };
+        println!(
+            "{label:>14} {:>10} {:>12.0} {lost:>12} {:>12.0} {achieved:>10.0}",
+            2 * n,
+            seen[0],
+            seen[1]
+        );
+        rows.push(serde_json::json!({
+            "rate_per_process": label, "made": 2 * n, "full_seen": seen[0], "full_lost": lost,
+            "aggregate_seen": seen[1], "achieved_calls_per_s": achieved,
+        }));
+    }
+    a.send_line("quit")?;
+    b.send_line("quit")?;
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// The simulated job's mean step time with and without llmdd (budget off, every call
+/// traced), at several traced-call rates per rank, next to the prediction: traced calls
+/// per step times the floor's measured cost per call.
+fn macro_case(o: &Opts, floor_ns: f64) -> Result<serde_json::Value> {
+    let _ = o;
+    eprintln!("bench: macro (simulated job step time with and without llmdd)");
+    let lib = fake_lib_dir();
+    let dir = lib.join("bench-macro");
+    std::fs::create_dir_all(&dir)?;
+    let mut rows = Vec::new();
+    println!("\nmacro: simulated 2-rank job, 300 steps, step time with and without llmdd");
+    println!(
+        "{:>9} {:>11} {:>13} {:>13} {:>11} {:>12} {:>7}",
+        "launches", "calls/step", "untraced us", "traced us", "added us", "predicted us", "ratio"
+    );
+    for launches in [0u32, 50, 200] {
+        let mut step_us = Vec::new();
+        let mut calls_per_step = 0.0;
+        for traced in [false, true] {
+            let truth_path = dir.join(format!("truth-{launches}-{traced}.json"));
+            let truth_arg = truth_path.to_string_lossy().into_owned();
+            let l_arg = launches.to_string();
+            let mut job = llmdd_tests::job::Job::start(
+                &lib,
+                &[
+                    "--ranks",
+                    "2",
+                    "--steps",
+                    "300",
+                    "--warmup",
+                    "5",
+                    "--compute-us",
+                    "300",
+                    "--launches",
+                    &l_arg,
+                    "--collective",
+                    "allreduce:64K",
+                    "--truth",
+                    &truth_arg,
+                ],
+            )?;
+            let mut l = if traced {
+                Some(start_llmdd_on(&job.pids, &["--overhead-budget", "off"])?)
+            } else {
+                None
+            };
+            job.go()?;
+            let truth = job.finish(&truth_path)?;
+            if let Some(l) = l.as_mut() {
+                stop(l)?;
+            }
+            let r0 = truth.ranks.first().context("no rank in the truth")?;
+            let steps: Vec<f64> = r0
+                .steps
+                .iter()
+                .map(|s| (s.end_ns - s.start_ns) as f64 / 1e3)
+                .collect();
+            let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
+            step_us.push(mean);
+            calls_per_step =
+                r0.calls.len() as f64 / (truth.warmup_steps + truth.measured_steps).max(1) as f64;
+        }
+        let added = step_us[1] - step_us[0];
+        let predicted = calls_per_step * floor_ns / 1e3;
+        let ratio = if predicted > 0.0 {
+            added / predicted
+        } else {
+            f64::NAN
+        };
+        println!(
+            "{launches:>9} {calls_per_step:>11.1} {:>13.1} {:>13.1} {added:>11.1} {predicted:>12.1} {ratio:>7.2}",
+            step_us[0], step_us[1]
+        );
+        rows.push(serde_json::json!({
+            "launches_per_step": launches, "calls_per_step": calls_per_step,
+            "step_us_untraced": step_us[0], "step_us_traced": step_us[1],
+            "added_us": added, "predicted_us": predicted, "ratio": ratio,
+        }));
+    }
+    Ok(serde_json::Value::Array(rows))
 }

@@ -5,6 +5,9 @@
 //!   returns at once, so the loop measures call overhead, not NCCL); prints `ns_per_call X`.
 //! - `query N`: call `cudaEventQuery` (a null event) N times in a tight loop, the hot polling
 //!   call that the overhead budget duty-cycles; prints `ns_per_call X`.
+//! - `pace N RATE`: call `ncclAllReduce` N times at RATE calls per second (spinning between
+//!   calls, no sleeps: the pacing must hold at rates above the timer's resolution); prints
+//!   `ns_per_call X` (the mean time per call including the pacing).
 //! - `quit` (or end of input): exit.
 
 use std::{
@@ -58,6 +61,42 @@ fn main() -> Result<()> {
                 let mut sink = 0;
                 for _ in 0..n {
                     // SAFETY: null buffers and communicator are valid arguments (rejected).
+                    sink ^= unsafe {
+                        all_reduce(
+                            std::ptr::null(),
+                            std::ptr::null_mut(),
+                            1024,
+                            7,
+                            0,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        )
+                    };
+                }
+                let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+                writeln!(out, "ns_per_call {ns:.2} rc {sink}")?;
+            }
+            (Some("pace"), Some(n)) => {
+                let n: u64 = n.parse().context("pace N RATE")?;
+                let rate: f64 = words
+                    .next()
+                    .context("pace N RATE")?
+                    .parse()
+                    .context("pace N RATE")?;
+                // SAFETY: the symbol has the C signature above.
+                let all_reduce = libs
+                    .iter()
+                    .find_map(|l| unsafe { l.get::<AllReduce>(b"ncclAllReduce\0") }.ok())
+                    .context("no loaded library exports ncclAllReduce")?;
+                let rate = rate.max(1.0);
+                let start = Instant::now();
+                let mut sink = 0;
+                for i in 0..n {
+                    let due = std::time::Duration::from_secs_f64(i as f64 / rate);
+                    while start.elapsed() < due {
+                        std::hint::spin_loop();
+                    }
+                    // SAFETY: as in `run`.
                     sink ^= unsafe {
                         all_reduce(
                             std::ptr::null(),

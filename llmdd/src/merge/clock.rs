@@ -33,7 +33,7 @@
 //! the wall-clock offset (clamped into the one-sided bound when there is one).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
@@ -168,6 +168,15 @@ fn sockets(events: &[&Event]) -> HashMap<Tuple, Side> {
         .collect()
 }
 
+/// One direction of a connection: the sender's sends and the receiver's receives, with
+/// their cumulative end positions (each side counted from its own first event).
+struct Dir<'a> {
+    sends: &'a [(u64, u64)],
+    recvs: &'a [(u64, u64)],
+    s_ends: Vec<u64>,
+    r_ends: Vec<u64>,
+}
+
 /// Cumulative end positions.
 fn ends(evs: &[(u64, u64)]) -> Vec<u64> {
     let mut pos = 0u64;
@@ -179,82 +188,96 @@ fn ends(evs: &[(u64, u64)]) -> Vec<u64> {
         .collect()
 }
 
-/// Receive boundaries voted onto send boundaries: candidate shifts `δ` (receive position +
-/// δ = send position) that put at least 90% as many receive ends on send ends as the best
-/// one, best first, at most `keep`; always with 0 (both ends from the first byte).
-fn candidate_shifts(sends: &[(u64, u64)], recvs: &[(u64, u64)], keep: usize) -> Vec<i64> {
-    const VOTERS: usize = 64;
-    let s_ends = ends(sends);
-    let r_ends = ends(recvs);
-    let mut votes: HashMap<i64, u32> = HashMap::new();
-    // Voters spread over the whole recording: either side may have started first, so only
-    // part of the receives have their sends recorded.
-    let step = r_ends.len().div_ceil(VOTERS).max(1);
-    let voters: Vec<u64> = r_ends.iter().step_by(step).copied().collect();
-    for &re in &voters {
-        for &se in &s_ends {
-            *votes.entry(se as i64 - re as i64).or_default() += 1;
+impl<'a> Dir<'a> {
+    fn new(sends: &'a [(u64, u64)], recvs: &'a [(u64, u64)]) -> Dir<'a> {
+        Dir {
+            sends,
+            recvs,
+            s_ends: ends(sends),
+            r_ends: ends(recvs),
         }
     }
-    // Score every candidate that got at least an eighth of the voters over all receives.
-    let send_set: HashSet<u64> = s_ends.iter().copied().collect();
-    let n_voters = voters.len() as u32;
-    let mut scored: Vec<(u32, i64)> = votes
-        .into_iter()
-        .filter(|(_, v)| *v * 8 >= n_voters && *v >= 2)
-        .map(|(d, _)| {
-            let hits = r_ends
-                .iter()
-                .filter(|&&re| {
-                    let p = re as i64 + d;
-                    p >= 0 && send_set.contains(&(p as u64))
-                })
-                .count() as u32;
-            (hits, d)
+
+    /// Candidate shifts `δ` (receive position + δ = send position), found by voting
+    /// receive boundaries onto send boundaries: a sample of receives (spread over the whole
+    /// recording, as either side may have started first) each votes for every shift that
+    /// would end it on a send's end, noting the bound that pairing implies. Shifts with
+    /// at least 90% of the best one's votes are ranked by how near their implied bound (`upper`: negated) is to
+    /// `prior`, and the `keep` nearest returned, with 0 (both ends from the first byte).
+    fn shifts(&self, prior: i64, upper: bool, keep: usize) -> Vec<i64> {
+        const VOTERS: usize = 48;
+        let step = self.r_ends.len().div_ceil(VOTERS).max(1);
+        let mut votes: HashMap<i64, (u32, i64)> = HashMap::new();
+        let mut n_voters = 0u32;
+        for j in (0..self.r_ends.len()).step_by(step) {
+            n_voters += 1;
+            let (re, u) = (self.r_ends[j] as i64, self.recvs[j].0 as i64);
+            for i in 1..self.s_ends.len() {
+                let c = self.sends[i - 1].0 as i64 - u;
+                let v = votes.entry(self.s_ends[i] as i64 - re).or_insert((0, c));
+                v.0 += 1;
+                v.1 = v.1.max(c);
+            }
+        }
+        // Only shifts that end (nearly) as many sampled receives on send ends as the best
+        // one: a shift by part of a message (a header's length) fits some receives only,
+        // and pairs them with later sends.
+        let best = votes.values().map(|v| v.0).max().unwrap_or(0);
+        let need = (n_voters / 8).max(2).max(best - best / 10);
+        let mut ranked: Vec<(i64, i64)> = votes
+            .into_iter()
+            .filter(|(_, (n, _))| *n >= need)
+            .map(|(d, (_, c))| {
+                let b = if upper { -c } else { c };
+                ((b - prior).saturating_abs(), d)
+            })
+            .collect();
+        ranked.sort_unstable();
+        let mut out: Vec<i64> = ranked.into_iter().take(keep).map(|x| x.1).collect();
+        if !out.contains(&0) {
+            out.push(0);
+        }
+        out
+    }
+
+    /// The tightest `θ_recv - θ_send ≥ c` under shift `δ`, over every `stride`-th receive
+    /// (1: all).
+    fn bound(&self, delta: i64, stride: usize) -> Option<i64> {
+        let mut best: Option<i64> = None;
+        for (j, &re) in self.r_ends.iter().enumerate().step_by(stride.max(1)) {
+            let p = re as i64 + delta;
+            if p <= 0 {
+                continue;
+            }
+            let p = p as u64;
+            // The send holding byte p-1 (the receive's last byte): first send end >= p.
+            let i = self.s_ends.partition_point(|&e| e < p);
+            // i == 0: no earlier send recorded; i == len: bytes past every recorded send
+            // (sent after the sender's recording ended). Neither gives a bound.
+            if i == 0 || i >= self.s_ends.len() {
+                continue;
+            }
+            let c = self.sends[i - 1].0 as i64 - self.recvs[j].0 as i64;
+            best = Some(best.map_or(c, |b: i64| b.max(c)));
+        }
+        best
+    }
+}
+
+/// Candidate alignments nearest the prior whose exact bounds are computed, per direction.
+const NEAREST: usize = 8;
+
+/// `(shift, bound)` for each shift with a bound; `upper`: negated (bounds from the reverse
+/// direction are upper bounds on the same offset).
+fn shifts_bounds(d: &Dir<'_>, shifts: &[i64], stride: usize, upper: bool) -> Vec<(i64, i64)> {
+    shifts
+        .iter()
+        .filter_map(|&s| {
+            let b = d.bound(s, stride)?;
+            Some((s, if upper { -b } else { b }))
         })
-        .collect();
-    // Best score first; among equals, the smaller shift magnitude (deterministic).
-    scored.sort_by_key(|(hits, d)| (std::cmp::Reverse(*hits), d.unsigned_abs(), *d));
-    let best = scored.first().map_or(0, |s| s.0);
-    let mut out: Vec<i64> = scored
-        .into_iter()
-        .filter(|(hits, _)| *hits * 10 >= best * 9)
-        .map(|(_, d)| d)
-        .take(keep)
-        .collect();
-    if !out.contains(&0) {
-        out.push(0);
-    }
-    out
+        .collect()
 }
-
-/// The tightest `θ_recv - θ_send ≥ c` one direction gives under shift `δ`, if any.
-fn direction_bound(sends: &[(u64, u64)], recvs: &[(u64, u64)], delta: i64) -> Option<i64> {
-    let s_ends = ends(sends);
-    let r_ends = ends(recvs);
-    let mut best: Option<i64> = None;
-    for (j, &re) in r_ends.iter().enumerate() {
-        let p = re as i64 + delta;
-        if p <= 0 {
-            continue;
-        }
-        let p = p as u64;
-        // The send holding byte p-1 (the receive's last byte): first send end >= p.
-        let i = s_ends.partition_point(|&e| e < p);
-        // i == 0: no earlier send recorded; i == len: bytes past every recorded send (sent
-        // after the sender's recording ended). Neither gives a bound.
-        if i == 0 || i >= s_ends.len() {
-            continue;
-        }
-        let prev_send_t = sends[i - 1].0 as i64;
-        let c = prev_send_t - recvs[j].0 as i64;
-        best = Some(best.map_or(c, |b: i64| b.max(c)));
-    }
-    best
-}
-
-/// Most candidate alignments tried per direction of a connection.
-const MAX_SHIFTS: usize = 1024;
 
 /// Picks one alignment per direction of a connection from the candidates' bounds
 /// (`(shift, bound)`: lower bounds from one direction, upper from the other).
@@ -324,14 +347,19 @@ fn tcp_bounds(
         let sa = &a[key];
         // a -> b gives lower bounds on θ_b - θ_a; b -> a gives upper bounds
         // (θ_a - θ_b ≥ u  <=>  θ_b - θ_a ≤ -u), one per candidate alignment.
-        let lows: Vec<(i64, i64)> = candidate_shifts(&sa.sends, &sb.recvs, MAX_SHIFTS)
-            .into_iter()
-            .filter_map(|d| Some((d, direction_bound(&sa.sends, &sb.recvs, d)?)))
-            .collect();
-        let highs: Vec<(i64, i64)> = candidate_shifts(&sb.sends, &sa.recvs, MAX_SHIFTS)
-            .into_iter()
-            .filter_map(|d| Some((d, -direction_bound(&sb.sends, &sa.recvs, d)?)))
-            .collect();
+        let fwd = Dir::new(&sa.sends, &sb.recvs);
+        let rev = Dir::new(&sb.sends, &sa.recvs);
+        let (lows, highs) = match prior {
+            // Without wall clocks only shift 0 is trusted (see `choose_alignment`).
+            None => (
+                shifts_bounds(&fwd, &[0], 1, false),
+                shifts_bounds(&rev, &[0], 1, true),
+            ),
+            Some(p) => (
+                shifts_bounds(&fwd, &fwd.shifts(p, false, NEAREST), 1, false),
+                shifts_bounds(&rev, &rev.shifts(p, true, NEAREST), 1, true),
+            ),
+        };
         let (l, h) = choose_alignment(&lows, &highs, prior);
         if let Some(l) = l {
             lo = Some(lo.map_or(l, |x| x.max(l)));

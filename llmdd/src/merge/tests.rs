@@ -467,3 +467,4 @@ fn only_the_time_every_host_recorded_is_kept() {
     .expect("merges");
     assert_eq!((one.window_ns, one.events_outside_window), (None, 0));
 }
+

@@ -203,16 +203,23 @@ impl<'a> Dir<'a> {
     /// recording, as either side may have started first) each votes for every shift that
     /// would end it on a send's end, noting the bound that pairing implies. Shifts with
     /// at least 90% of the best one's votes are ranked by how near their implied bound (`upper`: negated) is to
-    /// `prior`, and the `keep` nearest returned, with 0 (both ends from the first byte).
+    /// `prior`, and the `keep` nearest returned.
     fn shifts(&self, prior: i64, upper: bool, keep: usize) -> Vec<i64> {
         const VOTERS: usize = 48;
         let step = self.r_ends.len().div_ceil(VOTERS).max(1);
         let mut votes: HashMap<i64, (u32, i64)> = HashMap::new();
         let mut n_voters = 0u32;
+        // Only pairings whose bound lies within PRIOR_WINDOW_NS of the prior vote: work and
+        // memory stay bounded on long, busy connections.
+        let center = if upper { -prior } else { prior };
         for j in (0..self.r_ends.len()).step_by(step) {
             n_voters += 1;
             let (re, u) = (self.r_ends[j] as i64, self.recvs[j].0 as i64);
-            for i in 1..self.s_ends.len() {
+            let from = u.saturating_add(center).saturating_sub(PRIOR_WINDOW_NS);
+            let to = u.saturating_add(center).saturating_add(PRIOR_WINDOW_NS);
+            let first = self.sends.partition_point(|s| (s.0 as i64) < from);
+            let last = self.sends.partition_point(|s| (s.0 as i64) <= to);
+            for i in (first + 1)..(last + 1).min(self.s_ends.len()) {
                 let c = self.sends[i - 1].0 as i64 - u;
                 let v = votes.entry(self.s_ends[i] as i64 - re).or_insert((0, c));
                 v.0 += 1;
@@ -233,11 +240,7 @@ impl<'a> Dir<'a> {
             })
             .collect();
         ranked.sort_unstable();
-        let mut out: Vec<i64> = ranked.into_iter().take(keep).map(|x| x.1).collect();
-        if !out.contains(&0) {
-            out.push(0);
-        }
-        out
+        ranked.into_iter().take(keep).map(|x| x.1).collect()
     }
 
     /// The tightest `θ_recv - θ_send ≥ c` under shift `δ`, over every `stride`-th receive
@@ -266,6 +269,9 @@ impl<'a> Dir<'a> {
 
 /// Candidate alignments nearest the prior whose exact bounds are computed, per direction.
 const NEAREST: usize = 8;
+/// How far from the wall clocks' offset a stream alignment is looked for: wall clocks that
+/// disagree by more leave a mid-stream connection unaligned.
+const PRIOR_WINDOW_NS: i64 = 2_000_000_000;
 
 /// `(shift, bound)` for each shift with a bound; `upper`: negated (bounds from the reverse
 /// direction are upper bounds on the same offset).
@@ -291,9 +297,10 @@ fn shifts_bounds(d: &Dir<'_>, shifts: &[i64], stride: usize, upper: bool) -> Vec
 ///   wall clocks agree to better than half a period;
 /// * without one, only the alignment of both ends from their first byte (shift 0) is
 ///   trusted (the recording saw the connection start); a connection whose shift-0 bounds
-///   contradict each other gives no bound at all.
+///   contradict each other gives no bound at all; traffic one way only gives its shift-0
+///   bound alone.
 ///
-/// Traffic one way only gives its bound at shift 0 alone.
+/// With a prior, traffic one way only gives no bound.
 fn choose_alignment(
     lows: &[(i64, i64)],
     highs: &[(i64, i64)],
@@ -308,7 +315,8 @@ fn choose_alignment(
         };
     };
     if lows.is_empty() || highs.is_empty() {
-        return (l0, h0);
+        // One direction only: no pair to tell a right alignment from a shifted one.
+        return (None, None);
     }
     let mut ups: Vec<i64> = highs.iter().map(|x| x.1).collect();
     ups.sort_unstable();

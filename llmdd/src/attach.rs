@@ -80,6 +80,10 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let host = hostname();
     // Every output is opened (and the port bound) before anything is attached.
     let mut session = Session::open(opts, host.clone())?;
+    let mut recorder = match args.record.as_deref() {
+        Some(p) => Some(crate::record::Writer::create(p)?),
+        None => None,
+    };
     let metrics_server = opts.prometheus.map(metrics::Server::bind).transpose()?;
     let want_tui = !args.no_tui && std::io::stdout().is_terminal();
 
@@ -221,6 +225,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         live.track(t.pid, &attached);
         live.pids.insert(t.pid);
     }
+    if let Some(w) = recorder.as_mut() {
+        reader.capture();
+        w.meta(&record_meta(&targets, &session, host.clone()))?;
+        eprintln!("llmdd: recording to {}", w.path().display());
+    }
     tracing::info!(
         "attached {} process(es) in {:?}",
         live.pids.len(),
@@ -265,6 +274,13 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 _ = sigterm.recv() => Some(Stop::Signal("SIGTERM")),
             };
             reader.drain(&mut batch);
+            if let Some(w) = recorder.as_mut() {
+                let now = monotonic_ns();
+                for raw in reader.take_raw() {
+                    w.record(&raw, now)?;
+                }
+                w.tick(now)?;
+            }
             live.consume(&mut batch, &mut session)?;
             for pid in reader.take_new_mappings() {
                 if live.pids.contains(&pid) {
@@ -363,6 +379,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 
     // Final drain: whatever was submitted before we stopped is still counted.
     reader.drain(&mut batch);
+    if let Some(w) = recorder.as_mut() {
+        let now = monotonic_ns();
+        for raw in reader.take_raw() {
+            w.record(&raw, now)?;
+        }
+    }
     live.consume(&mut batch, &mut session)?;
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
@@ -391,6 +413,25 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         Stop::TargetsGone => "every target exited".to_string(),
         Stop::Quit => "stopped from the live view".to_string(),
     };
+    if let Some(mut w) = recorder.take() {
+        let known: BTreeSet<u32> = targets.iter().map(|t| t.pid).collect();
+        let end = crate::record::End {
+            realtime_offset_ns: crate::record::realtime_offset_ns(),
+            end_ns: monotonic_ns(),
+            records: reader.records,
+            undecodable: reader.decode_errors,
+            counters: lost.to_vec(),
+            stopped_because: why.clone(),
+            processes: record_procs(&session)
+                .into_iter()
+                .filter(|p| !known.contains(&p.pid))
+                .collect(),
+        };
+        match w.finish(&end) {
+            Ok(()) => eprintln!("llmdd: recording written to {}", w.path().display()),
+            Err(e) => eprintln!("llmdd: error: {e}"),
+        }
+    }
     session.finish(
         &End {
             records: reader.records,
@@ -401,6 +442,53 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         },
         last_render.elapsed().as_secs_f64(),
     )
+}
+
+/// The processes the session knows, as a record file keeps them.
+fn record_procs(session: &Session) -> Vec<crate::record::RecProc> {
+    session
+        .outputs
+        .run
+        .procs
+        .values()
+        .map(|p| {
+            let hints = ProcessHints {
+                rank: p.env_rank,
+                world_size: p.env_world_size,
+                ..ProcessHints::default()
+            };
+            crate::record::RecProc::from_info(p, &hints)
+        })
+        .collect()
+}
+
+/// The start metadata of a record file.
+fn record_meta(
+    targets: &[target::Target],
+    session: &Session,
+    host: Option<String>,
+) -> crate::record::Meta {
+    let kernel = &session.outputs.run.kernel;
+    let mut processes = record_procs(session);
+    for p in &mut processes {
+        if let Some(t) = targets.iter().find(|t| t.pid == p.pid) {
+            p.local_rank = t.rank_hints.local_rank;
+        }
+    }
+    crate::record::Meta {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        host,
+        kernel_release: kernel.release.clone(),
+        kernel_version: kernel.version.clone(),
+        machine: kernel.machine.clone(),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string()),
+        realtime_offset_ns: crate::record::realtime_offset_ns(),
+        start_ns: monotonic_ns(),
+        started_unix_s: session.outputs.run.started_unix_s,
+        processes,
+    }
 }
 
 /// What the views keep about an attached target.

@@ -38,6 +38,18 @@ pub enum Command {
     /// `attach --all` with the live terminal view: every process mapping NCCL/RCCL/CUDA
     /// libraries, traced until `q`, Ctrl-C or SIGTERM.
     Top(TopArgs),
+    /// Record what the probes deliver to a file for later analysis (`llmdd report`), on
+    /// every node of a job during an incident: `llmdd record --all --duration 60s -o
+    /// node1.rec`. Raw probe records plus host, kernel, boot id, clock offsets and the
+    /// attached processes; crash-safe (checksummed chunks, each flushed) and mode 0600.
+    Record(RecordArgs),
+    /// Analyse record files offline with the same engine and views as `attach`: one file,
+    /// or one per node of a job (their clocks are aligned from the data and their ranks
+    /// merged into one job view). A damaged file gives what could be salvaged and says so.
+    Report(ReportArgs),
+    /// Write every event of a record file as one JSON object per line (for DuckDB, pandas,
+    /// jq): `llmdd export node1.rec -o events.jsonl`. Columns: docs/record.md.
+    Export(ExportArgs),
     /// Check that this machine can run llmdd (privileges, BTF, uprobes, tracefs, ring
     /// buffers, the BPF object itself) and list the processes that can be traced.
     Doctor,
@@ -76,6 +88,71 @@ pub struct AttachArgs {
     pub no_tui: bool,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Record to this file as well (set by `llmdd record`).
+    #[arg(skip)]
+    pub record: Option<PathBuf>,
+}
+
+/// `llmdd record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The record file to write (created with mode 0600; checked before attaching).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub attach: AttachArgs,
+}
+
+impl RecordArgs {
+    /// The equivalent `attach` invocation: plain output, recording to the file.
+    pub fn into_attach(self) -> AttachArgs {
+        AttachArgs {
+            no_tui: true,
+            record: Some(self.output),
+            ..self.attach
+        }
+    }
+}
+
+/// `llmdd report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Record files written by `llmdd record`: one, or one per node of a job.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Write the versioned JSON report (docs/report.schema.json) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write a Chrome trace-event JSON timeline (ui.perfetto.dev) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Most call slices kept in the --trace file.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub trace_max_slices: u64,
+    /// Write a flame graph SVG of the time inside traced calls to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+    /// Also write every event as JSON lines to FILE (as `attach --dump-events`).
+    #[arg(long, value_name = "FILE")]
+    pub dump_events: Option<PathBuf>,
+    /// Print the plain summary (the live terminal view is not available offline yet; this
+    /// is what `report` prints in any case).
+    #[arg(long)]
+    pub no_tui: bool,
+}
+
+/// `llmdd export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The record file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output format: jsonl (one JSON object per event).
+    #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+    pub format: String,
+    /// Where to write (created 0600).
+    #[arg(long, short = 'o', value_name = "OUT")]
+    pub output: PathBuf,
 }
 
 /// `llmdd top`: the targets are every traceable process and the view is the live one.
@@ -95,6 +172,7 @@ impl TopArgs {
             quiet: false,
             no_tui: false,
             run: self.run,
+            record: None,
         }
     }
 }

@@ -40,9 +40,23 @@ fn main() {
             }
         }
         cli::Command::Top(args) => run_attach(args.into_attach()),
+        cli::Command::Record(args) => run_attach(args.into_attach()),
+        cli::Command::Report(args) => edge(llmdd::offline::report(args)),
+        cli::Command::Export(args) => edge(llmdd::offline::export(args)),
         cli::Command::Attach(args) => run_attach(args),
     };
     std::process::exit(code);
+}
+
+/// The exit code of a subcommand, its error printed as one line.
+fn edge(r: anyhow::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("llmdd: error: {e:#}");
+            1
+        }
+    }
 }
 
 /// Runs `attach` on a single-threaded runtime; the exit code.

@@ -24,6 +24,8 @@ pub struct Reader {
     pub records: u64,
     /// Processes that mapped a file executable since the last `take_new_mappings`.
     new_mappings: Vec<u32>,
+    /// When recording: every event record's bytes, as delivered (see [`Reader::capture`]).
+    raw: Option<Vec<Vec<u8>>>,
 }
 
 impl Reader {
@@ -36,6 +38,7 @@ impl Reader {
             decode_errors: 0,
             records: 0,
             new_mappings: Vec::new(),
+            raw: None,
         })
     }
 
@@ -58,7 +61,12 @@ impl Reader {
                 continue;
             }
             match Event::decode(&item) {
-                Ok(ev) => out.push(ev),
+                Ok(ev) => {
+                    if let Some(raw) = self.raw.as_mut() {
+                        raw.push(item.to_vec());
+                    }
+                    out.push(ev)
+                }
                 Err(e) => {
                     self.decode_errors += 1;
                     if self.decode_errors == 1 {
@@ -71,6 +79,16 @@ impl Reader {
 }
 
 impl Reader {
+    /// Keeps a copy of every event record's bytes from now on, for a record file.
+    pub fn capture(&mut self) {
+        self.raw.get_or_insert_with(Vec::new);
+    }
+
+    /// The records captured since the last call.
+    pub fn take_raw(&mut self) -> Vec<Vec<u8>> {
+        self.raw.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Processes that mapped a file executable (possibly a newly loaded library) since the
     /// last call: look at their mappings again and probe what is new.
     pub fn take_new_mappings(&mut self) -> Vec<u32> {

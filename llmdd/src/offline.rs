@@ -1,0 +1,229 @@
+//! `llmdd report` and `llmdd export`: record files read back, through the same engine and
+//! views as live tracing (`session`), one host or several merged into one job (`merge`).
+
+use std::{io::Write, path::Path};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    cli::{ExportArgs, OverheadBudget, ReportArgs, RunArgs},
+    engine::Config,
+    events::Event,
+    record::{self, Recording},
+    session::{create_output, End, Session},
+    views::run::{KernelInfo, RunInfo},
+};
+
+/// Records fed to the engine per step when replaying a merged job.
+const BATCH: usize = 4096;
+
+/// Reads one file with a progress line on stderr for large files, and says what was
+/// salvaged from a damaged one.
+fn load(path: &Path) -> Result<Recording> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let show = size > 64 << 20;
+    let r = record::read(path, |done, total| {
+        if show && total > 0 {
+            eprint!(
+                "\rllmdd: reading {}: {:.0}%",
+                path.display(),
+                done as f64 * 100.0 / total as f64
+            );
+        }
+    })?;
+    if show {
+        eprintln!();
+    }
+    if let Some(msg) = r.salvage.message(path) {
+        eprintln!("llmdd: warning: {msg}");
+    }
+    Ok(r)
+}
+
+/// The outputs of `report`, as the session takes them.
+fn run_args(a: &ReportArgs) -> RunArgs {
+    RunArgs {
+        duration: None,
+        interval: std::time::Duration::from_secs(1),
+        dump_events: a.dump_events.clone(),
+        report: a.report.clone(),
+        prometheus: None,
+        trace: a.trace.clone(),
+        trace_max_slices: a.trace_max_slices,
+        flamegraph: a.flamegraph.clone(),
+        modes: Vec::new(),
+        overhead_budget: OverheadBudget(None),
+        enforce_budget: false,
+    }
+}
+
+/// `llmdd report FILE...`.
+pub fn report(args: ReportArgs) -> Result<()> {
+    let mut recs = Vec::new();
+    for f in &args.files {
+        recs.push(load(f)?);
+    }
+    let first = &recs[0];
+    let mut run = RunInfo::start(first.meta.host.clone());
+    run.kernel = KernelInfo {
+        release: first.meta.kernel_release.clone(),
+        version: first.meta.kernel_version.clone(),
+        machine: first.meta.machine.clone(),
+    };
+    run.started_unix_s = first.meta.started_unix_s;
+    let mut session = Session::open_with(&run_args(&args), run, Config::default())?;
+    let counters: Vec<u64> = sum_counters(&recs);
+    let lost: u64 = llmdd_common::counters::LOSSES
+        .iter()
+        .filter_map(|&i| counters.get(i as usize))
+        .sum();
+    let records: u64 = recs
+        .iter()
+        .map(|r| {
+            r.end
+                .as_ref()
+                .map(|e| e.records)
+                .unwrap_or(r.event_count() as u64)
+        })
+        .sum();
+    let undecodable: u64 = recs.iter().map(|r| r.salvage.undecodable).sum();
+    let mut exited = Vec::new();
+    let (span, why) = if recs.len() == 1 {
+        let r = &recs[0];
+        for p in r.processes() {
+            session.register_process(p.hints(r.meta.host.clone()), p.info());
+        }
+        if lost > 0 {
+            session.engine.report_lost(r.meta.start_ns, lost);
+        }
+        for chunk in &r.chunks {
+            let mut batch = chunk.events.clone();
+            session.ingest(&mut batch, &mut exited)?;
+            session.engine.advance(chunk.now_ns);
+        }
+        let end_ns = r
+            .end
+            .as_ref()
+            .map(|e| e.end_ns)
+            .or_else(|| r.chunks.last().map(|c| c.now_ns))
+            .unwrap_or(r.meta.start_ns);
+        let why = format!(
+            "recording of {} read back{}",
+            r.meta.host.as_deref().unwrap_or("one host"),
+            r.end
+                .as_ref()
+                .map(|e| format!("; recorder: {}", e.stopped_because))
+                .unwrap_or_else(|| "; the recorder did not stop cleanly".to_string())
+        );
+        (end_ns.saturating_sub(r.meta.start_ns), why)
+    } else {
+        let hosts: Vec<crate::merge::HostRecording> = recs.iter().map(|r| r.to_host()).collect();
+        let merged = crate::merge::merge(hosts).context("merging the recordings")?;
+        for line in merged.clock_lines() {
+            eprintln!("llmdd: {line}");
+        }
+        for (id, hints) in &merged.registrations {
+            let proc = merged.process(*id);
+            let info = proc
+                .and_then(|jp| {
+                    let r = recs
+                        .iter()
+                        .find(|r| r.meta.host.as_deref() == Some(jp.host.as_str()))?;
+                    r.processes().into_iter().find(|p| p.pid == jp.pid)
+                })
+                .map(|p| {
+                    let mut i = p.info();
+                    i.pid = *id;
+                    i
+                })
+                .unwrap_or_else(|| crate::views::run::ProcInfo {
+                    pid: *id,
+                    comm: proc
+                        .map(|p| format!("{}:{}", p.host, p.pid))
+                        .unwrap_or_default(),
+                    ..Default::default()
+                });
+            session.register_process(hints.clone(), info);
+        }
+        if lost > 0 {
+            if let Some(t) = merged.events.first().map(event_time) {
+                session.engine.report_lost(t, lost);
+            }
+        }
+        for part in merged.events.chunks(BATCH) {
+            let last = part.last().map(event_time).unwrap_or(0);
+            let mut batch = part.to_vec();
+            session.ingest(&mut batch, &mut exited)?;
+            session.engine.advance(last);
+        }
+        let span = match merged.window_ns {
+            Some((a, b)) => b.saturating_sub(a),
+            None => {
+                let first = merged.events.first().map(event_time).unwrap_or(0);
+                let last = merged.events.last().map(event_time).unwrap_or(0);
+                last.saturating_sub(first)
+            }
+        };
+        (
+            span,
+            format!("{} recordings merged into one job", recs.len()),
+        )
+    };
+    session.finish(
+        &End {
+            records,
+            undecodable,
+            counters: &counters,
+            why: &why,
+            duration_s: span as f64 / 1e9,
+        },
+        span as f64 / 1e9,
+    )
+}
+
+/// The probes' counters of every recording, added up.
+fn sum_counters(recs: &[Recording]) -> Vec<u64> {
+    let mut out = vec![0u64; llmdd_common::counters::COUNT as usize];
+    for r in recs {
+        if let Some(e) = &r.end {
+            for (o, c) in out.iter_mut().zip(&e.counters) {
+                *o += c;
+            }
+        }
+    }
+    out
+}
+
+/// The time of an event (CLOCK_MONOTONIC of its host).
+fn event_time(ev: &Event) -> u64 {
+    match ev {
+        Event::Call(c) => c.exit_ns.unwrap_or(c.entry_ns),
+        Event::Sock(s) => s.ts_ns,
+        Event::ProcExit(p) => p.ts_ns,
+    }
+}
+
+/// `llmdd export FILE -o OUT`.
+pub fn export(args: ExportArgs) -> Result<()> {
+    if args.format != "jsonl" {
+        bail!("unknown format `{}`: use jsonl", args.format);
+    }
+    let r = load(&args.file)?;
+    let mut out = create_output(&args.output)?;
+    let mut n = 0u64;
+    for ev in r.events() {
+        serde_json::to_writer(&mut out, ev)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        out.write_all(b"\n")
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        n += 1;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!(
+        "llmdd: {n} events of {} written to {}",
+        args.file.display(),
+        args.output.display()
+    );
+    Ok(())
+}

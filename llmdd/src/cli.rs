@@ -50,6 +50,12 @@ pub enum Command {
     /// Write every event of a record file as one JSON object per line (for DuckDB, pandas,
     /// jq): `llmdd export node1.rec -o events.jsonl`. Columns: docs/record.md.
     Export(ExportArgs),
+    /// Compare two JSON reports (a healthy baseline, the current run): per communicator
+    /// size, op and message size, the change of p50/p99 latency, arrival skew and bus
+    /// bandwidth, new and vanished findings, and a verdict line. Exit code 0: no
+    /// regression beyond --threshold; 3: a regression (so it can gate a rollout); 1: the
+    /// reports could not be read.
+    Diff(DiffArgs),
     /// Check that this machine can run llmdd (privileges, BTF, uprobes, tracefs, ring
     /// buffers, the BPF object itself) and list the processes that can be traced.
     Doctor,
@@ -139,6 +145,20 @@ pub struct ReportArgs {
     /// is what `report` prints in any case).
     #[arg(long)]
     pub no_tui: bool,
+}
+
+/// `llmdd diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The healthy run's report (`--report` of attach or report).
+    #[arg(value_name = "BASELINE.json")]
+    pub baseline: PathBuf,
+    /// The run to judge.
+    #[arg(value_name = "CURRENT.json")]
+    pub current: PathBuf,
+    /// Smallest change, in percent, that counts as a regression.
+    #[arg(long, default_value_t = 10.0, value_name = "PCT")]
+    pub threshold: f64,
 }
 
 /// `llmdd export`.

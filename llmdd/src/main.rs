@@ -43,6 +43,15 @@ fn main() {
         cli::Command::Record(args) => run_attach(args.into_attach()),
         cli::Command::Report(args) => edge(llmdd::offline::report(args)),
         cli::Command::Export(args) => edge(llmdd::offline::export(args)),
+        cli::Command::Diff(args) => {
+            match llmdd::diff::run(&args.baseline, &args.current, args.threshold) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("llmdd: error: {e:#}");
+                    1
+                }
+            }
+        }
         cli::Command::Attach(args) => run_attach(args),
     };
     std::process::exit(code);

@@ -1,19 +1,28 @@
 //! Two hosts, for real: two network namespaces joined by a veth pair, the simulated job's
 //! four ranks split across them (ranks 0-1 on host A, 2-3 on host B, their NCCL traffic over
-//! the veth), each host traced by its own llmdd with host B's clock shifted by a known
-//! offset. The merged job view must bracket the injected offset from the TCP traffic alone
-//! and name the straggler (rank 3) with host B.
+//! the veth), each host recorded by its own `llmdd record` (run in its namespace, under its
+//! own host name). Host B's recording is then moved onto a clock 7.65 s behind (its wall
+//! clock 200-300 µs off besides, as NTP leaves it), and `llmdd report a.rec b.rec` must
+//! bracket that offset from the data and name the straggler (rank 3) with host B.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use llmdd::{
-    engine::{Config, Engine, FindingKind},
-    events::{CallEvent, Event, ProcExitEvent, SockEvent, SockKind},
-    merge::{self, ClockMethod, HostRecording},
+    events::{Event, SockKind},
+    merge::{self, ClockMethod},
+    record,
+};
+use llmdd_common::{
+    call::{CallRecord, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, NO_SLOT},
+    proc::ProcExitRecord,
+    sock::{
+        SockRecord, AF_INET, AF_INET6, SF_ADDR, SOCK_RECV, SOCK_RETRANSMIT, SOCK_SEND, SOCK_STATE,
+    },
+    RecordKind,
 };
 use llmdd_tests::{
     harness::{built, fake_lib_dir, require_root, Proc, Stream},
@@ -23,6 +32,9 @@ use serde_json::Value;
 
 /// Host B's clock reads the true time minus this much (so its offset to host A is this).
 const THETA_B_NS: i64 = 7_654_321_987;
+
+/// One job at a time (the tests of this file share a 2-core machine).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Two namespaces and a veth pair between them, removed on drop.
 struct Hosts {
@@ -80,126 +92,60 @@ impl Drop for Hosts {
     }
 }
 
-fn num(v: &Value) -> Option<u64> {
-    v.as_u64()
-}
+const HOST_NAMES: [&str; 2] = ["host-a", "host-b"];
 
-fn int(v: &Value) -> Option<i64> {
-    v.as_i64()
-}
-
-fn endpoint(v: &Value) -> Option<(std::net::IpAddr, u16)> {
-    let a = v.as_array()?;
-    Some((
-        a.first()?.as_str()?.parse().ok()?,
-        a.get(1)?.as_u64()? as u16,
-    ))
-}
-
-/// An event back from its `--dump-events` JSON line.
-fn event_from_json(v: &Value) -> Option<Event> {
-    match v["type"].as_str()? {
-        "call" => {
-            let name = v["func"].as_str()?;
-            let func = llmdd_common::funcs::FUNCS
-                .iter()
-                .position(|f| f.name == name)? as u16;
-            let spec = llmdd_common::funcs::spec(func)?;
-            Some(Event::Call(CallEvent {
-                func,
-                family: spec.family.name(),
-                pid: num(&v["pid"])? as u32,
-                tid: num(&v["tid"])? as u32,
-                lib_slot: num(&v["lib_slot"]).unwrap_or(0) as u16,
-                entry_ns: num(&v["entry_ns"])?,
-                exit_ns: num(&v["exit_ns"]),
-                ret: int(&v["ret"]),
-                rank: int(&v["rank"]).map(|x| x as i32),
-                nranks: int(&v["nranks"]).map(|x| x as i32),
-                uid_hash: num(&v["uid_hash"]),
-                comm: num(&v["comm"]),
-                stream: num(&v["stream"]),
-                event_handle: num(&v["event_handle"]),
-                count: num(&v["count"]),
-                bytes: num(&v["bytes"]),
-                dtype: num(&v["dtype"]),
-                op: num(&v["op"]),
-                peer: int(&v["peer"]),
-                out: num(&v["out"]),
-                args: [0; 9],
-            }))
-        }
-        "sock" => Some(Event::Sock(SockEvent {
-            kind: match v["kind"].as_str()? {
-                "send" => SockKind::Send,
-                "recv" => SockKind::Recv,
-                "state" => SockKind::State,
-                "retransmit" => SockKind::Retransmit,
-                _ => SockKind::Unknown,
-            },
-            pid: num(&v["pid"])? as u32,
-            tid: num(&v["tid"])? as u32,
-            ts_ns: num(&v["ts_ns"])?,
-            sk: num(&v["sk"])?,
-            bytes: int(&v["bytes"])?,
-            local: endpoint(&v["local"]),
-            remote: endpoint(&v["remote"]),
-            oldstate: int(&v["oldstate"]).unwrap_or(0) as i32,
-            newstate: int(&v["newstate"]).unwrap_or(0) as i32,
-        })),
-        "proc_exit" => Some(Event::ProcExit(ProcExitEvent {
-            pid: num(&v["pid"])? as u32,
-            ts_ns: num(&v["ts_ns"])?,
-        })),
-        _ => None,
-    }
-}
-
-/// A host's events read back, with its clock moved back by `theta` (local + θ = true).
-fn host_events(path: &Path, theta: i64) -> Vec<Event> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let at = |t: u64| (t as i64 - theta) as u64;
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-        .filter_map(|v| event_from_json(&v))
-        .map(|mut e| {
-            match &mut e {
-                Event::Call(c) => {
-                    c.entry_ns = at(c.entry_ns);
-                    c.exit_ns = c.exit_ns.map(at);
-                }
-                Event::Sock(s) => s.ts_ns = at(s.ts_ns),
-                Event::ProcExit(p) => p.ts_ns = at(p.ts_ns),
-            }
-            e
-        })
-        .collect()
-}
-
-/// `llmdd attach` on one host's ranks, dumping its events.
-fn trace_host(pids: &[u32], dump: &Path) -> Proc {
-    let mut cmd = Command::new(built("llmdd"));
-    cmd.arg("attach");
+/// `llmdd record` of one host's ranks, run in that host's network namespace under its host
+/// name, also dumping its events (to follow its progress).
+fn record_host(hosts: &Hosts, h: usize, pids: &[u32], file: &Path, dump: &Path) -> Proc {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", hosts.ns[h]))
+        .args([
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            "hostname \"$0\" && exec \"$@\"",
+        ])
+        .arg(HOST_NAMES[h])
+        .arg(built("llmdd"))
+        .args(["record", "--quiet", "-o"])
+        .arg(file)
+        .arg("--dump-events")
+        .arg(dump);
     for p in pids {
-        cmd.arg("--pid").arg(p.to_string());
+        cmd.args(["--pid", &p.to_string()]);
     }
-    cmd.args(["--no-tui", "--quiet", "--dump-events"]).arg(dump);
-    let mut p = Proc::spawn("llmdd", cmd).expect("llmdd starts");
-    p.wait_line("'tracing' line", Duration::from_secs(60), |s, l| {
-        s == Stream::Stderr && l.starts_with("llmdd: tracing")
+    let mut p = Proc::spawn(HOST_NAMES[h], cmd).expect("llmdd record starts");
+    p.wait_line("recording line", Duration::from_secs(60), |s, l| {
+        s == Stream::Stderr && l.starts_with("llmdd: recording to")
     })
-    .expect("llmdd attaches");
+    .expect("records");
     p
 }
 
-/// One job at a time (the tests of this file share a 2-core machine).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Waits (bounded) until `dump` holds `n` ncclAllReduce calls.
+fn wait_for_calls(dump: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let calls = std::fs::read_to_string(dump)
+            .map(|t| t.matches("\"func\":\"ncclAllReduce\"").count())
+            .unwrap_or(0);
+        if calls >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {calls} of {n} calls",
+            dump.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Runs the job across two namespaces, ranks 0-1 on host A and 2-3 on host B, rank 3 late
-/// by 20 ms every step, each host traced by its own llmdd. `mid_stream`: the tracers
+/// by 20 ms every step, each host recorded by its own llmdd. `mid_stream`: the recorders
 /// attach while the job runs (at different moments), as in an incident, instead of before
-/// the communicator exists. Returns the rank pids and each host's event dump.
+/// the communicator exists. Returns the rank pids and each host's record file.
 fn two_host_run(hosts: &Hosts, name: &str, mid_stream: bool) -> (Vec<u32>, [PathBuf; 2]) {
     let lib_dir = fake_lib_dir();
     let work: PathBuf = lib_dir.join(name);
@@ -235,13 +181,17 @@ fn two_host_run(hosts: &Hosts, name: &str, mid_stream: bool) -> (Vec<u32>, [Path
     assert_eq!(netns(pids[2]), netns(pids[3]));
     assert_ne!(netns(pids[0]), netns(pids[2]));
 
+    let files = [work.join("a.rec"), work.join("b.rec")];
     let dumps = [work.join("a.jsonl"), work.join("b.jsonl")];
-    let mut tracers = Vec::new();
+    let mut recorders = Vec::new();
+    let mut start = |h: usize, pids: &[u32]| {
+        recorders.push(record_host(hosts, h, pids, &files[h], &dumps[h]));
+    };
     if !mid_stream {
         // Before the communicator exists: the streams are seen from their first byte and
         // ncclCommInitRank is recorded.
-        tracers.push(trace_host(&pids[..2], &dumps[0]));
-        tracers.push(trace_host(&pids[2..], &dumps[1]));
+        start(0, &pids[..2]);
+        start(1, &pids[2..]);
     }
     job.send_line("init").expect("init");
     job.wait_line("READY line", Duration::from_secs(120), |s, l| {
@@ -250,11 +200,10 @@ fn two_host_run(hosts: &Hosts, name: &str, mid_stream: bool) -> (Vec<u32>, [Path
     .expect("ready");
     job.send_line("go").expect("go");
     if mid_stream {
-        // Attach while traffic flows, one host after the other; trace until each has seen
-        // 100 more of its ranks' collectives.
-        tracers.push(trace_host(&pids[..2], &dumps[0]));
+        // Attach while traffic flows, one host after the other.
+        start(0, &pids[..2]);
         wait_for_calls(&dumps[0], 20);
-        tracers.push(trace_host(&pids[2..], &dumps[1]));
+        start(1, &pids[2..]);
         wait_for_calls(&dumps[1], 100);
         wait_for_calls(&dumps[0], 200);
         job.signal(libc::SIGTERM).expect("stopping the job");
@@ -265,121 +214,230 @@ fn two_host_run(hosts: &Hosts, name: &str, mid_stream: bool) -> (Vec<u32>, [Path
         "simjob: {status}\n{}",
         job.transcript()
     );
-    for t in tracers.iter_mut() {
-        t.signal(libc::SIGTERM).expect("SIGTERM");
-        assert!(t
+    // Every target gone: the recorders stop by themselves.
+    for r in recorders.iter_mut() {
+        let status = r
             .wait_exit(Duration::from_secs(60))
-            .expect("exits")
-            .success());
+            .expect("recorder exits");
+        assert!(status.success(), "{}", r.transcript());
     }
-    (pids, dumps)
+    (pids, files)
 }
 
-/// Waits (bounded) until `dump` holds `n` ncclAllReduce calls.
-fn wait_for_calls(dump: &Path, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let calls = std::fs::read_to_string(dump)
-            .map(|t| t.matches("\"func\":\"ncclAllReduce\"").count())
-            .unwrap_or(0);
-        if calls >= n {
-            return;
+/// The raw probe record an event was decoded from (the inverse of `Event::decode` for what
+/// an event keeps; checked by decoding it again).
+fn encode(ev: &Event) -> Vec<u8> {
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: viewing a plain #[repr(C)] integer record as bytes.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}: {calls} of {n} calls",
-            dump.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        .to_vec()
+    }
+    match ev {
+        Event::Call(c) => {
+            let roles = &c.spec().roles;
+            let mut flags = 0;
+            if c.exit_ns.is_some() {
+                flags |= F_RETURNED;
+            }
+            if c.out.is_some() {
+                flags |= F_OUT;
+            }
+            if c.uid_hash.is_some() {
+                flags |= F_UID;
+            }
+            if c.rank.is_some() && c.nranks.is_some() {
+                flags |= F_RANK;
+            }
+            let deref = roles.deref != NO_SLOT && roles.stream == NO_SLOT && c.stream.is_some();
+            if deref {
+                flags |= F_DEREF;
+            }
+            bytes(&CallRecord {
+                kind: RecordKind::Call as u32,
+                func: c.func,
+                lib_slot: c.lib_slot,
+                pid: c.pid,
+                tid: c.tid,
+                entry_ns: c.entry_ns,
+                exit_ns: c.exit_ns.unwrap_or(0),
+                args: c.args,
+                ret: c.ret.map_or(0, |r| r as i32 as u32 as u64),
+                out_val: c.out.unwrap_or(0),
+                deref_val: if deref { c.stream.unwrap_or(0) } else { 0 },
+                uid_hash: c.uid_hash.unwrap_or(0),
+                rank: c.rank.unwrap_or(0),
+                nranks: c.nranks.unwrap_or(0),
+                flags,
+                cpu: 0,
+            })
+        }
+        Event::Sock(s) => {
+            let octets = |a: Option<(std::net::IpAddr, u16)>| -> [u8; 16] {
+                let mut o = [0u8; 16];
+                match a.map(|x| x.0) {
+                    Some(std::net::IpAddr::V4(v)) => o[..4].copy_from_slice(&v.octets()),
+                    Some(std::net::IpAddr::V6(v)) => o = v.octets(),
+                    None => {}
+                }
+                o
+            };
+            let v6 = matches!(s.local, Some((std::net::IpAddr::V6(_), _)));
+            bytes(&SockRecord {
+                kind: RecordKind::Sock as u32,
+                event: match s.kind {
+                    SockKind::Send => SOCK_SEND,
+                    SockKind::Recv => SOCK_RECV,
+                    SockKind::State => SOCK_STATE,
+                    SockKind::Retransmit => SOCK_RETRANSMIT,
+                    SockKind::Unknown => 0,
+                },
+                pid: s.pid,
+                tid: s.tid,
+                ts_ns: s.ts_ns,
+                sk: s.sk,
+                bytes: s.bytes,
+                family: if v6 { AF_INET6 } else { AF_INET },
+                protocol: 6,
+                sport: s.local.map_or(0, |x| x.1),
+                dport: s.remote.map_or(0, |x| x.1),
+                oldstate: s.oldstate,
+                newstate: s.newstate,
+                saddr: octets(s.local),
+                daddr: octets(s.remote),
+                flags: if s.local.is_some() { SF_ADDR } else { 0 },
+                _pad: 0,
+            })
+        }
+        Event::ProcExit(p) => bytes(&ProcExitRecord {
+            kind: RecordKind::ProcExit as u32,
+            pid: p.pid,
+            tid: p.pid,
+            group_dead: 1,
+            ts_ns: p.ts_ns,
+        }),
     }
 }
 
-/// The two hosts' recordings, host B's clock moved back by [`THETA_B_NS`]; with
-/// `realtime_error_ns`, the recorders' wall-clock offsets as well, host B's off by that
-/// much (NTP).
-fn recordings(
-    pids: &[u32],
-    dumps: &[PathBuf; 2],
-    realtime_error_ns: Option<i64>,
-) -> Vec<HostRecording> {
-    let realtime = 1_764_000_000_000_000_000i64;
-    vec![
-        HostRecording {
-            host: "host-a".into(),
-            boot_id: Some("a".into()),
-            realtime_offset_ns: realtime_error_ns.map(|_| (realtime, realtime)),
-            processes: pids[..2].iter().map(|&p| (p, Default::default())).collect(),
-            events: host_events(&dumps[0], 0),
-            span_ns: None,
-        },
-        HostRecording {
-            host: "host-b".into(),
-            boot_id: Some("b".into()),
-            realtime_offset_ns: realtime_error_ns.map(|e| {
-                let r = realtime + THETA_B_NS + e;
-                (r, r)
-            }),
-            processes: pids[2..].iter().map(|&p| (p, Default::default())).collect(),
-            events: host_events(&dumps[1], THETA_B_NS),
-            span_ns: None,
-        },
-    ]
+/// Rewrites record file `from` into `to` as if its host's CLOCK_MONOTONIC read `theta` less
+/// (every event, chunk time and the start/end times), its wall-clock offsets moved to match
+/// and then `realtime_error` off.
+fn shift_recording(from: &Path, to: &Path, theta: i64, realtime_error: i64) {
+    let r = record::read(from, |_, _| {}).expect("reads the recording");
+    assert!(r.salvage.complete, "{:?}", r.salvage);
+    let at = |t: u64| (t as i64 - theta) as u64;
+    let mut w = record::Writer::create(to).expect("creates the copy");
+    let mut meta = r.meta.clone();
+    meta.start_ns = at(meta.start_ns);
+    meta.realtime_offset_ns += theta + realtime_error;
+    w.meta(&meta).expect("meta");
+    for chunk in &r.chunks {
+        for ev in &chunk.events {
+            let mut ev = ev.clone();
+            match &mut ev {
+                Event::Call(c) => {
+                    c.entry_ns = at(c.entry_ns);
+                    c.exit_ns = c.exit_ns.map(at);
+                }
+                Event::Sock(s) => s.ts_ns = at(s.ts_ns),
+                Event::ProcExit(p) => p.ts_ns = at(p.ts_ns),
+            }
+            let raw = encode(&ev);
+            assert_eq!(Event::decode(&raw).as_ref(), Ok(&ev), "re-encoding");
+            w.record(&raw, at(chunk.now_ns)).expect("record");
+        }
+    }
+    let mut end = r.end.clone().expect("end metadata");
+    end.end_ns = at(end.end_ns);
+    end.realtime_offset_ns += theta + realtime_error;
+    w.finish(&end).expect("end");
 }
 
-/// The merged clock of host B brackets the injected offset.
-fn check_clock(m: &merge::Merged) {
-    for l in m.clock_lines() {
-        eprintln!("{l}");
-    }
-    let b = &m.hosts[1].offset;
-    eprintln!(
-        "host-b: injected {THETA_B_NS} ns, estimated {} ± {:?} ns",
-        b.offset_ns, b.error_ns
+/// `llmdd report` of both hosts' files: the merged report, and the clock line of host B
+/// as (offset, error) in ns.
+fn report(files: &[PathBuf; 2], shifted: &Path, out: &Path) -> (Value, (i64, i64)) {
+    let o = Command::new(built("llmdd"))
+        .arg("report")
+        .arg(&files[0])
+        .arg(shifted)
+        .arg("--report")
+        .arg(out)
+        .output()
+        .expect("llmdd report runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    eprintln!("{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("llmdd: host-b: clock offset "))
+        .unwrap_or_else(|| panic!("no clock line for host-b:\n{err}"));
+    assert!(line.contains("bound(s) in the data"), "{line}");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out).expect("report")).expect("JSON");
+    (doc, parse_clock(line))
+}
+
+/// `... clock offset +7.654321987 s ± 26.485 µs, ...` -> (offset, error) in ns.
+fn parse_clock(line: &str) -> (i64, i64) {
+    let rest = line.split("clock offset ").nth(1).expect("offset");
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let ns = |num: &str, unit: &str| -> i64 {
+        let unit = unit.trim_end_matches(',');
+        let scale = match unit {
+            "s" => 1e9,
+            "ms" => 1e6,
+            "µs" => 1e3,
+            other => panic!("unit {other} in {line}"),
+        };
+        (num.parse::<f64>().expect("number") * scale).round() as i64
+    };
+    assert_eq!(words[2], "±", "{line}");
+    (ns(words[0], words[1]), ns(words[3], words[4]))
+}
+
+/// Checks the merged report: host B's clock bracketed, exactly one straggler, rank 3 on
+/// host B with its pid there.
+fn check(doc: &Value, clock: (i64, i64), pids: &[u32]) {
+    let (offset, error) = clock;
+    eprintln!("host-b: injected {THETA_B_NS} ns, estimated {offset} ± {error} ns");
+    assert!(
+        (offset - THETA_B_NS).abs() <= error,
+        "estimate {offset} ± {error} misses {THETA_B_NS}"
     );
-    assert_eq!(b.method, ClockMethod::Data, "{:?}", m.hosts);
-    let (lo, hi) = (b.lower_ns.expect("lower"), b.upper_ns.expect("upper"));
-    assert!(lo <= THETA_B_NS && THETA_B_NS <= hi, "[{lo}, {hi}]");
-    assert!(!b.inconsistent);
-}
-
-/// The engine on the merged job names rank 3 on host B, and the process maps back to its
-/// pid there.
-fn check_straggler(m: &merge::Merged, pids: &[u32]) {
-    let mut engine = Engine::new(Config::default());
-    for (id, h) in &m.registrations {
-        engine.register_process(*id, h.clone());
-    }
-    engine.ingest_batch(m.events.iter().cloned());
-    engine.flush();
-    let stragglers: Vec<_> = engine
-        .findings()
+    assert!(error < 1_000_000, "± {error} ns");
+    let findings = doc["findings"].as_array().cloned().unwrap_or_default();
+    let stragglers: Vec<&Value> = findings
         .iter()
-        .filter(|f| f.kind == FindingKind::Straggler)
+        .filter(|f| f["kind"] == "straggler")
         .collect();
-    assert_eq!(stragglers.len(), 1, "{:#?}", engine.findings());
-    let f = stragglers[0];
-    eprintln!("{}", f.evidence);
-    assert_eq!(f.culprit.rank, Some(3), "{f:#?}");
-    assert_eq!(f.culprit.host.as_deref(), Some("host-b"), "{f:#?}");
-    let p = m
-        .process(f.culprit.pid.expect("pid"))
-        .expect("known process");
-    assert_eq!((p.host.as_str(), p.pid), ("host-b", pids[3]));
+    assert_eq!(stragglers.len(), 1, "{findings:#?}");
+    let c = &stragglers[0]["culprit"];
+    assert_eq!(c["rank"], 3, "{c}");
+    assert_eq!(c["host"], "host-b", "{c}");
+    // Pids are unique across the two "hosts" (one kernel), so they keep their numbers.
+    assert_eq!(c["pid"], pids[3], "{c}");
 }
 
 #[test]
-fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
+fn two_namespaces_recorded_apart_report_as_one_job_with_the_straggler_on_host_b() {
     require_root();
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let hosts = Hosts::new();
-    let (pids, dumps) = two_host_run(&hosts, "multinode_merge", false);
-    // No wall clock at all: the TCP traffic alone aligns the hosts.
-    let m = merge::merge(recordings(&pids, &dumps, None)).expect("merges");
-    check_clock(&m);
-    // One communicator, spanning both hosts, ranks placed by host.
+    let (pids, files) = two_host_run(&hosts, "multinode_merge", false);
+    let shifted = files[1].with_file_name("b-shifted.rec");
+    shift_recording(&files[1], &shifted, THETA_B_NS, 200_000);
+    let (doc, clock) = report(&files, &shifted, &files[0].with_file_name("merged.json"));
+    check(&doc, clock, &pids);
+
+    // The same files through the library: one communicator across both hosts, its ranks
+    // placed by host.
+    let read = |p: &Path| record::read(p, |_, _| {}).expect("reads").to_host();
+    let m = merge::merge(vec![read(&files[0]), read(&shifted)]).expect("merges");
+    assert_eq!(m.hosts[1].offset.method, ClockMethod::Data);
     assert_eq!(m.communicators.len(), 1, "{:?}", m.communicators);
     let c = &m.communicators[0];
-    assert_eq!(c.hosts, ["host-a", "host-b"]);
+    assert_eq!(c.hosts, HOST_NAMES);
     let placed: Vec<(i32, &str, u32)> = c
         .members
         .iter()
@@ -394,23 +452,23 @@ fn two_namespaces_merge_into_one_job_with_the_straggler_on_host_b() {
             (3, "host-b", pids[3])
         ]
     );
-    check_straggler(&m, &pids);
 }
 
 #[test]
-fn recordings_started_mid_run_are_aligned_with_the_wall_clocks_help() {
+fn recordings_started_mid_run_are_aligned_with_help_from_the_wall_clocks() {
     require_root();
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let hosts = Hosts::new();
-    let (pids, dumps) = two_host_run(&hosts, "multinode_merge_mid", true);
+    let (pids, files) = two_host_run(&hosts, "multinode_merge_mid", true);
     // Wall clocks 300 µs apart: close enough to pick the stream alignment, and the data
-    // then narrows the offset far below that.
-    let m = merge::merge(recordings(&pids, &dumps, Some(300_000))).expect("merges");
-    check_clock(&m);
-    let err = m.hosts[1].offset.error_ns.expect("error bound");
+    // then narrows the offset well below that.
+    let shifted = files[1].with_file_name("b-shifted.rec");
+    shift_recording(&files[1], &shifted, THETA_B_NS, 300_000);
+    let (doc, clock) = report(&files, &shifted, &files[0].with_file_name("merged.json"));
+    check(&doc, clock, &pids);
     assert!(
-        err < 300_000,
-        "± {err} ns is no better than the wall clocks"
+        clock.1 < 300_000,
+        "± {} ns is no better than the wall clocks",
+        clock.1
     );
-    check_straggler(&m, &pids);
 }

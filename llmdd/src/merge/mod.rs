@@ -175,15 +175,17 @@ impl Merged {
     }
 }
 
+/// A signed duration in a readable unit, to the nanosecond (so the printed offsets can be
+/// compared exactly).
 fn fmt_ns(ns: i64) -> String {
     let a = ns.unsigned_abs();
     let sign = if ns < 0 { "-" } else { "+" };
     if a >= 1_000_000_000 {
-        format!("{sign}{:.3} s", a as f64 / 1e9)
+        format!("{sign}{}.{:09} s", a / 1_000_000_000, a % 1_000_000_000)
     } else if a >= 1_000_000 {
-        format!("{sign}{:.3} ms", a as f64 / 1e6)
+        format!("{sign}{}.{:06} ms", a / 1_000_000, a % 1_000_000)
     } else {
-        format!("{sign}{:.1} µs", a as f64 / 1e3)
+        format!("{sign}{}.{:03} µs", a / 1_000, a % 1_000)
     }
 }
 

@@ -468,3 +468,10 @@ fn only_the_time_every_host_recorded_is_kept() {
     assert_eq!((one.window_ns, one.events_outside_window), (None, 0));
 }
 
+#[test]
+fn printed_offsets_are_exact_to_the_nanosecond() {
+    assert_eq!(fmt_ns(-3_217_654_321), "-3.217654321 s");
+    assert_eq!(fmt_ns(1_500_000), "+1.500000 ms");
+    assert_eq!(fmt_ns(26_485), "+26.485 µs");
+    assert_eq!(fmt_ns(0), "+0.000 µs");
+}

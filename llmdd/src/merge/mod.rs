@@ -140,13 +140,26 @@ impl Merged {
     pub fn clock_lines(&self) -> Vec<String> {
         self.hosts
             .iter()
-            .map(|h| {
+            .enumerate()
+            .map(|(d, h)| {
                 let o = &h.offset;
+                let mut sources: Vec<&str> = self
+                    .bounds
+                    .iter()
+                    .filter(|b| b.from == d || b.to == d)
+                    .map(|b| match b.source {
+                        BoundSource::Tcp => "TCP",
+                        BoundSource::Collective => "collectives",
+                    })
+                    .collect();
+                sources.sort_unstable();
+                sources.dedup();
                 let how = match o.method {
                     ClockMethod::Reference => "reference clock".to_string(),
                     ClockMethod::Data => format!(
-                        "from {} bound(s) in the data{}",
+                        "from {} bound(s) in the data ({}){}",
                         o.bounds,
+                        sources.join(", "),
                         if o.inconsistent {
                             " (bounds contradict each other: drift or misaligned streams)"
                         } else {

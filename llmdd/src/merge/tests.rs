@@ -269,6 +269,11 @@ fn collective_instances_bound_hosts_without_tcp() {
     .expect("merges");
     assert_brackets(&m.hosts[1], theta, 100_000);
     assert!(m.bounds.iter().all(|b| b.source == BoundSource::Collective));
+    assert!(
+        m.clock_lines()[1].contains("bound(s) in the data (collectives)"),
+        "{:?}",
+        m.clock_lines()
+    );
     // One communicator across both hosts; both pid 10, so job-wide ids differ.
     assert_eq!(m.communicators.len(), 1);
     let c = &m.communicators[0];

@@ -480,3 +480,56 @@ fn printed_offsets_are_exact_to_the_nanosecond() {
     assert_eq!(fmt_ns(26_485), "+26.485 µs");
     assert_eq!(fmt_ns(0), "+0.000 µs");
 }
+
+#[test]
+fn one_way_traffic_with_wall_clocks_falls_back_to_them() {
+    // Only a -> b messages: no pair of directions to tell the right alignment from a
+    // shifted one once the wall clocks are there, so no data bound is claimed.
+    let mut rng = Rng(11);
+    let (a, b) = exchange(&mut rng, 50, 5_000_000, 1_000_000_000);
+    let keep = |evs: Vec<(usize, Event)>, kind: SockKind| -> Vec<(usize, Event)> {
+        evs.into_iter()
+            .filter(|(_, e)| matches!(e, Event::Sock(s) if s.kind == kind))
+            .collect()
+    };
+    let m = merge(vec![
+        rec("a", local(keep(a, SockKind::Send), 0, 0), Some(0)),
+        rec(
+            "b",
+            local(keep(b, SockKind::Recv), THETA_B, 0),
+            Some(THETA_B + 1_000),
+        ),
+    ])
+    .expect("merges");
+    let o = &m.hosts[1].offset;
+    assert_eq!(o.method, ClockMethod::Realtime, "{o:?}");
+    assert_eq!(o.offset_ns, THETA_B + 1_000);
+}
+
+#[test]
+fn ipv4_mapped_ipv6_endpoints_match_their_ipv4_twins() {
+    // Host b's socket reports ::ffff:10.200.0.x addresses (a dual-stack listener).
+    let mut rng = Rng(12);
+    let (a, b) = exchange(&mut rng, 50, 5_000_000, 1_000_000_000);
+    let mapped = |evs: Vec<(usize, Event)>| -> Vec<(usize, Event)> {
+        evs.into_iter()
+            .map(|(k, mut e)| {
+                if let Event::Sock(s) = &mut e {
+                    let to6 = |x: (IpAddr, u16)| match x.0 {
+                        IpAddr::V4(v) => (IpAddr::V6(v.to_ipv6_mapped()), x.1),
+                        IpAddr::V6(_) => x,
+                    };
+                    s.local = s.local.map(to6);
+                    s.remote = s.remote.map(to6);
+                }
+                (k, e)
+            })
+            .collect()
+    };
+    let m = merge(vec![
+        rec("a", local(a, 0, 0), None),
+        rec("b", local(mapped(b), THETA_B, 0), None),
+    ])
+    .expect("merges");
+    assert_brackets(&m.hosts[1], THETA_B, 100_000);
+}

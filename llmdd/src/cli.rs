@@ -28,6 +28,15 @@ pub struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
     pub log: String,
+    /// Configuration file (thresholds, intervals, probe modes, budget, output defaults;
+    /// docs/config.md). Default: /etc/llmdd/llmdd.toml when it exists. Flags given on the
+    /// command line win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one configuration key (repeatable), e.g. `--set
+    /// thresholds.stall_threshold=5s`; wins over the file.
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +65,10 @@ pub enum Command {
     /// regression beyond --threshold; 3: a regression (so it can gate a rollout); 1: the
     /// reports could not be read.
     Diff(DiffArgs),
+    /// Check or show a configuration file: `llmdd config check llmdd.toml` (points at the
+    /// line of any error; exit 1), `llmdd config show` (the effective settings).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Check that this machine can run llmdd (privileges, BTF, uprobes, tracefs, ring
     /// buffers, the BPF object itself) and list the processes that can be traced.
     Doctor,
@@ -145,6 +158,24 @@ pub struct ReportArgs {
     /// is what `report` prints in any case).
     #[arg(long)]
     pub no_tui: bool,
+    /// The analysis thresholds (from the configuration file and `--set`).
+    #[arg(skip)]
+    pub engine_config: Option<crate::engine::Config>,
+}
+
+/// `llmdd config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE: unknown keys, wrong types and bad values are errors with the line.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the settings of FILE (or of --config / the default file) as TOML.
+    Show {
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 /// `llmdd diff`.
@@ -260,6 +291,29 @@ pub struct RunArgs {
     /// (see the README's performance section); prefer --mode aggregate there.
     #[arg(long)]
     pub enforce_budget: bool,
+    /// The analysis thresholds (from the configuration file and `--set`).
+    #[arg(skip)]
+    pub engine_config: Option<crate::engine::Config>,
+}
+
+impl RunArgs {
+    /// Every option at its default (what the flags' defaults give).
+    pub fn defaults() -> RunArgs {
+        RunArgs {
+            duration: None,
+            interval: Duration::from_secs(1),
+            dump_events: None,
+            report: None,
+            prometheus: None,
+            trace: None,
+            trace_max_slices: 1_000_000,
+            flamegraph: None,
+            modes: Vec::new(),
+            overhead_budget: OverheadBudget(Some(0.01)),
+            enforce_budget: false,
+            engine_config: None,
+        }
+    }
 }
 
 /// `--overhead-budget`: a fraction of each traced thread's time, or none.

@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod budget;
 pub mod cli;
+pub mod config_file;
 pub mod diff;
 pub mod doctor;
 pub mod engine;

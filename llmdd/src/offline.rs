@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::{ExportArgs, OverheadBudget, ReportArgs, RunArgs},
-    engine::Config,
     events::Event,
     record::{self, Recording},
     session::{create_output, End, Session},
@@ -43,17 +42,14 @@ fn load(path: &Path) -> Result<Recording> {
 /// The outputs of `report`, as the session takes them.
 fn run_args(a: &ReportArgs) -> RunArgs {
     RunArgs {
-        duration: None,
-        interval: std::time::Duration::from_secs(1),
         dump_events: a.dump_events.clone(),
         report: a.report.clone(),
-        prometheus: None,
         trace: a.trace.clone(),
         trace_max_slices: a.trace_max_slices,
         flamegraph: a.flamegraph.clone(),
-        modes: Vec::new(),
         overhead_budget: OverheadBudget(None),
-        enforce_budget: false,
+        engine_config: a.engine_config.clone(),
+        ..RunArgs::defaults()
     }
 }
 
@@ -71,7 +67,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
         machine: first.meta.machine.clone(),
     };
     run.started_unix_s = first.meta.started_unix_s;
-    let mut session = Session::open_with(&run_args(&args), run, Config::default())?;
+    let opts = run_args(&args);
+    let cfg = opts.engine_config.clone().unwrap_or_default();
+    let mut session = Session::open_with(&opts, run, cfg)?;
     let counters: Vec<u64> = sum_counters(&recs);
     let lost: u64 = llmdd_common::counters::LOSSES
         .iter()

@@ -134,7 +134,8 @@ impl Session {
     /// Opens every output `opts` names (failing now on a bad path) and starts an empty engine.
     /// `host` names the machine the events come from.
     pub fn open(opts: &RunArgs, host: Option<String>) -> Result<Session> {
-        Session::open_with(opts, RunInfo::start(host), Config::default())
+        let cfg = opts.engine_config.clone().unwrap_or_default();
+        Session::open_with(opts, RunInfo::start(host), cfg)
     }
 
     /// As [`Session::open`], with the run's description and the engine's configuration given.

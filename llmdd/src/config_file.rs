@@ -344,9 +344,36 @@ fn merge_thresholds(into: &mut Thresholds, from: Thresholds) {
     );
 }
 
-/// The effective configuration as TOML (`llmdd config show`).
+/// The effective configuration as TOML (`llmdd config show`): the file's settings, and
+/// the built-in value of every threshold the file leaves out.
 pub fn show(cfg: &FileConfig) -> String {
-    toml::to_string_pretty(cfg).unwrap_or_default()
+    let mut full = cfg.clone();
+    let c = engine_config(cfg, Path::new("llmdd.toml"), &[]).unwrap_or_default();
+    let t = &mut full.thresholds;
+    let dur = |ns: u64| format!("{}ms", ns as f64 / 1e6);
+    t.straggler_min_instances
+        .get_or_insert(c.straggler_min_instances);
+    t.straggler_min_late.get_or_insert(c.straggler_min_late);
+    t.straggler_min_share.get_or_insert(c.straggler_min_share);
+    t.straggler_min_lag
+        .get_or_insert_with(|| dur(c.straggler_min_lag_ns));
+    t.straggler_critical_lag
+        .get_or_insert_with(|| dur(c.straggler_critical_lag_ns));
+    t.stall_threshold
+        .get_or_insert_with(|| dur(c.stall_threshold_ns));
+    t.stall_min.get_or_insert_with(|| dur(c.stall_min_ns));
+    t.link_retransmits.get_or_insert(c.link_retransmits);
+    t.link_retransmit_rate.get_or_insert(c.link_retransmit_rate);
+    t.bubble_min_ratio.get_or_insert(c.bubble_min_ratio);
+    t.serving_ports
+        .get_or_insert_with(|| c.serving_ports.clone());
+    full.intervals
+        .evaluate
+        .get_or_insert_with(|| dur(c.eval_interval_ns));
+    full.intervals.refresh.get_or_insert_with(|| "1s".into());
+    full.budget.overhead.get_or_insert_with(|| "1%".into());
+    full.budget.enforce.get_or_insert(false);
+    toml::to_string_pretty(&full).unwrap_or_default()
 }
 
 /// Keeps `Mode` reachable from docs (the modes a `[probes]` entry takes).

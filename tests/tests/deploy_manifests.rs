@@ -2,8 +2,9 @@
 //! does not know is an error), the DaemonSet is checked for what tracing needs (host PID,
 //! tracefs and BTF mounts, the BPF capabilities, GPU nodes) and for a command line llmdd
 //! itself accepts; the Prometheus rules and the Grafana dashboard are parsed as PromQL and
-//! every metric they name must be one llmdd's own `/metrics` encoder exports. The node
-//! entrypoint script is run: it restarts llmdd and passes SIGTERM on.
+//! every metric they name must be one llmdd's own `/metrics` encoder exports, every label
+//! they use one the metric carries when the DaemonSet's command runs against the simulated
+//! job. The node entrypoint script is run: it restarts llmdd and passes SIGTERM on.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -680,4 +681,252 @@ fn the_node_entrypoint_restarts_llmdd_and_passes_sigterm_on() {
     node.signal(libc::SIGTERM).expect("SIGTERM");
     let status = node.wait_exit(Duration::from_secs(60)).expect("exits");
     assert!(status.success(), "{status}:\n{}", node.transcript());
+}
+
+/// Label names an expression uses (matchers, `by`/`without`, `on`/`ignoring`/`group_*`)
+/// and the metric names it selects.
+fn labels_used(e: &Expr, labels: &mut BTreeSet<String>, names: &mut BTreeSet<String>) {
+    use promql_parser::parser::LabelModifier;
+    let mut vs = |v: &promql_parser::parser::VectorSelector| {
+        if let Some(n) = &v.name {
+            names.insert(n.clone());
+        }
+        for m in &v.matchers.matchers {
+            if m.name != "__name__" {
+                labels.insert(m.name.clone());
+            }
+        }
+    };
+    let modifier = |m: &LabelModifier, labels: &mut BTreeSet<String>| {
+        labels.extend(m.labels().labels.iter().cloned());
+    };
+    match e {
+        Expr::VectorSelector(v) => vs(v),
+        Expr::MatrixSelector(m) => vs(&m.vs),
+        Expr::Aggregate(a) => {
+            if let Some(m) = &a.modifier {
+                modifier(m, labels);
+            }
+            labels_used(&a.expr, labels, names);
+            if let Some(p) = &a.param {
+                labels_used(p, labels, names);
+            }
+        }
+        Expr::Unary(u) => labels_used(&u.expr, labels, names),
+        Expr::Binary(b) => {
+            if let Some(m) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+                modifier(m, labels);
+            }
+            labels_used(&b.lhs, labels, names);
+            labels_used(&b.rhs, labels, names);
+        }
+        Expr::Paren(p) => labels_used(&p.expr, labels, names),
+        Expr::Subquery(s) => labels_used(&s.expr, labels, names),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                labels_used(a, labels, names);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// Every PromQL expression of the rules, the dashboard panels, its variables (the metric of
+/// `label_values(metric, label)` with `label` as a use of it) and its annotations.
+fn all_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let rules = yaml_docs(&deploy().join("prometheus/llmdd-rules.yml"));
+    for g in rules[0]["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            out.push((
+                r["alert"].as_str().expect("alert").to_string(),
+                r["expr"].as_str().expect("expr").to_string(),
+            ));
+        }
+    }
+    let d: Value = serde_json::from_str(&read(&deploy().join("grafana/llmdd-dashboard.json")))
+        .expect("dashboard");
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap_or("panel").to_string(),
+                without_grafana_vars(t["expr"].as_str().expect("expr")),
+            ));
+        }
+    }
+    for v in d["templating"]["list"].as_array().expect("variables") {
+        if let Some(q) = v["query"]["query"].as_str() {
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|s| s.strip_suffix(')'));
+            if let Some((metric, label)) = inner.and_then(|s| s.rsplit_once(',')) {
+                let metric = without_grafana_vars(metric);
+                // `sum by (label) (metric)` uses the label of the metric as the variable does.
+                out.push((
+                    format!("variable {}", v["name"]),
+                    format!("sum by ({}) ({metric})", label.trim()),
+                ));
+            }
+        }
+    }
+    for a in d["annotations"]["list"].as_array().expect("annotations") {
+        out.push((
+            "annotation".to_string(),
+            without_grafana_vars(a["expr"].as_str().expect("expr")),
+        ));
+    }
+    out
+}
+
+/// Sample name -> label names, from an exposition text.
+fn scraped_labels(body: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let key = line.rsplit_once(' ').map_or(line, |x| x.0);
+        let (name, labels) = key.split_once('{').unwrap_or((key, ""));
+        let set = out.entry(name.to_string()).or_default();
+        for pair in labels.trim_end_matches('}').split("\",") {
+            if let Some((k, _)) = pair.split_once('=') {
+                set.insert(k.trim_start_matches(',').to_string());
+            }
+        }
+    }
+    out
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_label_the_queries_use_is_on_the_metrics_of_a_live_daemonset_command() {
+    llmdd_tests::harness::require_root();
+    // The DaemonSet's own command line, aimed at the simulated job instead of `--all` and
+    // at a free local port instead of 0.0.0.0:9400.
+    let c = daemonset()
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0]
+        .clone();
+    let mut job = llmdd_tests::job::Job::start(
+        &llmdd_tests::harness::fake_lib_dir(),
+        &[
+            "--ranks",
+            "4",
+            "--forever",
+            "--warmup",
+            "1",
+            "--compute-us",
+            "300",
+            "--straggler",
+            "2:5:1",
+            "--oom-every",
+            "5",
+            "--timeout-s",
+            "240",
+        ],
+    )
+    .expect("simjob starts");
+    let mut cmd = Command::new(built("llmdd"));
+    for a in c.args.expect("args") {
+        match a.as_str() {
+            "--all" => {
+                for p in &job.pids {
+                    cmd.args(["--pid", &p.to_string()]);
+                }
+            }
+            "0.0.0.0:9400" => {
+                cmd.arg("127.0.0.1:0");
+            }
+            other => {
+                cmd.arg(other);
+            }
+        }
+    }
+    let mut llmdd = Proc::spawn("llmdd", cmd).expect("llmdd starts");
+    let line = llmdd
+        .wait_line("metrics line", Duration::from_secs(60), |s, l| {
+            s == Stream::Stderr && l.starts_with("llmdd: serving metrics on http://")
+        })
+        .expect("serves metrics");
+    let addr: std::net::SocketAddr = line
+        .trim_start_matches("llmdd: serving metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("address");
+    llmdd
+        .wait_line("'tracing' line", Duration::from_secs(60), |s, l| {
+            s == Stream::Stderr && l.starts_with("llmdd: tracing")
+        })
+        .expect("attaches");
+    job.go().expect("go");
+    // Scrape until every labelled family has series.
+    let want = [
+        "llmdd_collective_duration_seconds_bucket",
+        "llmdd_collective_arrival_skew_seconds_bucket",
+        "llmdd_collective_bus_bandwidth_bytes_per_second",
+        "llmdd_calls_total",
+        "llmdd_call_errors_total",
+        "llmdd_findings_total",
+        "llmdd_findings_active",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let labels = loop {
+        let l = scraped_labels(&scrape(addr));
+        if want
+            .iter()
+            .all(|w| l.get(*w).is_some_and(|s| !s.is_empty()))
+        {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "families without series: {:?}\n{}",
+            want.iter()
+                .filter(|w| l.get(**w).is_none_or(|s| s.is_empty()))
+                .collect::<Vec<_>>(),
+            llmdd.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    llmdd.signal(libc::SIGTERM).expect("SIGTERM");
+    let _ = llmdd.wait_exit(Duration::from_secs(60));
+    job.proc.signal(libc::SIGTERM).expect("stopping the job");
+    let _ = job.proc.wait_exit(Duration::from_secs(60));
+
+    // Labels Prometheus adds itself (target labels from the scrape configuration).
+    let target = ["node", "instance", "job", "pod", "cluster"];
+    for (what, expr) in all_queries() {
+        let e = promql_parser::parser::parse(&expr)
+            .unwrap_or_else(|err| panic!("{what}: `{expr}`: {err}"));
+        let (mut used, mut names) = (BTreeSet::new(), BTreeSet::new());
+        labels_used(&e, &mut used, &mut names);
+        let mut have: BTreeSet<String> = target.iter().map(|s| s.to_string()).collect();
+        for n in &names {
+            if let Some(l) = labels.get(n) {
+                have.extend(l.iter().cloned());
+            }
+        }
+        for l in &used {
+            assert!(
+                have.contains(l),
+                "{what}: label `{l}` is on none of {names:?} (their labels: {have:?})"
+            );
+        }
+    }
 }

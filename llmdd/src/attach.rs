@@ -235,6 +235,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         live.pids.len(),
         attach_start.elapsed()
     );
+    // Everything is attached and every output open: keep only what reading and later
+    // attaches need (docs/security.md), before any other thread starts.
+    match privileges::drop_to_tracing() {
+        Ok(kept) => tracing::info!("capabilities kept: {}", kept.join(", ")),
+        Err(e) => eprintln!("llmdd: warning: could not drop unneeded capabilities: {e}"),
+    }
     if let Some(server) = metrics_server {
         let state = Arc::new(Mutex::new(metrics::State::new(
             session.engine.config().token_coalesce_ns,

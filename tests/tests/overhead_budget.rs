@@ -49,8 +49,8 @@ fn hot_calls_are_duty_cycled_and_collectives_are_not() {
     )
     .expect("llmdd starts");
     // Hot calls for several duty periods (2 s each), with collectives between them.
-    const CHUNK: u64 = 1_000_000;
-    const CHUNKS: u64 = 25;
+    const CHUNK: u64 = 500_000;
+    const CHUNKS: u64 = 20;
     const COLLECTIVES: u64 = 200;
     for _ in 0..CHUNKS {
         command(&mut lp, &format!("query {CHUNK}"));

@@ -125,7 +125,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             None
         }
     };
-    let mut tracer = Tracer::load(sock_cfg)?;
+    let mut tracer = Tracer::load_sized(sock_cfg, crate::probe::ProbeSet::Full, opts.ring_size)?;
     // Measured before any mode is set: the budget is about full tracing's cost.
     let budget = match opts.overhead_budget.0 {
         Some(fraction) => match crate::budget::calibrate(&mut tracer) {

@@ -294,6 +294,32 @@ pub struct RunArgs {
     /// The analysis thresholds (from the configuration file and `--set`).
     #[arg(skip)]
     pub engine_config: Option<crate::engine::Config>,
+    /// Size of the ring buffer that carries records from the probes to llmdd: a power of
+    /// two from 4K (`4096`, `64K`, `8M`; default 8M). Records that find it full are counted
+    /// as lost, shown, and no finding rests on the windows they fall in.
+    #[arg(long, value_parser = parse_ring_size, value_name = "BYTES")]
+    pub ring_size: Option<u32>,
+}
+
+/// Parses `--ring-size`: bytes with an optional K/M suffix, a power of two of at least 4 KiB
+/// and at most 1 GiB.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1u64 << 20),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: use e.g. 4096, 64K, 8M"))?;
+    let bytes = n * mult;
+    if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
+        return Err(format!(
+            "`{s}`: the ring buffer size must be a power of two between 4K and 1024M"
+        ));
+    }
+    Ok(bytes as u32)
 }
 
 impl RunArgs {
@@ -312,6 +338,7 @@ impl RunArgs {
             overhead_budget: OverheadBudget(Some(0.01)),
             enforce_budget: false,
             engine_config: None,
+            ring_size: None,
         }
     }
 }
@@ -486,6 +513,16 @@ mod tests {
         assert!(a.all && a.pids.is_empty() && !a.no_tui && !a.quiet);
         assert_eq!(a.run.duration, Some(Duration::from_secs(5)));
         assert!(Cli::try_parse_from(["llmdd", "top", "--pid", "1"]).is_err());
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("64K"), Ok(65536));
+        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
+        assert!(parse_ring_size("5000").is_err());
+        assert!(parse_ring_size("1K").is_err());
+        assert!(parse_ring_size("big").is_err());
     }
 
     #[test]

@@ -243,8 +243,22 @@ impl Tracer {
 
     /// As [`Tracer::load`], choosing which programs go on the probe points.
     pub fn load_with(sock_cfg: Option<SockCfg>, set: ProbeSet) -> Result<Tracer, ProbeError> {
-        let mut bpf = EbpfLoader::new()
-            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        Self::load_sized(sock_cfg, set, None)
+    }
+
+    /// As [`Tracer::load_with`], with the event ring buffer's size in bytes (a power of two,
+    /// a multiple of the page size) instead of `RING_BYTES`.
+    pub fn load_sized(
+        sock_cfg: Option<SockCfg>,
+        set: ProbeSet,
+        ring_bytes: Option<u32>,
+    ) -> Result<Tracer, ProbeError> {
+        let mut loader = EbpfLoader::new();
+        loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+        if let Some(bytes) = ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut bpf = loader
             .load(object::BYTES)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let multi = match multi::MultiPrograms::load(object::BYTES, &bpf, &UPROBE_PROGRAMS) {

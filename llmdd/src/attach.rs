@@ -106,6 +106,15 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
         found
     };
+    let mut follow = crate::follow::Follow::new(args.follow.clone());
+    follow.known(targets.iter().map(|t| t.pid));
+    targets.extend(follow.scan());
+    if targets.is_empty() && follow.active() {
+        eprintln!(
+            "llmdd: no process named {} yet; waiting for one (Ctrl-C to stop)",
+            args.follow.join(" or ")
+        );
+    }
     for &pid in &args.fronts {
         if targets.iter().any(|t| t.pid == pid) {
             continue;
@@ -294,6 +303,26 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     live.track(pid, &new);
                 }
             }
+            for t in follow.scan() {
+                match live.tracer.attach(t.pid, &plan(&t)) {
+                    Ok(attached) => {
+                        live.console.say(format!(
+                            "llmdd: following {}: attached to pid {}{}",
+                            t.comm,
+                            t.pid,
+                            describe_rank(&t)
+                        ));
+                        session
+                            .register_process(hints_of(&t, host.clone()), proc_info(&t, &attached));
+                        live.track(t.pid, &attached);
+                        live.pids.insert(t.pid);
+                    }
+                    Err(e) => live.console.say(format!(
+                        "llmdd: warning: following {}: pid {} could not be probed: {e}",
+                        t.comm, t.pid
+                    )),
+                }
+            }
             report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
             let now = monotonic_ns();
             if last_scan.elapsed() >= IN_FLIGHT_SCAN {
@@ -315,7 +344,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             for pid in gone {
                 live.target_exited(pid);
             }
-            if live.pids.is_empty() {
+            if live.pids.is_empty() && !follow.active() {
                 return Ok(Stop::TargetsGone);
             }
             if opts.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -405,8 +434,10 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
     let mut detached = Detached::default();
-    for t in &targets {
-        detached.extend(live.tracer.detach(t.pid));
+    let mut attached: BTreeSet<u32> = targets.iter().map(|t| t.pid).collect();
+    attached.extend(live.tracer.attached_pids());
+    for pid in attached {
+        detached.extend(live.tracer.detach(pid));
     }
     detached.release();
     for h in live.reaper.drain(..) {

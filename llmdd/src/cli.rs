@@ -84,7 +84,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["pids", "all", "fronts"])))]
+#[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["pids", "all", "fronts", "follow"])))]
 pub struct AttachArgs {
     /// Process to trace (repeatable). Its NCCL/RCCL, CUDA runtime and CUDA driver libraries
     /// are found in /proc/PID/maps.
@@ -98,6 +98,12 @@ pub struct AttachArgs {
     /// needs no GPU library (its calls are traced too if it maps one).
     #[arg(long = "front", value_name = "PID")]
     pub fronts: Vec<u32>,
+    /// Trace every process whose command name is NAME (as in /proc/PID/comm or `ps -o
+    /// comm`; repeatable), also ones that start or restart after llmdd: a restarted worker
+    /// (new pid, same command) is attached again. Tracing then goes on until stopped even
+    /// when no such process runs.
+    #[arg(long, value_name = "NAME")]
+    pub follow: Vec<String>,
     /// Print only the final summary, not the periodic blocks (plain output only).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -220,6 +226,7 @@ impl TopArgs {
             pids: Vec::new(),
             all: true,
             fronts: Vec::new(),
+            follow: Vec::new(),
             quiet: false,
             no_tui: false,
             run: self.run,

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod doctor;
 pub mod engine;
 pub mod events;
+pub mod follow;
 pub mod kernel;
 pub mod merge;
 pub mod offline;

@@ -341,6 +341,11 @@ impl Tracer {
         Ok(out)
     }
 
+    /// Every pid with probes attached.
+    pub fn attached_pids(&self) -> Vec<u32> {
+        self.links.keys().copied().collect()
+    }
+
     /// Status of each kernel-side probe (attached, or why not).
     pub fn kernel_probes(&self) -> &[KernelProbe] {
         &self.kernel

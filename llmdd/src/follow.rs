@@ -1,0 +1,93 @@
+//! `attach --follow NAME`: processes by command name, including ones that start (or
+//! restart, with a new pid) after llmdd did. Found by a scan of /proc every
+//! [`SCAN_INTERVAL`]: reading every process's `comm` costs well under a millisecond on a
+//! node with a few hundred processes, and needs no extra kernel probe; a process found is
+//! probed once it maps a supported library (a freshly exec'd one may not have loaded them
+//! yet: it is looked at again on later scans for [`GRACE`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use crate::target::{self, procfs};
+
+/// Time between scans.
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a process with the name but no supported library yet keeps being looked at.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// The processes to follow and what was already seen.
+#[derive(Debug, Default)]
+pub struct Follow {
+    names: Vec<String>,
+    /// Pids with a followed name that mapped nothing traceable yet, since when.
+    waiting: BTreeMap<u32, Instant>,
+    /// Pids given up on or already handed out.
+    done: BTreeSet<u32>,
+    last_scan: Option<Instant>,
+}
+
+/// Whether `pid`'s command name is one of `names`.
+fn named(pid: u32, names: &[String]) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| names.iter().any(|n| n == c.trim_end()))
+        .unwrap_or(false)
+}
+
+impl Follow {
+    pub fn new(names: Vec<String>) -> Follow {
+        Follow {
+            names,
+            ..Follow::default()
+        }
+    }
+
+    pub fn active(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// Marks pids that are traced already (so they are not handed out again).
+    pub fn known(&mut self, pids: impl IntoIterator<Item = u32>) {
+        self.done.extend(pids);
+    }
+
+    /// When a scan is due: the processes with a followed name, not seen before, that map a
+    /// supported library now.
+    pub fn scan(&mut self) -> Vec<target::Target> {
+        if !self.active() || self.last_scan.is_some_and(|t| t.elapsed() < SCAN_INTERVAL) {
+            return Vec::new();
+        }
+        self.last_scan = Some(Instant::now());
+        let me = std::process::id();
+        let mut out = Vec::new();
+        for pid in procfs::all_pids() {
+            if pid == me || self.done.contains(&pid) {
+                continue;
+            }
+            if !self.waiting.contains_key(&pid) && !named(pid, &self.names) {
+                continue;
+            }
+            match target::inspect(pid) {
+                Ok(t) => {
+                    self.waiting.remove(&pid);
+                    self.done.insert(pid);
+                    out.push(t);
+                }
+                Err(target::TargetError::NoSupportedLibrary { .. }) => {
+                    let since = *self.waiting.entry(pid).or_insert_with(Instant::now);
+                    if since.elapsed() > GRACE {
+                        self.waiting.remove(&pid);
+                        self.done.insert(pid);
+                    }
+                }
+                Err(_) => {
+                    // Gone, or unreadable: not looked at again.
+                    self.waiting.remove(&pid);
+                    self.done.insert(pid);
+                }
+            }
+        }
+        out
+    }
+}

@@ -101,14 +101,29 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         let mut found = Vec::new();
         for &pid in &args.pids {
             if seen.insert(pid) {
-                found.push(target::inspect(pid)?);
+                found.push(match target::inspect(pid) {
+                    Ok(t) => t,
+                    // A launcher: its workers are what matters.
+                    Err(target::TargetError::NoSupportedLibrary { .. }) if args.children => {
+                        target::sockets_only(pid)?
+                    }
+                    Err(e) => return Err(e.into()),
+                });
             }
         }
         found
     };
-    let mut follow = crate::follow::Follow::new(args.follow.clone());
+    let mut follow = crate::follow::Follow::new(args.follow.clone(), args.children);
     follow.known(targets.iter().map(|t| t.pid));
-    targets.extend(follow.scan());
+    loop {
+        // Children of children too: scan until nothing new turns up.
+        let traced: BTreeSet<u32> = targets.iter().map(|t| t.pid).collect();
+        let more = follow.scan_now(&traced);
+        if more.is_empty() {
+            break;
+        }
+        targets.extend(more);
+    }
     if targets.is_empty() && follow.active() {
         eprintln!(
             "llmdd: no process named {} yet; waiting for one (Ctrl-C to stop)",
@@ -303,7 +318,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     live.track(pid, &new);
                 }
             }
-            for t in follow.scan() {
+            for t in follow.scan(&live.pids) {
                 match live.tracer.attach(t.pid, &plan(&t)) {
                     Ok(attached) => {
                         live.console.say(format!(
@@ -312,6 +327,10 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                             t.pid,
                             describe_rank(&t)
                         ));
+                        for note in target_notes(&t) {
+                            live.console
+                                .say(format!("llmdd: note: pid {}: {note}", t.pid));
+                        }
                         session
                             .register_process(hints_of(&t, host.clone()), proc_info(&t, &attached));
                         live.track(t.pid, &attached);
@@ -344,7 +363,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             for pid in gone {
                 live.target_exited(pid);
             }
-            if live.pids.is_empty() && !follow.active() {
+            if live.pids.is_empty() && !follow.waits() {
                 return Ok(Stop::TargetsGone);
             }
             if opts.duration.is_some_and(|d| start.elapsed() >= d) {

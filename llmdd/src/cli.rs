@@ -104,6 +104,11 @@ pub struct AttachArgs {
     /// when no such process runs.
     #[arg(long, value_name = "NAME")]
     pub follow: Vec<String>,
+    /// Also trace the children of traced processes, forked or exec'd, now and later (and
+    /// theirs): attach to a launcher (`--pid LAUNCHER --children`) to trace its workers. A
+    /// --pid that maps no supported library is then accepted as a launcher.
+    #[arg(long)]
+    pub children: bool,
     /// Print only the final summary, not the periodic blocks (plain output only).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -227,6 +232,7 @@ impl TopArgs {
             all: true,
             fronts: Vec::new(),
             follow: Vec::new(),
+            children: false,
             quiet: false,
             no_tui: false,
             run: self.run,

@@ -1,5 +1,6 @@
-//! `attach --follow NAME`: processes by command name, including ones that start (or
-//! restart, with a new pid) after llmdd did. Found by a scan of /proc every
+//! `attach --follow NAME` and `--children`: processes by command name, including ones that
+//! start (or restart, with a new pid) after llmdd did, and the children of traced processes
+//! (workers a launcher forks or execs). Found by a scan of /proc every
 //! [`SCAN_INTERVAL`]: reading every process's `comm` costs well under a millisecond on a
 //! node with a few hundred processes, and needs no extra kernel probe; a process found is
 //! probed once it maps a supported library (a freshly exec'd one may not have loaded them
@@ -21,6 +22,8 @@ pub const GRACE: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct Follow {
     names: Vec<String>,
+    /// `--children`: also the children (forked or exec'd) of traced processes, and theirs.
+    children: bool,
     /// Pids with a followed name that mapped nothing traceable yet, since when.
     waiting: BTreeMap<u32, Instant>,
     /// Pids given up on or already handed out.
@@ -35,15 +38,29 @@ fn named(pid: u32, names: &[String]) -> bool {
         .unwrap_or(false)
 }
 
+/// The parent pid of `pid` (field 4 of /proc/PID/stat, after the parenthesised command).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
 impl Follow {
-    pub fn new(names: Vec<String>) -> Follow {
+    pub fn new(names: Vec<String>, children: bool) -> Follow {
         Follow {
             names,
+            children,
             ..Follow::default()
         }
     }
 
+    /// Whether anything is followed.
     pub fn active(&self) -> bool {
+        !self.names.is_empty() || self.children
+    }
+
+    /// Whether tracing should go on with no target left (waiting for a name to appear).
+    pub fn waits(&self) -> bool {
         !self.names.is_empty()
     }
 
@@ -52,10 +69,18 @@ impl Follow {
         self.done.extend(pids);
     }
 
-    /// When a scan is due: the processes with a followed name, not seen before, that map a
-    /// supported library now.
-    pub fn scan(&mut self) -> Vec<target::Target> {
-        if !self.active() || self.last_scan.is_some_and(|t| t.elapsed() < SCAN_INTERVAL) {
+    /// When a scan is due: the processes with a followed name, or (`--children`) whose
+    /// parent is in `traced`, not seen before, that map a supported library now.
+    pub fn scan(&mut self, traced: &BTreeSet<u32>) -> Vec<target::Target> {
+        if self.last_scan.is_some_and(|t| t.elapsed() < SCAN_INTERVAL) {
+            return Vec::new();
+        }
+        self.scan_now(traced)
+    }
+
+    /// [`Follow::scan`] without waiting for the interval.
+    pub fn scan_now(&mut self, traced: &BTreeSet<u32>) -> Vec<target::Target> {
+        if !self.active() {
             return Vec::new();
         }
         self.last_scan = Some(Instant::now());
@@ -65,7 +90,10 @@ impl Follow {
             if pid == me || self.done.contains(&pid) {
                 continue;
             }
-            if !self.waiting.contains_key(&pid) && !named(pid, &self.names) {
+            let wanted = self.waiting.contains_key(&pid)
+                || named(pid, &self.names)
+                || (self.children && parent(pid).is_some_and(|p| traced.contains(&p)));
+            if !wanted {
                 continue;
             }
             match target::inspect(pid) {

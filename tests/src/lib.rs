@@ -5,3 +5,4 @@ pub mod harness;
 pub mod job;
 pub mod kernel_objects;
 pub mod reallibs;
+pub mod soak;

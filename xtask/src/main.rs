@@ -48,6 +48,19 @@ enum Cmd {
         #[arg(long, default_value = "10000000")]
         engine_events: u64,
     },
+    /// Soak llmdd: N simulated ranks at a traced-call rate for a while, Prometheus on;
+    /// checks no crash, /metrics served, report written, memory flat (not a test: minutes).
+    Soak {
+        /// Seconds to run.
+        #[arg(long, default_value = "600")]
+        duration: u64,
+        /// Simulated ranks.
+        #[arg(long, default_value = "8")]
+        ranks: u64,
+        /// Traced calls per second, all ranks together.
+        #[arg(long, default_value = "50000")]
+        rate: u64,
+    },
     /// Run formatting and lint checks and the whole test suite (as root).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
@@ -115,6 +128,29 @@ fn run(cli: Cli) -> Result<()> {
             // SAFETY: setting an environment variable before spawning children, single-threaded.
             unsafe { std::env::set_var("LLMDD_BENCH_EVENTS", engine_events.to_string()) };
             cargo(&["bench", "-p", "llmdd", "--bench", "engine"])
+        }
+        Cmd::Soak {
+            duration,
+            ranks,
+            rate,
+        } => {
+            setup::ensure()?;
+            cargo(&["build", "--workspace"])?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "llmdd-tests",
+                "--bin",
+                "soak",
+                "--",
+                "--duration",
+                &duration.to_string(),
+                "--ranks",
+                &ranks.to_string(),
+                "--rate",
+                &rate.to_string(),
+            ])
         }
         Cmd::Test { no_lint, test_args } => {
             setup::ensure()?;

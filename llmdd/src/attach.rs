@@ -76,6 +76,7 @@ impl Console {
 
 pub async fn run(args: AttachArgs) -> Result<()> {
     privileges::check().map_err(anyhow::Error::msg)?;
+    kernel::preflight().map_err(anyhow::Error::msg)?;
     let opts = &args.run;
     let host = hostname();
     // Every output is opened (and the port bound) before anything is attached.

@@ -116,3 +116,79 @@ fn unwritable_output_path_fails_before_attaching() {
     // The path is refused first, before the target is even inspected.
     assert_one_clear_line(code, &err, "/nonexistent-dir/events.jsonl");
 }
+
+/// A root under which the feature checks look (`LLMDD_SYSFS_ROOT`), with `dirs` created.
+fn fake_sysfs(name: &str, dirs: &[&str]) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("llmdd-sysfs-{name}-{}", std::process::id()));
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d)).expect("dir");
+    }
+    std::fs::create_dir_all(&root).expect("root");
+    root
+}
+
+#[test]
+fn kernel_without_uprobes_is_one_clear_line() {
+    require_root();
+    let root = fake_sysfs("nouprobes", &[]);
+    let out = Command::new(built("llmdd"))
+        .args(["attach", "--pid", &std::process::id().to_string()])
+        .env("LLMDD_SYSFS_ROOT", &root)
+        .output()
+        .expect("runs");
+    assert_one_clear_line(
+        out.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&out.stderr),
+        "this kernel has no uprobes",
+    );
+}
+
+#[test]
+fn kernel_without_btf_degrades_with_one_warning() {
+    require_root();
+    use llmdd_tests::harness::{fake_lib_dir, Proc, Stream};
+    use std::time::Duration;
+    let root = fake_sysfs("nobtf", &["sys/bus/event_source/devices/uprobe"]);
+    let mut cmd = Command::new(built("callloop"));
+    cmd.arg(fake_lib_dir().join("libnccl.so.2"));
+    let mut lp = Proc::spawn("callloop", cmd).expect("starts");
+    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })
+    .expect("ready");
+    let out = Command::new(built("llmdd"))
+        .args([
+            "attach",
+            "--pid",
+            &lp.pid().to_string(),
+            "--duration",
+            "200ms",
+            "--quiet",
+        ])
+        .env("LLMDD_SYSFS_ROOT", &root)
+        .output()
+        .expect("runs");
+    lp.send_line("quit").ok();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tracing still works without BTF: {err}"
+    );
+    assert!(
+        err.contains("warning: socket addresses and ports unavailable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_and_conflicting_flags_are_usage_errors() {
+    let (code, _, err) = run_llmdd(&["attach", "--pid", "1", "--frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unexpected argument '--frobnicate'"), "{err}");
+    let (code, _, err) = run_llmdd(&["attach", "--all", "--pid", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (code, _, err) = run_llmdd(&["attach", "--pid", "1", "--ring-size", "5000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("power of two"), "{err}");
+}

@@ -17,14 +17,40 @@ pub const TRACEFS_LEGACY: &str = "/sys/kernel/debug/tracing";
 /// `TRACEFS_MAGIC` (statfs f_type).
 const TRACEFS_MAGIC: i64 = 0x7472_6163;
 
+/// Environment variable that moves the sysfs paths the feature checks read under another
+/// root, so that a kernel without BTF or uprobes can be simulated (tests, and checking what
+/// llmdd would say on such a node).
+pub const SYSFS_ROOT_ENV: &str = "LLMDD_SYSFS_ROOT";
+
+/// A /sys path as the feature checks read it (see [`SYSFS_ROOT_ENV`]).
+pub fn sys_path(path: &str) -> PathBuf {
+    match std::env::var_os(SYSFS_ROOT_ENV) {
+        Some(root) if !root.is_empty() => Path::new(&root).join(path.trim_start_matches('/')),
+        _ => PathBuf::from(path),
+    }
+}
+
 /// Whether the kernel exposes its BTF (needed for socket addresses).
 pub fn btf_available() -> bool {
-    std::fs::File::open(VMLINUX_BTF).is_ok()
+    std::fs::File::open(sys_path(VMLINUX_BTF)).is_ok()
 }
 
 /// Whether the perf uprobe PMU exists (uprobes can be attached).
 pub fn uprobes_supported() -> bool {
-    Path::new(UPROBE_PMU).exists()
+    sys_path(UPROBE_PMU).exists()
+}
+
+/// What attaching cannot do without: uprobes. `Err` is one line with the remedy.
+pub fn preflight() -> Result<(), String> {
+    if !uprobes_supported() {
+        return Err(format!(
+            "this kernel has no uprobes ({} is missing: needs CONFIG_UPROBE_EVENTS=y), so \
+             llmdd cannot trace user-space calls; run llmdd on a kernel with uprobes \
+             (`llmdd doctor` lists what this one has)",
+            sys_path(UPROBE_PMU).display()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a tracefs is mounted at `path`.

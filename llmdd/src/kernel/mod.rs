@@ -15,8 +15,9 @@ use std::{io, path::PathBuf};
 use llmdd_common::sock::SockCfg;
 
 pub use features::{
-    btf_available, kernel_release, kernel_version, mount_tracefs, parse_release, ringbuf_supported,
-    tracefs_root, uprobes_supported, TRACEFS, TRACEFS_LEGACY, UPROBE_PMU,
+    btf_available, kernel_release, kernel_version, mount_tracefs, parse_release, preflight,
+    ringbuf_supported, sys_path, tracefs_root, uprobes_supported, SYSFS_ROOT_ENV, TRACEFS,
+    TRACEFS_LEGACY, UPROBE_PMU,
 };
 pub use sock::offsets_from as sock_offsets_from;
 
@@ -58,7 +59,7 @@ pub enum KernelError {
 /// Offsets of the address, port and family fields of `struct sock`, derived from the running
 /// kernel's BTF (`valid` = 1).
 pub fn sock_offsets() -> Result<SockCfg, KernelError> {
-    let path = PathBuf::from(VMLINUX_BTF);
+    let path = features::sys_path(VMLINUX_BTF);
     let data = std::fs::read(&path).map_err(|source| KernelError::BtfUnreadable {
         path: path.clone(),
         source,

@@ -120,6 +120,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
         for line in merged.clock_lines() {
             eprintln!("llmdd: {line}");
         }
+        session.job = serde_json::to_value(&merged).ok();
         for (id, hints) in &merged.registrations {
             let proc = merged.process(*id);
             let info = proc

@@ -128,6 +128,8 @@ pub struct Session {
     pub outputs: Outputs,
     files: FileViews,
     sinks: Vec<Box<dyn EventSink>>,
+    /// The merged job view for the report, when several hosts' recordings were merged.
+    pub job: Option<serde_json::Value>,
 }
 
 impl Session {
@@ -163,6 +165,7 @@ impl Session {
             outputs,
             files,
             sinks,
+            job: None,
         })
     }
 
@@ -239,6 +242,7 @@ impl Session {
                 },
                 stopped_because: end.why,
                 duration_s: end.duration_s,
+                job: self.job.as_ref(),
             });
             let written = serde_json::to_writer_pretty(&mut w, &doc)
                 .map_err(anyhow::Error::from)

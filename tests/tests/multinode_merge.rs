@@ -417,6 +417,13 @@ fn check(doc: &Value, clock: (i64, i64), pids: &[u32]) {
     assert_eq!(c["host"], "host-b", "{c}");
     // Pids are unique across the two "hosts" (one kernel), so they keep their numbers.
     assert_eq!(c["pid"], pids[3], "{c}");
+    // The report carries the job view: both hosts, and the communicator across them.
+    let hosts: Vec<&str> = doc["job"]["hosts"]
+        .as_array()
+        .map(|h| h.iter().filter_map(|x| x["host"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(hosts.len(), 2, "{:#}", doc["job"]);
+    assert!(hosts.contains(&"host-b"), "{hosts:?}");
 }
 
 #[test]
@@ -428,6 +435,16 @@ fn two_namespaces_recorded_apart_report_as_one_job_with_the_straggler_on_host_b(
     let shifted = files[1].with_file_name("b-shifted.rec");
     shift_recording(&files[1], &shifted, THETA_B_NS, 200_000);
     let (doc, clock) = report(&files, &shifted, &files[0].with_file_name("merged.json"));
+    // Recorded from before the job connected: its communicator setup is in the files, and
+    // the job view matches the communicator across the hosts by its unique id.
+    assert!(
+        doc["job"]["communicators"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["hosts"].as_array().map(Vec::len) == Some(2))),
+        "a communicator spans both hosts: {:#}",
+        doc["job"]["communicators"]
+    );
+
     check(&doc, clock, &pids);
 
     // The same files through the library: one communicator across both hosts, its ranks

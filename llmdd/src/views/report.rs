@@ -38,6 +38,11 @@ pub struct Report {
     pub findings: Vec<ReportFinding>,
     /// The engine's counters (what it saw, held back, dropped, evicted), by name.
     pub engine_counts: BTreeMap<String, u64>,
+    /// Several hosts' recordings merged (`llmdd report a.rec b.rec`): each host's clock
+    /// offset with its error and how it was found, the bounds, the processes by host and the
+    /// communicators matched across hosts (`merge::Merged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -273,6 +278,8 @@ pub struct Inputs<'a> {
     pub events: EventTotals,
     pub stopped_because: &'a str,
     pub duration_s: f64,
+    /// The merged job view, when several hosts were merged.
+    pub job: Option<&'a serde_json::Value>,
 }
 
 pub fn id_hex(id: u64) -> String {
@@ -532,6 +539,7 @@ pub fn build(i: &Inputs) -> Report {
         requests: requests(&i.snapshot.requests),
         findings: i.snapshot.findings.iter().map(finding).collect(),
         engine_counts: engine_counts(i.snapshot),
+        job: i.job.cloned(),
     }
 }
 
@@ -563,6 +571,7 @@ mod tests {
         counters[counters::RING_FULL as usize] = 2;
         counters[counters::RETURN_WITHOUT_ENTRY as usize] = 5;
         let r = build(&Inputs {
+            job: None,
             run: &run,
             summary: &summary,
             snapshot: &snap,
@@ -618,6 +627,7 @@ mod tests {
         let (run, summary, e) = sample();
         let snap = e.snapshot();
         let r = build(&Inputs {
+            job: None,
             run: &run,
             summary: &summary,
             snapshot: &snap,

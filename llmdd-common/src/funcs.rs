@@ -17,6 +17,8 @@ pub enum Family {
     CudaRuntime,
     /// libcuda (the driver API).
     CudaDriver,
+    /// libamdhip64 (the HIP runtime, AMD GPUs): the same kinds of calls as the CUDA runtime.
+    Hip,
 }
 
 impl Family {
@@ -25,6 +27,7 @@ impl Family {
             Family::Nccl => "nccl",
             Family::CudaRuntime => "cudart",
             Family::CudaDriver => "cuda",
+            Family::Hip => "hip",
         }
     }
 }
@@ -182,6 +185,19 @@ funcs! {
     41 "cuCtxSynchronize" CudaDriver Sync ["cuCtxSynchronize"] {}
     42 "cuMemAlloc" CudaDriver Alloc ["cuMemAlloc_v2"] { out: 0, count: 1, count_is_bytes: true }
     43 "cuMemFree" CudaDriver Free ["cuMemFree_v2"] {}
+    // ---- HIP runtime (libamdhip64) ----
+    // hipLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream), as CUDA's.
+    44 "hipLaunchKernel" Hip Launch ["hipLaunchKernel", "hipLaunchKernel_spt"] { stream: 7 }
+    // hipModuleLaunchKernel's stream is its 9th argument (the third stack word).
+    45 "hipModuleLaunchKernel" Hip Launch ["hipModuleLaunchKernel"] { stream: 8 }
+    46 "hipExtLaunchKernel" Hip Launch ["hipExtLaunchKernel"] { stream: 7 }
+    47 "hipGraphLaunch" Hip GraphLaunch ["hipGraphLaunch", "hipGraphLaunch_spt"] { stream: 1 }
+    48 "hipMemcpyAsync" Hip Memcpy ["hipMemcpyAsync", "hipMemcpyAsync_spt"] { count: 2, count_is_bytes: true, stream: 4 }
+    49 "hipStreamSynchronize" Hip Sync ["hipStreamSynchronize", "hipStreamSynchronize_spt"] { stream: 0 }
+    50 "hipDeviceSynchronize" Hip Sync ["hipDeviceSynchronize"] {}
+    51 "hipEventSynchronize" Hip Sync ["hipEventSynchronize"] { event: 0 }
+    52 "hipMalloc" Hip Alloc ["hipMalloc"] { out: 0, count: 1, count_is_bytes: true }
+    53 "hipFree" Hip Free ["hipFree"] {}
 }
 
 /// A function id (index into [`FUNCS`]).

@@ -92,7 +92,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         let found = target::discover_all();
         if found.is_empty() {
             bail!(
-                "no process maps libnccl, librccl, libcudart or libcuda: nothing to trace \
+                "no process maps libnccl, librccl, libcudart, libcuda or libamdhip64: nothing to trace \
                  (`llmdd doctor` lists what it can see)"
             );
         }

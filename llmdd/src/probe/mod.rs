@@ -153,10 +153,13 @@ const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str)
         (ProbeSet::Full, Family::Nccl) => ("nccl_entry", "nccl_return"),
         (ProbeSet::Full, Family::CudaRuntime) => ("cudart_entry", "cudart_return"),
         (ProbeSet::Full, Family::CudaDriver) => ("cuda_entry", "cuda_return"),
+        (ProbeSet::Full, Family::Hip) => ("hip_entry", "hip_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 8] = [
+const UPROBE_PROGRAMS: [&str; 10] = [
+    "hip_entry",
+    "hip_return",
     "nccl_entry",
     "nccl_return",
     "cudart_entry",

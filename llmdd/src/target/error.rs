@@ -34,7 +34,7 @@ pub enum TargetError {
         source: MapsFormatError,
     },
 
-    #[error("pid {pid} maps no NCCL/RCCL, CUDA runtime or CUDA driver library (looked at {looked_at} mapped objects for the ncclAllReduce/cudaLaunchKernel/cuLaunchKernel family of symbols): check the pid; if the process loads them later (dlopen on first use), retry once it has started working")]
+    #[error("pid {pid} maps no NCCL/RCCL, CUDA runtime, CUDA driver or HIP library (looked at {looked_at} mapped objects for the ncclAllReduce/cudaLaunchKernel/cuLaunchKernel/hipLaunchKernel family of symbols): check the pid; if the process loads them later (dlopen on first use), retry once it has started working")]
     NoSupportedLibrary { pid: u32, looked_at: usize },
 }
 

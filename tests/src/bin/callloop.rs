@@ -8,6 +8,8 @@
 //! - `pace N RATE`: call `ncclAllReduce` N times at RATE calls per second (spinning between
 //!   calls, no sleeps: the pacing must hold at rates above the timer's resolution); prints
 //!   `ns_per_call X` (the mean time per call including the pacing).
+//! - `hip N`: call `hipLaunchKernel` N times, then `hipMalloc` once (the fake HIP runtime);
+//!   prints `ns_per_call X`.
 //! - `quit` (or end of input): exit.
 
 use std::{
@@ -127,6 +129,55 @@ fn main() -> Result<()> {
                     sink ^= unsafe { query(std::ptr::null_mut()) };
                 }
                 let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+                writeln!(out, "ns_per_call {ns:.2} rc {sink}")?;
+            }
+            (Some("hip"), Some(n)) => {
+                let n: u64 = n.parse().context("hip N")?;
+                #[repr(C)]
+                #[derive(Clone, Copy)]
+                struct Dim3 {
+                    x: u32,
+                    y: u32,
+                    z: u32,
+                }
+                type Launch = unsafe extern "C" fn(
+                    *const c_void,
+                    Dim3,
+                    Dim3,
+                    *mut *mut c_void,
+                    usize,
+                    *mut c_void,
+                ) -> c_int;
+                type Malloc = unsafe extern "C" fn(*mut *mut c_void, usize) -> c_int;
+                // SAFETY: the symbols have the C signatures above.
+                let launch = libs
+                    .iter()
+                    .find_map(|l| unsafe { l.get::<Launch>(b"hipLaunchKernel\0") }.ok())
+                    .context("no loaded library exports hipLaunchKernel")?;
+                let malloc = libs
+                    .iter()
+                    .find_map(|l| unsafe { l.get::<Malloc>(b"hipMalloc\0") }.ok())
+                    .context("no loaded library exports hipMalloc")?;
+                let d = Dim3 { x: 1, y: 1, z: 1 };
+                let start = Instant::now();
+                let mut sink = 0;
+                for _ in 0..n {
+                    // SAFETY: the fake runtime ignores the kernel and its arguments.
+                    sink ^= unsafe {
+                        launch(
+                            std::ptr::null(),
+                            d,
+                            d,
+                            std::ptr::null_mut(),
+                            0,
+                            std::ptr::null_mut(),
+                        )
+                    };
+                }
+                let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+                let mut ptr = std::ptr::null_mut();
+                // SAFETY: a valid out-pointer.
+                sink ^= unsafe { malloc(&mut ptr, 1 << 20) };
                 writeln!(out, "ns_per_call {ns:.2} rc {sink}")?;
             }
             (Some("quit"), _) => break,

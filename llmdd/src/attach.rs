@@ -274,13 +274,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         server.spawn(state.clone())?;
         session.outputs.metrics = Some(state);
     }
+    // Handlers first: a signal right after the "tracing" line must stop llmdd cleanly.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     eprintln!(
         "llmdd: tracing {} process(es); Ctrl-C to stop",
         live.pids.len()
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tui = if want_tui {
         let t = tui::live::Live::start()?;
         live.console.live = true;

@@ -19,6 +19,8 @@ pub enum Family {
     CudaDriver,
     /// libamdhip64 (the HIP runtime, AMD GPUs): the same kinds of calls as the CUDA runtime.
     Hip,
+    /// libmpi (Open MPI libmpi.so.40, MPICH libmpi.so.12): collectives and point-to-point.
+    Mpi,
 }
 
 impl Family {
@@ -28,6 +30,7 @@ impl Family {
             Family::CudaRuntime => "cudart",
             Family::CudaDriver => "cuda",
             Family::Hip => "hip",
+            Family::Mpi => "mpi",
         }
     }
 }
@@ -198,6 +201,18 @@ funcs! {
     51 "hipEventSynchronize" Hip Sync ["hipEventSynchronize"] { event: 0 }
     52 "hipMalloc" Hip Alloc ["hipMalloc"] { out: 0, count: 1, count_is_bytes: true }
     53 "hipFree" Hip Free ["hipFree"] {}
+    // ---- MPI (libmpi; the PMPI_ profiling names share the address and are probed once) ----
+    // Datatypes and ops are handles here, not NCCL's enums: no dtype/op roles.
+    54 "MPI_Allreduce" Mpi Collective ["MPI_Allreduce", "PMPI_Allreduce"] { count: 2, comm: 5 }
+    55 "MPI_Allgather" Mpi Collective ["MPI_Allgather", "PMPI_Allgather"] { count: 1, comm: 6 }
+    56 "MPI_Reduce_scatter_block" Mpi Collective ["MPI_Reduce_scatter_block", "PMPI_Reduce_scatter_block"] { count: 2, comm: 5 }
+    57 "MPI_Reduce_scatter" Mpi Collective ["MPI_Reduce_scatter", "PMPI_Reduce_scatter"] { comm: 5 }
+    58 "MPI_Bcast" Mpi Collective ["MPI_Bcast", "PMPI_Bcast"] { count: 1, peer: 3, comm: 4 }
+    59 "MPI_Reduce" Mpi Collective ["MPI_Reduce", "PMPI_Reduce"] { count: 2, peer: 5, comm: 6 }
+    60 "MPI_Alltoall" Mpi Collective ["MPI_Alltoall", "PMPI_Alltoall"] { count: 1, comm: 6 }
+    61 "MPI_Barrier" Mpi Collective ["MPI_Barrier", "PMPI_Barrier"] { comm: 0 }
+    62 "MPI_Send" Mpi P2p ["MPI_Send", "PMPI_Send"] { count: 1, peer: 3, comm: 5 }
+    63 "MPI_Recv" Mpi P2p ["MPI_Recv", "PMPI_Recv"] { count: 1, peer: 3, comm: 5 }
 }
 
 /// A function id (index into [`FUNCS`]).

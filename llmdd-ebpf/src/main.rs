@@ -16,6 +16,7 @@ mod cudart;
 mod emit;
 mod hip;
 mod maps;
+mod mpi;
 mod nccl;
 mod proc;
 mod sock;

@@ -741,7 +741,9 @@ const IN_FLIGHT_AGE_NS: u64 = 200_000_000;
 fn feed_in_flight(tracer: &Tracer, engine: &mut Engine, now: u64) -> Result<()> {
     for rec in tracer.in_flight()? {
         if let Ok(Event::Call(c)) = Event::decode(&rec) {
-            if c.family == "nccl" && c.entry_ns.saturating_add(IN_FLIGHT_AGE_NS) < now {
+            if (c.family == "nccl" || c.family == "mpi")
+                && c.entry_ns.saturating_add(IN_FLIGHT_AGE_NS) < now
+            {
                 engine.ingest(Event::Call(c));
             }
         }

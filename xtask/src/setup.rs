@@ -105,6 +105,7 @@ pub fn ensure() -> Result<()> {
     }
 
     ensure_netns_tools()?;
+    ensure_open_mpi()?;
 
     if is_root() && !Path::new(TRACEFS).join("events").exists() {
         run(
@@ -128,6 +129,23 @@ fn ensure_netns_tools() -> Result<()> {
                 .args(["iproute2", "util-linux"])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
             "apt-get install iproute2 util-linux (the multi-host merge test)",
+        )?;
+    }
+    Ok(())
+}
+
+/// Open MPI (mpirun, mpicc, libmpi): tests/tests/mpi_straggler.rs runs a real MPI job.
+fn ensure_open_mpi() -> Result<()> {
+    let missing = ["mpicc", "mpirun"]
+        .iter()
+        .any(|t| Command::new(t).arg("--version").output().is_err());
+    if is_root() && missing {
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(["openmpi-bin", "libopenmpi-dev"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install openmpi-bin libopenmpi-dev (the Open MPI test)",
         )?;
     }
     Ok(())

@@ -154,10 +154,13 @@ const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str)
         (ProbeSet::Full, Family::CudaRuntime) => ("cudart_entry", "cudart_return"),
         (ProbeSet::Full, Family::CudaDriver) => ("cuda_entry", "cuda_return"),
         (ProbeSet::Full, Family::Hip) => ("hip_entry", "hip_return"),
+        (ProbeSet::Full, Family::Mpi) => ("mpi_entry", "mpi_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 10] = [
+const UPROBE_PROGRAMS: [&str; 12] = [
+    "mpi_entry",
+    "mpi_return",
     "hip_entry",
     "hip_return",
     "nccl_entry",

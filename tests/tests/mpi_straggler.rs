@@ -1,0 +1,104 @@
+//! The real thing, not our fake: Open MPI (Debian's openmpi-bin, installed by `cargo xtask
+//! setup`) runs a 4-rank job under mpirun on loopback (shared memory and TCP), one rank
+//! made slow; llmdd attaches to the running ranks by pid and names that rank as the
+//! straggler of MPI_Allreduce, its ranks taken from Open MPI's environment.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use llmdd_tests::harness::{build_dir, require_root, start_llmdd, Proc, Stream};
+use serde_json::Value;
+
+const SLOW: u32 = 2;
+
+/// Builds the job with mpicc (once per build directory), or says why it cannot.
+fn build_job() -> Option<PathBuf> {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mpi-job/mpi_job.c");
+    let out = build_dir().join("mpi_job");
+    let status = Command::new("mpicc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .ok()?;
+    status.success().then_some(out)
+}
+
+#[test]
+fn open_mpi_straggler_is_named() {
+    require_root();
+    let Some(job) = build_job() else {
+        panic!("mpicc is missing: `cargo xtask setup` installs openmpi-bin and libopenmpi-dev");
+    };
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        "4",
+        "--mca",
+        "btl",
+        "self,vader,tcp",
+        "--mca",
+        "btl_tcp_if_include",
+        "lo",
+    ])
+    .arg(&job)
+    .args(["300", "2000", &SLOW.to_string(), "15000"]);
+    let mut run = Proc::spawn("mpirun", cmd).expect("mpirun starts");
+    run.wait_line("READY", Duration::from_secs(120), |s, l| {
+        s == Stream::Stdout && l.starts_with("READY")
+    })
+    .expect("the MPI job is up");
+    let mut pids = vec![0u32; 4];
+    for l in run.lines_of(Stream::Stdout) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if let ["RANK", r, "PID", p] = w[..] {
+            pids[r.parse::<usize>().expect("rank")] = p.parse().expect("pid");
+        }
+    }
+    assert!(pids.iter().all(|p| *p > 0), "{}", run.transcript());
+    let report = build_dir().join("mpi_straggler_report.json");
+    let report_arg = report.to_string_lossy().into_owned();
+    let mut l = start_llmdd(
+        &pids,
+        &[
+            "--quiet",
+            "--report",
+            &report_arg,
+            "--overhead-budget",
+            "off",
+        ],
+    )
+    .expect("llmdd attaches to the MPI ranks");
+    assert!(l.transcript().contains("mpi "), "{}", l.transcript());
+    run.send_line("go").expect("release the job");
+    run.wait_line("DONE", Duration::from_secs(240), |s, x| {
+        s == Stream::Stdout && x == "DONE"
+    })
+    .expect("the job finishes");
+    let status = l
+        .wait_exit(Duration::from_secs(120))
+        .expect("llmdd exits with the ranks");
+    assert!(status.success(), "{}", l.transcript());
+    let _ = run.wait_exit(Duration::from_secs(60));
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let stragglers: Vec<&Value> = doc["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["kind"] == "straggler")
+        .collect();
+    assert_eq!(
+        stragglers.len(),
+        1,
+        "one straggler: {:#}\n{}",
+        doc["findings"],
+        l.lines_of(Stream::Stdout).join("\n")
+    );
+    let c = &stragglers[0]["culprit"];
+    assert_eq!(c["rank"], SLOW, "{c}");
+    assert_eq!(c["pid"], pids[SLOW as usize], "{c}");
+}

@@ -130,6 +130,10 @@ pub struct Session {
     sinks: Vec<Box<dyn EventSink>>,
     /// The merged job view for the report, when several hosts' recordings were merged.
     pub job: Option<serde_json::Value>,
+    /// Probe families traced entry-only (`--mode FAMILY=entry`): their records have no
+    /// return, so they are counted and shown but not analysed (the engine would hold every
+    /// one of them as a call still in progress).
+    pub entry_only: Vec<&'static str>,
 }
 
 impl Session {
@@ -166,6 +170,12 @@ impl Session {
             files,
             sinks,
             job: None,
+            entry_only: opts
+                .modes
+                .iter()
+                .filter(|(_, m)| *m == crate::probe::Mode::EntryOnly)
+                .map(|(f, _)| f.name())
+                .collect(),
         })
     }
 
@@ -193,6 +203,11 @@ impl Session {
             self.summary.add(&ev);
             if let Event::ProcExit(p) = &ev {
                 exited.push(p.pid);
+            }
+            if let Event::Call(c) = &ev {
+                if self.entry_only.contains(&c.family) {
+                    continue;
+                }
             }
             self.engine.ingest(ev);
         }

@@ -490,6 +490,10 @@ fn macro_case(o: &Opts, floor_ns: f64) -> Result<serde_json::Value> {
                     "5",
                     "--compute-us",
                     "300",
+                    // Kernels of 1 us: the step is host-bound, so the probes' cost shows in
+                    // it rather than hiding behind simulated GPU time.
+                    "--kernel-us",
+                    "1",
                     "--launches",
                     &l_arg,
                     "--collective",

@@ -59,7 +59,7 @@ pub enum Command {
     /// Write every event of a record file as one JSON object per line (for DuckDB, pandas,
     /// jq): `llmdd export node1.rec -o events.jsonl`. Columns: docs/record.md.
     Export(ExportArgs),
-    /// Compare two JSON reports (a healthy baseline, the current run): per communicator
+    /// Compare two JSON reports or record files (a healthy baseline, the current run): per communicator
     /// size, op and message size, the change of p50/p99 latency, arrival skew and bus
     /// bandwidth, new and vanished findings, and a verdict line. Exit code 0: no
     /// regression beyond --threshold; 3: a regression (so it can gate a rollout); 1: the
@@ -192,11 +192,11 @@ pub enum ConfigCommand {
 /// `llmdd diff`.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The healthy run's report (`--report` of attach or report).
-    #[arg(value_name = "BASELINE.json")]
+    /// The healthy run: a JSON report (`--report` of attach or report) or a record file.
+    #[arg(value_name = "BASELINE")]
     pub baseline: PathBuf,
-    /// The run to judge.
-    #[arg(value_name = "CURRENT.json")]
+    /// The run to judge: a JSON report or a record file.
+    #[arg(value_name = "CURRENT")]
     pub current: PathBuf,
     /// Smallest change, in percent, that counts as a regression.
     #[arg(long, default_value_t = 10.0, value_name = "PCT")]

@@ -1,4 +1,5 @@
-//! `llmdd diff BASELINE.json CURRENT.json`: two JSON reports compared, to gate a rollout.
+//! `llmdd diff BASELINE CURRENT`: two JSON reports (or record files, analysed first as
+//! `llmdd report` would) compared, to gate a rollout.
 //!
 //! Rows are (communicator size, op, message-size bucket): communicator ids are random per
 //! run (they hash each run's `ncclUniqueId`), so communicators are compared by rank count.
@@ -60,6 +61,15 @@ pub struct Diff {
 }
 
 fn load(path: &Path) -> Result<Value> {
+    // A record file: analysed first, as `llmdd report` would.
+    let mut magic = [0u8; 8];
+    if std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == crate::record::MAGIC
+    {
+        return crate::offline::report_document(&[path.to_path_buf()]);
+    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: Value = serde_json::from_str(&text).with_context(|| {

@@ -53,8 +53,42 @@ fn run_args(a: &ReportArgs) -> RunArgs {
     }
 }
 
+/// The JSON report of record files, built as `llmdd report --report` would and returned
+/// (for `diff` on record files); nothing is printed but salvage warnings.
+pub fn report_document(files: &[std::path::PathBuf]) -> Result<serde_json::Value> {
+    let dir = std::env::temp_dir().join(format!("llmdd-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!(
+        "{}.json",
+        files
+            .first()
+            .and_then(|f| f.file_stem())
+            .and_then(|s| s.to_str())
+            .unwrap_or("report")
+    ));
+    let args = ReportArgs {
+        files: files.to_vec(),
+        report: Some(path.clone()),
+        trace: None,
+        trace_max_slices: 0,
+        flamegraph: None,
+        dump_events: None,
+        no_tui: true,
+        engine_config: None,
+    };
+    report_inner(args, true)?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    serde_json::from_str(&text).context("the report just written is not JSON")
+}
+
 /// `llmdd report FILE...`.
 pub fn report(args: ReportArgs) -> Result<()> {
+    report_inner(args, false)
+}
+
+fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
     let mut recs = Vec::new();
     for f in &args.files {
         recs.push(load(f)?);
@@ -70,6 +104,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
     let opts = run_args(&args);
     let cfg = opts.engine_config.clone().unwrap_or_default();
     let mut session = Session::open_with(&opts, run, cfg)?;
+    session.quiet = quiet;
     let counters: Vec<u64> = sum_counters(&recs);
     let lost: u64 = llmdd_common::counters::LOSSES
         .iter()
@@ -117,8 +152,10 @@ pub fn report(args: ReportArgs) -> Result<()> {
     } else {
         let hosts: Vec<crate::merge::HostRecording> = recs.iter().map(|r| r.to_host()).collect();
         let merged = crate::merge::merge(hosts).context("merging the recordings")?;
-        for line in merged.clock_lines() {
-            eprintln!("llmdd: {line}");
+        if !quiet {
+            for line in merged.clock_lines() {
+                eprintln!("llmdd: {line}");
+            }
         }
         session.job = serde_json::to_value(&merged).ok();
         for (id, hints) in &merged.registrations {

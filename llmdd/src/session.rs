@@ -134,6 +134,8 @@ pub struct Session {
     /// return, so they are counted and shown but not analysed (the engine would hold every
     /// one of them as a call still in progress).
     pub entry_only: Vec<&'static str>,
+    /// Write the file views without printing the final summary (a report built for `diff`).
+    pub quiet: bool,
 }
 
 impl Session {
@@ -170,6 +172,7 @@ impl Session {
             files,
             sinks,
             job: None,
+            quiet: false,
             entry_only: opts
                 .modes
                 .iter()
@@ -224,17 +227,19 @@ impl Session {
     /// outputs are still written.
     pub fn finish(mut self, end: &End, last_interval_s: f64) -> Result<()> {
         self.engine.flush();
-        println!("=== final summary ({}) ===", end.why);
-        print!(
-            "{}",
-            self.summary
-                .render(end.duration_s, last_interval_s, end.counters)
-        );
-        print!("{}", render_findings(&self.engine));
-        if end.undecodable > 0 {
-            println!("undecodable records: {}", end.undecodable);
+        if !self.quiet {
+            println!("=== final summary ({}) ===", end.why);
+            print!(
+                "{}",
+                self.summary
+                    .render(end.duration_s, last_interval_s, end.counters)
+            );
+            print!("{}", render_findings(&self.engine));
+            if end.undecodable > 0 {
+                println!("undecodable records: {}", end.undecodable);
+            }
+            std::io::stdout().flush().ok();
         }
-        std::io::stdout().flush().ok();
 
         let snap = self.engine.snapshot();
         let lost: u64 = llmdd_common::counters::LOSSES
@@ -264,6 +269,7 @@ impl Session {
                 .and_then(|()| w.write_all(b"\n").map_err(anyhow::Error::from))
                 .and_then(|()| w.flush().map_err(anyhow::Error::from));
             match written {
+                Ok(()) if self.quiet => {}
                 Ok(()) => eprintln!("llmdd: report written to {}", path.display()),
                 Err(e) => failed.push(format!("writing {}: {e}", path.display())),
             }

@@ -152,6 +152,26 @@ fn a_recording_read_back_names_the_same_straggler_and_exports_every_event() {
     };
     assert_eq!(lines(&jsonl), lines(&dump));
     assert!(lines(&jsonl) > 4 * 60, "collectives of every rank");
+
+    // diff takes record files too (analysed first as `report` would): a recording against
+    // itself shows the same rows and findings, so no regression.
+    let out = llmdd(&[
+        "diff",
+        rec.to_str().expect("utf-8"),
+        rec.to_str().expect("utf-8"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verdict: no regression"), "{text}");
+    assert!(
+        text.contains("MPI_Allreduce") || text.contains("all-reduce"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -112,6 +112,11 @@ fn run(cli: Cli) -> Result<()> {
             setup::ensure()?;
             setup::ensure_bpftrace()?;
             cargo(&["build", "--workspace"])?;
+            // The daemon as users run it: the release build.
+            cargo(&["build", "--release", "-p", "llmdd"])?;
+            let release = setup::workspace_root().join("target/release/llmdd");
+            // SAFETY: setting an environment variable before spawning children, single-threaded.
+            unsafe { std::env::set_var("LLMDD_BIN", &release) };
             cargo(&[
                 "run",
                 "--quiet",

@@ -138,7 +138,7 @@ fn main() -> Result<()> {
             ("llmdd --mode nccl=aggregate", Some("nccl=aggregate")),
         ] {
             let t0 = Instant::now();
-            let mut cmd = Command::new(built("llmdd"));
+            let mut cmd = Command::new(llmdd_bin());
             cmd.args(["attach", "--pid", &pid.to_string(), "--quiet"]);
             if let Some(m) = mode {
                 cmd.args(["--mode", m]);
@@ -270,6 +270,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The llmdd binary to measure: `LLMDD_BIN` (`cargo xtask bench` sets the release build),
+/// else the workspace's debug build.
+fn llmdd_bin() -> std::path::PathBuf {
+    std::env::var_os("LLMDD_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| built("llmdd"))
+}
+
 /// Starts a `callloop` process over `libs` (file names in the fake library directory).
 fn start_loop(libs: &[&str]) -> Result<Proc> {
     let dir = fake_lib_dir();
@@ -314,7 +322,7 @@ fn final_calls(l: &Proc, pid: u32, func: &str) -> Option<f64> {
 }
 
 fn start_llmdd_on(pids: &[u32], extra: &[&str]) -> Result<Proc> {
-    let mut cmd = Command::new(built("llmdd"));
+    let mut cmd = Command::new(llmdd_bin());
     cmd.arg("attach");
     for p in pids {
         cmd.args(["--pid", &p.to_string()]);

@@ -272,3 +272,40 @@ pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>> {
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line: {l}")))
         .collect()
 }
+
+/// The `calls` column of the last summary row of `func` printed by llmdd `l` (of `pid` when
+/// given): the final summary's, once llmdd has exited.
+pub fn summary_calls(l: &Proc, pid: Option<u32>, func: &str) -> Option<String> {
+    l.lines_of(Stream::Stdout)
+        .iter()
+        .rfind(|x| {
+            let mut w = x.split_whitespace();
+            let p = w.next();
+            w.next() == Some(func) && pid.is_none_or(|pid| p == Some(pid.to_string().as_str()))
+        })
+        .and_then(|x| x.split_whitespace().nth(2))
+        .map(str::to_string)
+}
+
+/// Starts the `callloop` target over `libs` and waits for its READY line.
+pub fn start_callloop(libs: &[PathBuf]) -> Result<Proc> {
+    let mut cmd = Command::new(built("callloop"));
+    cmd.args(libs);
+    let mut lp = Proc::spawn("callloop", cmd)?;
+    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l == "READY"
+    })?;
+    Ok(lp)
+}
+
+/// Sends one command to a `callloop` and waits for its `ns_per_call X` line; returns X.
+pub fn loop_cmd(lp: &mut Proc, cmd: &str) -> Result<f64> {
+    lp.send_line(cmd)?;
+    let line = lp.wait_line("ns_per_call", Duration::from_secs(600), |s, l| {
+        s == Stream::Stdout && l.starts_with("ns_per_call")
+    })?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("an ns_per_call value")
+}

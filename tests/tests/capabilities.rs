@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use llmdd_tests::harness::{built, fake_lib_dir, require_root, start_llmdd, Proc, Stream};
+use llmdd_tests::harness::{
+    built, fake_lib_dir, require_root, start_llmdd, summary_calls, Proc, Stream,
+};
 
 fn caps_of(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -66,14 +68,8 @@ fn unneeded_capabilities_are_dropped_after_attach() {
     l.signal(libc::SIGINT).expect("SIGINT");
     let status = l.wait_exit(Duration::from_secs(60)).expect("exits");
     assert!(status.success(), "{}", l.transcript());
-    let row = l
-        .lines_of(Stream::Stdout)
-        .into_iter()
-        .rfind(|x| x.contains(" ncclAllReduce "))
-        .map(str::to_string)
-        .unwrap_or_default();
     assert_eq!(
-        row.split_whitespace().nth(2),
+        summary_calls(&l, None, "ncclAllReduce").as_deref(),
         Some("100"),
         "{}",
         l.transcript()

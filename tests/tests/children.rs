@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use llmdd_tests::{
-    harness::{built, fake_lib_dir, require_root, Proc, Stream},
+    harness::{built, fake_lib_dir, require_root, summary_calls, Proc, Stream},
     job::Job,
 };
 
@@ -60,20 +60,10 @@ fn the_workers_of_a_traced_launcher_are_traced() {
         .wait_exit(Duration::from_secs(60))
         .expect("llmdd exits with its targets");
     assert!(status.success(), "{}", l.transcript());
-    let out = l.lines_of(Stream::Stdout);
     for r in &t.ranks {
-        let row = out
-            .iter()
-            .rfind(|x| {
-                let mut w = x.split_whitespace();
-                w.next() == Some(&r.pid.to_string()) && w.next() == Some("ncclAllReduce")
-            })
-            .unwrap_or_else(|| panic!("rank {} traced:\n{}", r.rank, l.transcript()));
-        let calls: u64 = row
-            .split_whitespace()
-            .nth(2)
+        let calls: u64 = summary_calls(&l, Some(r.pid), "ncclAllReduce")
             .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or_else(|| panic!("rank {} traced:\n{}", r.rank, l.transcript()));
         assert!(calls >= 20, "rank {} calls {calls}", r.rank);
     }
 }

@@ -4,7 +4,9 @@
 
 use std::{process::Command, time::Duration};
 
-use llmdd_tests::harness::{built, fake_lib_dir, require_root, start_llmdd, Proc, Stream};
+use llmdd_tests::harness::{
+    built, fake_lib_dir, require_root, start_llmdd, summary_calls, Proc, Stream,
+};
 
 /// Runs `run N` in the loop and returns llmdd's final count of its ncclAllReduce calls.
 fn traced_calls(lp: &mut Proc, pid: u32, n: u64) -> (Option<String>, String) {
@@ -18,13 +20,7 @@ fn traced_calls(lp: &mut Proc, pid: u32, n: u64) -> (Option<String>, String) {
     l.signal(libc::SIGINT).expect("SIGINT");
     let status = l.wait_exit(Duration::from_secs(60)).expect("exits");
     assert!(status.success(), "{}", l.transcript());
-    let calls = l
-        .lines_of(Stream::Stdout)
-        .iter()
-        .rfind(|x| x.contains(" ncclAllReduce "))
-        .and_then(|x| x.split_whitespace().nth(2))
-        .map(str::to_string);
-    (calls, l.transcript())
+    (summary_calls(&l, None, "ncclAllReduce"), l.transcript())
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use llmdd_tests::harness::{built, fake_lib_dir, require_root, Proc, Stream};
+use llmdd_tests::harness::{built, fake_lib_dir, require_root, summary_calls, Proc, Stream};
 
 fn start_loop() -> Proc {
     let mut cmd = std::process::Command::new(built("callloop"));
@@ -75,16 +75,7 @@ fn a_restarted_process_is_attached_again() {
     let status = l.wait_exit(Duration::from_secs(60)).expect("exits");
     assert!(status.success(), "{}", l.transcript());
     second.send_line("quit").ok();
-    let out = l.lines_of(Stream::Stdout);
-    let calls = |p: u32| {
-        out.iter()
-            .rfind(|x| {
-                let mut w = x.split_whitespace();
-                w.next() == Some(&p.to_string()) && w.next() == Some("ncclAllReduce")
-            })
-            .and_then(|x| x.split_whitespace().nth(2))
-            .map(str::to_string)
-    };
+    let calls = |p: u32| summary_calls(&l, Some(p), "ncclAllReduce");
     assert_eq!(
         calls(first.pid()).as_deref(),
         Some("50"),

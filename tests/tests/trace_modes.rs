@@ -6,38 +6,23 @@
 use std::time::Duration;
 
 use llmdd_tests::harness::{
-    built, fake_lib_dir, read_events, require_root, start_llmdd, Proc, Stream,
+    fake_lib_dir, loop_cmd, read_events, require_root, start_callloop, start_llmdd, summary_calls,
+    Proc,
 };
 
 const CALLS: u64 = 5_000;
 
 fn start_loop() -> Proc {
-    let lib = fake_lib_dir().join("libnccl.so.2");
-    let mut cmd = std::process::Command::new(built("callloop"));
-    cmd.arg(&lib);
-    let mut lp = Proc::spawn("callloop", cmd).expect("callloop starts");
-    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
-        s == Stream::Stdout && l == "READY"
-    })
-    .expect("callloop ready");
-    lp
+    start_callloop(&[fake_lib_dir().join("libnccl.so.2")]).expect("callloop starts")
 }
 
 fn run_calls(lp: &mut Proc, n: u64) {
-    lp.send_line(&format!("run {n}")).expect("send");
-    lp.wait_line("ns_per_call", Duration::from_secs(120), |s, l| {
-        s == Stream::Stdout && l.starts_with("ns_per_call")
-    })
-    .expect("loop ran");
+    loop_cmd(lp, &format!("run {n}")).expect("loop ran");
 }
 
 /// The `calls` column of the final summary's ncclAllReduce row.
-fn summary_calls(l: &Proc) -> Option<u64> {
-    l.lines_of(Stream::Stdout)
-        .iter()
-        .rfind(|x| x.contains(" ncclAllReduce "))
-        .and_then(|x| x.split_whitespace().nth(2))
-        .and_then(|n| n.parse().ok())
+fn final_calls(l: &Proc) -> Option<u64> {
+    summary_calls(l, None, "ncclAllReduce").and_then(|n| n.parse().ok())
 }
 
 #[test]
@@ -81,7 +66,7 @@ fn entry_only_mode_sends_one_record_per_call_without_a_return() {
     assert!(calls
         .iter()
         .all(|c| c["entry_ns"].as_u64().unwrap_or(0) > 0));
-    assert_eq!(summary_calls(&l), Some(CALLS), "{}", l.transcript());
+    assert_eq!(final_calls(&l), Some(CALLS), "{}", l.transcript());
 }
 
 #[test]
@@ -118,7 +103,7 @@ fn aggregate_mode_counts_every_call_without_sending_records() {
         !events.iter().any(|e| e["type"] == "call"),
         "aggregate mode sends no call records"
     );
-    assert_eq!(summary_calls(&l), Some(CALLS), "{}", l.transcript());
+    assert_eq!(final_calls(&l), Some(CALLS), "{}", l.transcript());
     assert!(
         l.transcript().contains("nccl traced in aggregate mode"),
         "the user is told what aggregate mode costs them"

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use llmdd::probe::{ObjectPlan, ProbeSet, Tracer};
 use llmdd_common::funcs::Family;
-use llmdd_tests::harness::{built, fake_lib_dir, Proc, Stream};
+use llmdd_tests::harness::{built, fake_lib_dir, loop_cmd, start_callloop, Proc, Stream};
 
 struct Opts {
     calls: u64,
@@ -61,15 +61,7 @@ fn parse() -> Result<Opts> {
 
 /// Runs `n` calls in the loop process; returns ns per call.
 fn run_calls(lp: &mut Proc, n: u64) -> Result<f64> {
-    lp.send_line(&format!("run {n}"))?;
-    let line = lp.wait_line("ns_per_call", Duration::from_secs(600), |s, l| {
-        s == Stream::Stdout && l.starts_with("ns_per_call")
-    })?;
-    line.split_whitespace()
-        .nth(1)
-        .context("ns value")?
-        .parse()
-        .context("ns value")
+    loop_cmd(lp, &format!("run {n}"))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -281,28 +273,7 @@ fn llmdd_bin() -> std::path::PathBuf {
 /// Starts a `callloop` process over `libs` (file names in the fake library directory).
 fn start_loop(libs: &[&str]) -> Result<Proc> {
     let dir = fake_lib_dir();
-    let mut c = Command::new(built("callloop"));
-    for l in libs {
-        c.arg(dir.join(l));
-    }
-    let mut lp = Proc::spawn("callloop", c)?;
-    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
-        s == Stream::Stdout && l == "READY"
-    })?;
-    Ok(lp)
-}
-
-/// Sends one loop command and waits for its `ns_per_call` line.
-fn loop_cmd(lp: &mut Proc, cmd: &str) -> Result<f64> {
-    lp.send_line(cmd)?;
-    let line = lp.wait_line("ns_per_call", Duration::from_secs(900), |s, l| {
-        s == Stream::Stdout && l.starts_with("ns_per_call")
-    })?;
-    line.split_whitespace()
-        .nth(1)
-        .context("ns value")?
-        .parse()
-        .context("ns value")
+    start_callloop(&libs.iter().map(|l| dir.join(l)).collect::<Vec<_>>())
 }
 
 /// The calls column of the final summary's row for `func` of `pid` (`~N` when extrapolated).

@@ -202,10 +202,13 @@ fn processes_without_libraries_and_missing_ones_are_clear_errors() {
     let pid = child.id();
     // Wait until the child has exec'd sleep (its maps then name the sleep binary).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() != "sleep")
-        .unwrap_or(true)
-    {
+    // Started means exec'd and mapped: the name changes at exec, the mappings a moment later.
+    let started = || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            && std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_ok_and(|m| m.lines().any(|l| l.contains("/sleep")))
+    };
+    while !started() {
         assert!(std::time::Instant::now() < deadline, "sleep did not start");
         std::thread::yield_now();
     }

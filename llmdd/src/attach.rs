@@ -213,6 +213,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         budget,
         swaps_pending: BTreeSet::new(),
         warned_over: BTreeSet::new(),
+        host: crate::node::HostMonitor::default(),
         swaps: std::sync::mpsc::channel(),
     };
     let mut reader =
@@ -297,6 +298,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut lost_seen = 0u64;
     let mut batch = Vec::with_capacity(4096);
     let mut last_scan = Instant::now();
+    let mut last_host = Instant::now();
+    live.host.sample(live.pids.iter().copied());
     let result: Result<Stop> = async {
         loop {
             let wait = DRAIN_INTERVAL.min(opts.interval);
@@ -352,6 +355,13 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             }
             session.engine.advance(now);
             live.duty_cycle(now);
+            if last_host.elapsed() >= opts.interval {
+                last_host = Instant::now();
+                live.host.sample(live.pids.iter().copied());
+                session
+                    .host
+                    .extend(live.host.latest.iter().map(|(p, s)| (*p, *s)));
+            }
             if let Some(s) = signalled {
                 return Ok(s);
             }
@@ -451,6 +461,10 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     if let Some(b) = &live.budget {
         session.summary.duties = b.duties(monotonic_ns());
         session.summary.over_budget = (b.fraction, b.over_budget().to_vec());
+    }
+    live.host.sample(live.pids.iter().copied());
+    for (pid, s) in &live.host.latest {
+        session.host.insert(*pid, *s);
     }
     let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
@@ -592,6 +606,8 @@ struct Live {
     swaps_pending: BTreeSet<(u32, llmdd_common::funcs::Family)>,
     /// Threads already named as over the overhead budget.
     warned_over: BTreeSet<(u32, u32)>,
+    /// CPU, run-queue and memory figures of the targets, for the findings' context.
+    host: crate::node::HostMonitor,
     swaps: (
         std::sync::mpsc::Sender<crate::probe::SwapDone>,
         std::sync::mpsc::Receiver<crate::probe::SwapDone>,

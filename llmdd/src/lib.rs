@@ -16,6 +16,7 @@ pub mod events;
 pub mod follow;
 pub mod kernel;
 pub mod merge;
+pub mod node;
 pub mod offline;
 pub mod privileges;
 pub mod probe;

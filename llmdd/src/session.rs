@@ -136,6 +136,8 @@ pub struct Session {
     pub entry_only: Vec<&'static str>,
     /// Write the file views without printing the final summary (a report built for `diff`).
     pub quiet: bool,
+    /// Host context of the traced processes, sampled while tracing live.
+    pub host: std::collections::BTreeMap<u32, crate::node::HostSample>,
 }
 
 impl Session {
@@ -173,6 +175,7 @@ impl Session {
             sinks,
             job: None,
             quiet: false,
+            host: Default::default(),
             entry_only: opts
                 .modes
                 .iter()
@@ -219,7 +222,7 @@ impl Session {
 
     /// The findings block of the plain summary.
     pub fn render_findings(&self) -> String {
-        render_findings(&self.engine)
+        render_findings_with(&self.engine, &self.host)
     }
 
     /// Ends the session: flushes the engine, prints the final summary and findings, then
@@ -234,7 +237,7 @@ impl Session {
                 self.summary
                     .render(end.duration_s, last_interval_s, end.counters)
             );
-            print!("{}", render_findings(&self.engine));
+            print!("{}", render_findings_with(&self.engine, &self.host));
             if end.undecodable > 0 {
                 println!("undecodable records: {}", end.undecodable);
             }
@@ -263,6 +266,7 @@ impl Session {
                 stopped_because: end.why,
                 duration_s: end.duration_s,
                 job: self.job.as_ref(),
+                host: (!self.host.is_empty()).then_some(&self.host),
             });
             let written = serde_json::to_writer_pretty(&mut w, &doc)
                 .map_err(anyhow::Error::from)
@@ -318,6 +322,14 @@ impl Session {
 
 /// The findings block of the plain summary.
 pub fn render_findings(engine: &Engine) -> String {
+    render_findings_with(engine, &Default::default())
+}
+
+/// The findings block, with the host context of each culprit that has one.
+pub fn render_findings_with(
+    engine: &Engine,
+    host: &std::collections::BTreeMap<u32, crate::node::HostSample>,
+) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let findings = engine.findings();
@@ -336,6 +348,12 @@ pub fn render_findings(engine: &Engine) -> String {
             f.evidence,
             f.suggestion
         );
+        if let Some((line, hint)) = crate::views::report::host_context(f, host) {
+            let _ = writeln!(out, "      {line}");
+            if let Some(hint) = hint {
+                let _ = writeln!(out, "      -> {hint}");
+            }
+        }
     }
     out
 }

@@ -110,6 +110,27 @@ fn a_recording_read_back_names_the_same_straggler_and_exports_every_event() {
         .expect("rank 2")
         .pid as u64;
     assert_eq!(stragglers(&findings(&live)), vec![(2, rank2)], "live");
+    // Live, the culprit's host context (CPU, run-queue wait, memory) is in its finding, and
+    // every process has its figures.
+    let live_doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&live).expect("live")).expect("json");
+    let f = findings(&live);
+    let s = f
+        .iter()
+        .find(|f| f["kind"] == "straggler")
+        .expect("straggler");
+    assert!(
+        s["evidence"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("host: pid {rank2} used"))),
+        "{}",
+        s["evidence"]
+    );
+    assert!(live_doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .all(|p| p["host"]["threads"].as_u64().is_some_and(|t| t >= 1)));
 
     let off = work.join("offline.json");
     let out = llmdd(&[

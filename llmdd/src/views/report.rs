@@ -88,6 +88,9 @@ pub struct Process {
     pub exited: bool,
     pub libraries: Vec<LibInfo>,
     pub functions: Vec<Function>,
+    /// Host context over the last sampling interval (live tracing only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<crate::node::HostSample>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -280,6 +283,24 @@ pub struct Inputs<'a> {
     pub duration_s: f64,
     /// The merged job view, when several hosts were merged.
     pub job: Option<&'a serde_json::Value>,
+    /// Host context of the traced processes (live tracing).
+    pub host: Option<&'a std::collections::BTreeMap<u32, crate::node::HostSample>>,
+}
+
+/// The host context line of a finding's culprit next to its peers (the other sampled
+/// processes), and a suggestion when that context explains the finding.
+pub fn host_context(
+    f: &Finding,
+    host: &std::collections::BTreeMap<u32, crate::node::HostSample>,
+) -> Option<(String, Option<&'static str>)> {
+    let pid = f.culprit.pid?;
+    let me = host.get(&pid)?;
+    let peers: Vec<_> = host
+        .iter()
+        .filter(|(p, _)| **p != pid)
+        .map(|(_, s)| *s)
+        .collect();
+    Some(crate::node::culprit_context(pid, me, &peers))
 }
 
 pub fn id_hex(id: u64) -> String {
@@ -496,6 +517,7 @@ pub fn build(i: &Inputs) -> Report {
                 exited: p.exited || i.summary.exited.contains(&p.pid),
                 libraries: p.libraries.clone(),
                 functions,
+                host: i.host.and_then(|h| h.get(&p.pid).copied()),
             }
         })
         .collect();
@@ -537,7 +559,21 @@ pub fn build(i: &Inputs) -> Report {
             })
             .collect(),
         requests: requests(&i.snapshot.requests),
-        findings: i.snapshot.findings.iter().map(finding).collect(),
+        findings: i
+            .snapshot
+            .findings
+            .iter()
+            .map(|f| {
+                let mut r = finding(f);
+                if let Some((line, hint)) = i.host.and_then(|h| host_context(f, h)) {
+                    r.evidence = format!("{}; {line}", r.evidence);
+                    if let Some(hint) = hint {
+                        r.suggestion = format!("{hint}; {}", r.suggestion);
+                    }
+                }
+                r
+            })
+            .collect(),
         engine_counts: engine_counts(i.snapshot),
         job: i.job.cloned(),
     }
@@ -572,6 +608,7 @@ mod tests {
         counters[counters::RETURN_WITHOUT_ENTRY as usize] = 5;
         let r = build(&Inputs {
             job: None,
+            host: None,
             run: &run,
             summary: &summary,
             snapshot: &snap,
@@ -628,6 +665,7 @@ mod tests {
         let snap = e.snapshot();
         let r = build(&Inputs {
             job: None,
+            host: None,
             run: &run,
             summary: &summary,
             snapshot: &snap,

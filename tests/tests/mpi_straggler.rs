@@ -50,12 +50,25 @@ fn open_mpi_straggler_is_named() {
         s == Stream::Stdout && l.starts_with("READY")
     })
     .expect("the MPI job is up");
-    let mut pids = vec![0u32; 4];
-    for l in run.lines_of(Stream::Stdout) {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        if let ["RANK", r, "PID", p] = w[..] {
-            pids[r.parse::<usize>().expect("rank")] = p.parse().expect("pid");
+    // mpirun forwards each rank's output on its own: a rank's pid line may come after
+    // rank 0's READY.
+    let parse = |run: &Proc| {
+        let mut pids = vec![0u32; 4];
+        for l in run.lines_of(Stream::Stdout) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if let ["RANK", r, "PID", p] = w[..] {
+                pids[r.parse::<usize>().expect("rank")] = p.parse().expect("pid");
+            }
         }
+        pids
+    };
+    let mut pids = parse(&run);
+    while let Some(r) = pids.iter().position(|p| *p == 0) {
+        run.wait_line("a rank's pid line", Duration::from_secs(60), |s, l| {
+            s == Stream::Stdout && l.starts_with(&format!("RANK {r} PID"))
+        })
+        .expect("every rank says its pid");
+        pids = parse(&run);
     }
     assert!(pids.iter().all(|p| *p > 0), "{}", run.transcript());
     let report = build_dir().join("mpi_straggler_report.json");

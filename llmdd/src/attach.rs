@@ -14,14 +14,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use crate::session::{create_output, hostname, monotonic_ns, render_findings};
 use crate::{
     cli::AttachArgs,
     engine::{Engine, ProcessHints},
     events::Event,
     kernel, privileges,
     probe::{Detached, ObjectPlan, Tracer},
-    session::{End, Session},
+    session::{hostname, monotonic_ns, End, Session},
     target,
     transport::{Reader, DRAIN_INTERVAL},
     views::{

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cli::{parse_budget, parse_duration, parse_listen, RunArgs},
     engine::Config,
-    probe::Mode,
 };
 
 /// Where the configuration is looked for when `--config` is not given.
@@ -375,9 +374,6 @@ pub fn show(cfg: &FileConfig) -> String {
     full.budget.enforce.get_or_insert(false);
     toml::to_string_pretty(&full).unwrap_or_default()
 }
-
-/// Keeps `Mode` reachable from docs (the modes a `[probes]` entry takes).
-pub const MODES: [&str; 3] = Mode::NAMES;
 
 #[cfg(test)]
 mod tests {

@@ -250,7 +250,12 @@ impl Drop for Proc {
 
 /// Starts `llmdd attach` on `pids` with extra args, and waits until it says it is tracing.
 pub fn start_llmdd(pids: &[u32], extra: &[&str]) -> Result<Proc> {
-    let mut cmd = Command::new(built("llmdd"));
+    start_llmdd_with(&built("llmdd"), pids, extra)
+}
+
+/// [`start_llmdd`] with another llmdd binary (the benchmark measures the release build).
+pub fn start_llmdd_with(bin: &Path, pids: &[u32], extra: &[&str]) -> Result<Proc> {
+    let mut cmd = Command::new(bin);
     cmd.arg("attach");
     for p in pids {
         cmd.arg("--pid").arg(p.to_string());

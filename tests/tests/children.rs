@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use llmdd_tests::{
-    harness::{built, fake_lib_dir, require_root, summary_calls, Proc, Stream},
+    harness::{fake_lib_dir, require_root, start_llmdd, summary_calls},
     job::Job,
 };
 
@@ -32,21 +32,11 @@ fn the_workers_of_a_traced_launcher_are_traced() {
     )
     .expect("simjob starts");
     let launcher = job.proc.pid();
-    let mut cmd = std::process::Command::new(built("llmdd"));
-    cmd.args([
-        "attach",
-        "--pid",
-        &launcher.to_string(),
-        "--children",
-        "--quiet",
-        "--overhead-budget",
-        "off",
-    ]);
-    let mut l = Proc::spawn("llmdd", cmd).expect("llmdd starts");
-    l.wait_line("tracing", Duration::from_secs(60), |s, x| {
-        s == Stream::Stderr && x.starts_with("llmdd: tracing")
-    })
-    .expect("tracing");
+    let mut l = start_llmdd(
+        &[launcher],
+        &["--children", "--quiet", "--overhead-budget", "off"],
+    )
+    .expect("llmdd starts");
     for pid in &job.pids {
         assert!(
             l.transcript().contains(&format!("attached to pid {pid}")),

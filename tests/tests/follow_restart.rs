@@ -3,49 +3,36 @@
 
 use std::time::{Duration, Instant};
 
-use llmdd_tests::harness::{built, fake_lib_dir, require_root, summary_calls, Proc, Stream};
+use llmdd_tests::harness::{
+    fake_lib_dir, loop_cmd, require_root, start_callloop, start_llmdd, summary_calls, Proc, Stream,
+};
 
 fn start_loop() -> Proc {
-    let mut cmd = std::process::Command::new(built("callloop"));
-    cmd.arg(fake_lib_dir().join("libnccl.so.2"));
-    let mut lp = Proc::spawn("callloop", cmd).expect("starts");
-    lp.wait_line("READY", Duration::from_secs(30), |s, l| {
-        s == Stream::Stdout && l == "READY"
-    })
-    .expect("ready");
-    lp
+    start_callloop(&[fake_lib_dir().join("libnccl.so.2")]).expect("callloop starts")
 }
 
 #[test]
 fn a_restarted_process_is_attached_again() {
     require_root();
     let mut first = start_loop();
-    let mut cmd = std::process::Command::new(built("llmdd"));
-    cmd.args([
-        "attach",
-        "--follow",
-        "callloop",
-        "--quiet",
-        "--overhead-budget",
-        "off",
-    ]);
-    let mut l = Proc::spawn("llmdd", cmd).expect("llmdd starts");
-    l.wait_line("tracing", Duration::from_secs(60), |s, x| {
-        s == Stream::Stderr && x.starts_with("llmdd: tracing")
-    })
-    .expect("tracing");
+    let mut l = start_llmdd(
+        &[],
+        &[
+            "--follow",
+            "callloop",
+            "--quiet",
+            "--overhead-budget",
+            "off",
+        ],
+    )
+    .expect("llmdd starts");
     assert!(
         l.transcript()
             .contains(&format!("attached to pid {}", first.pid())),
         "{}",
         l.transcript()
     );
-    first.send_line("run 50").expect("send");
-    first
-        .wait_line("ran", Duration::from_secs(30), |s, x| {
-            s == Stream::Stdout && x.starts_with("ns_per_call")
-        })
-        .expect("ran");
+    loop_cmd(&mut first, "run 50").expect("ran");
     first.send_line("quit").expect("quit");
     first.wait_exit(Duration::from_secs(30)).expect("exits");
     l.wait_line("exit noticed", Duration::from_secs(30), |s, x| {

@@ -72,6 +72,13 @@ enum Cmd {
     },
 }
 
+/// `cargo run` of one of the tests crate's binaries (demo, bench, soak) with `args`.
+fn run_tests_bin(bin: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["run", "--quiet", "-p", "llmdd-tests", "--bin", bin, "--"];
+    all.extend_from_slice(args);
+    cargo(&all)
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,17 +99,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { duration } => {
             setup::ensure()?;
             cargo(&["build", "--workspace"])?;
-            cargo(&[
-                "run",
-                "--quiet",
-                "-p",
-                "llmdd-tests",
-                "--bin",
-                "demo",
-                "--",
-                "--duration",
-                &duration,
-            ])
+            run_tests_bin("demo", &["--duration", &duration])
         }
         Cmd::Bench {
             calls,
@@ -117,19 +114,15 @@ fn run(cli: Cli) -> Result<()> {
             let release = setup::workspace_root().join("target/release/llmdd");
             // SAFETY: setting an environment variable before spawning children, single-threaded.
             unsafe { std::env::set_var("LLMDD_BIN", &release) };
-            cargo(&[
-                "run",
-                "--quiet",
-                "-p",
-                "llmdd-tests",
-                "--bin",
+            run_tests_bin(
                 "bench",
-                "--",
-                "--calls",
-                &calls.to_string(),
-                "--rounds",
-                &rounds.to_string(),
-            ])?;
+                &[
+                    "--calls",
+                    &calls.to_string(),
+                    "--rounds",
+                    &rounds.to_string(),
+                ],
+            )?;
             // SAFETY: setting an environment variable before spawning children, single-threaded.
             unsafe { std::env::set_var("LLMDD_BENCH_EVENTS", engine_events.to_string()) };
             cargo(&["bench", "-p", "llmdd", "--bench", "engine"])
@@ -141,21 +134,17 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             setup::ensure()?;
             cargo(&["build", "--workspace"])?;
-            cargo(&[
-                "run",
-                "--quiet",
-                "-p",
-                "llmdd-tests",
-                "--bin",
+            run_tests_bin(
                 "soak",
-                "--",
-                "--duration",
-                &duration.to_string(),
-                "--ranks",
-                &ranks.to_string(),
-                "--rate",
-                &rate.to_string(),
-            ])
+                &[
+                    "--duration",
+                    &duration.to_string(),
+                    "--ranks",
+                    &ranks.to_string(),
+                    "--rate",
+                    &rate.to_string(),
+                ],
+            )
         }
         Cmd::Test { no_lint, test_args } => {
             setup::ensure()?;

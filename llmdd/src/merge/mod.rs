@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::{engine::ProcessHints, events::Event};
+use crate::{engine::ProcessHints, events::Event, views::event_time};
 use llmdd_common::funcs::CallKind;
 
 pub use clock::{Bound, BoundSource, ClockMethod, Offset};
@@ -199,14 +199,6 @@ fn fmt_ns(ns: i64) -> String {
         format!("{sign}{}.{:06} ms", a / 1_000_000, a % 1_000_000)
     } else {
         format!("{sign}{}.{:03} µs", a / 1_000, a % 1_000)
-    }
-}
-
-fn event_time(ev: &Event) -> u64 {
-    match ev {
-        Event::Call(c) => c.entry_ns,
-        Event::Sock(s) => s.ts_ns,
-        Event::ProcExit(p) => p.ts_ns,
     }
 }
 

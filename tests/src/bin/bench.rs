@@ -22,7 +22,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use llmdd::probe::{ObjectPlan, ProbeSet, Tracer};
 use llmdd_common::funcs::Family;
-use llmdd_tests::harness::{built, fake_lib_dir, loop_cmd, start_callloop, Proc, Stream};
+use llmdd_tests::harness::{
+    built, fake_lib_dir, loop_cmd, start_callloop, start_llmdd_with, Proc, Stream,
+};
 
 struct Opts {
     calls: u64,
@@ -130,15 +132,8 @@ fn main() -> Result<()> {
             ("llmdd --mode nccl=aggregate", Some("nccl=aggregate")),
         ] {
             let t0 = Instant::now();
-            let mut cmd = Command::new(llmdd_bin());
-            cmd.args(["attach", "--pid", &pid.to_string(), "--quiet"]);
-            if let Some(m) = mode {
-                cmd.args(["--mode", m]);
-            }
-            let mut l = Proc::spawn("llmdd", cmd)?;
-            l.wait_line("tracing", Duration::from_secs(60), |s, x| {
-                s == Stream::Stderr && x.starts_with("llmdd: tracing")
-            })?;
+            let extra: Vec<&str> = mode.map(|m| vec!["--mode", m]).unwrap_or_default();
+            let mut l = start_llmdd_on(&[pid], &extra)?;
             if mode.is_none() {
                 attach_s.push(t0.elapsed().as_secs_f64());
             }
@@ -293,17 +288,9 @@ fn final_calls(l: &Proc, pid: u32, func: &str) -> Option<f64> {
 }
 
 fn start_llmdd_on(pids: &[u32], extra: &[&str]) -> Result<Proc> {
-    let mut cmd = Command::new(llmdd_bin());
-    cmd.arg("attach");
-    for p in pids {
-        cmd.args(["--pid", &p.to_string()]);
-    }
-    cmd.args(["--quiet"]).args(extra);
-    let mut l = Proc::spawn("llmdd", cmd)?;
-    l.wait_line("tracing", Duration::from_secs(60), |s, x| {
-        s == Stream::Stderr && x.starts_with("llmdd: tracing")
-    })?;
-    Ok(l)
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    start_llmdd_with(&llmdd_bin(), pids, &args)
 }
 
 fn stop(l: &mut Proc) -> Result<()> {

@@ -33,6 +33,13 @@ impl Family {
             Family::Mpi => "mpi",
         }
     }
+
+    /// Whether the family has collectives (calls matched across ranks): NCCL and MPI.
+    pub fn has_collectives(self) -> bool {
+        FUNCS
+            .iter()
+            .any(|f| f.family == self && matches!(f.kind, CallKind::Collective))
+    }
 }
 
 /// What a call means to the analysis.

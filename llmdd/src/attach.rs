@@ -187,10 +187,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     };
     for &(family, mode) in &opts.modes {
         tracer.set_mode(family, mode);
-        if family == llmdd_common::funcs::Family::Nccl && mode != crate::probe::Mode::Full {
+        if family.has_collectives() && mode != crate::probe::Mode::Full {
             eprintln!(
-                "llmdd: warning: nccl traced in {} mode: collectives cannot be matched across \
+                "llmdd: warning: {} traced in {} mode: collectives cannot be matched across \
                  ranks, so no straggler or stall findings",
+                family.name(),
                 mode.name()
             );
         }
@@ -756,9 +757,9 @@ const IN_FLIGHT_AGE_NS: u64 = 200_000_000;
 fn feed_in_flight(tracer: &Tracer, engine: &mut Engine, now: u64) -> Result<()> {
     for rec in tracer.in_flight()? {
         if let Ok(Event::Call(c)) = Event::decode(&rec) {
-            if (c.family == "nccl" || c.family == "mpi")
-                && c.entry_ns.saturating_add(IN_FLIGHT_AGE_NS) < now
-            {
+            let collective_family =
+                llmdd_common::funcs::spec(c.func).is_some_and(|f| f.family.has_collectives());
+            if collective_family && c.entry_ns.saturating_add(IN_FLIGHT_AGE_NS) < now {
                 engine.ingest(Event::Call(c));
             }
         }

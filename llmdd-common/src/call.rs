@@ -18,6 +18,8 @@ pub const F_OUT: u32 = 1 << 2;
 pub const F_DEREF: u32 = 1 << 3;
 /// Record flag: `uid_hash` holds the hash of a by-value `ncclUniqueId`.
 pub const F_UID: u32 = 1 << 4;
+/// Record flag: `stack_id` names the caller's user stack in the `STACKS` map.
+pub const F_USTACK: u32 = 1 << 5;
 
 /// One traced call: entry and (when it returned) exit.
 #[repr(C)]
@@ -53,9 +55,16 @@ pub struct CallRecord {
     pub flags: u32,
     /// CPU the record was submitted from (for ordering diagnostics).
     pub cpu: u32,
+    /// Id of the user stack at entry in the `STACKS` map (valid with `F_USTACK`).
+    pub stack_id: u32,
+    pub _pad: u32,
+    /// The return address at the top of the stack at entry (valid with `F_USTACK`): the
+    /// immediate caller, which a frame-pointer walk from a function's first instruction
+    /// skips (the callee has not pushed its frame yet).
+    pub caller: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CallRecord>() == 152);
+const _: () = assert!(core::mem::size_of::<CallRecord>() == 168);
 
 /// Per-library configuration, indexed by library slot: where a communicator struct of this
 /// exact NCCL build keeps its rank and rank count (decoded from `ncclCommUserRank` and
@@ -93,6 +102,9 @@ pub const C_UID: u8 = 1 << 0;
 /// Capture flag: some argument of interest is passed on the stack (slots 6-8); read the
 /// three stack words at entry. Functions whose arguments all fit in registers skip the read.
 pub const C_STACK: u8 = 1 << 1;
+/// Capture flag: walk the user stack at entry into `STACKS` (`--stacks`; the flame graph
+/// folds by it).
+pub const C_USTACK: u8 = 1 << 2;
 /// Mode flag: entry-only. The entry probe sends the record at once (no duration, return
 /// value or out-pointer value); no return probe is attached.
 pub const C_ENTRY_ONLY: u8 = 1 << 6;

@@ -14,8 +14,11 @@ pub const USER_READ_FAILED: u32 = 3;
 pub const KERNEL_READ_FAILED: u32 = 4;
 /// The aggregate map was full: a call in aggregate mode was not counted.
 pub const AGG_FULL: u32 = 5;
+/// A user stack could not be stored in `STACKS` (map full, hash collision, or no walkable
+/// stack): the call is kept, folded without its stack.
+pub const STACK_LOST: u32 = 6;
 /// Number of counters.
-pub const COUNT: u32 = 6;
+pub const COUNT: u32 = 7;
 
 /// Human names, indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -25,6 +28,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "user_read_failed",
     "kernel_read_failed",
     "aggregate_map_full",
+    "user_stack_lost",
 ];
 
 /// The counters that mean a record was lost (the rest are diagnostics: a return seen

@@ -20,7 +20,7 @@ pub mod sock;
 /// Version of the record layout. Bumped whenever a record changes shape. The live path cannot
 /// mismatch (the object is built from this crate and embedded in the same binary); the
 /// version is for anything that stores records and reads them back later.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// First field of every ring-buffer record: which record follows.
 #[repr(u32)]
@@ -58,6 +58,9 @@ pub const MAX_TRACED: u32 = 4_096;
 pub const MAX_LIBS: u32 = 1_024;
 /// Maximum number of threads with an executable file mapping in progress.
 pub const MAX_PENDING_MMAPS: u32 = 1_024;
+/// Distinct user stacks the `STACKS` map holds; a stack that does not fit is counted as
+/// lost (`counters::STACK_LOST`) and its call folded without a stack.
+pub const MAX_STACKS: u32 = 16_384;
 /// Maximum number of kernel sockets remembered as belonging to traced processes.
 pub const MAX_SOCKS: u32 = 65_536;
 

@@ -7,17 +7,19 @@
 //! submit it.
 
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{pt_regs, BPF_F_USER_STACK},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
         bpf_ktime_get_ns, bpf_probe_read_user,
     },
+    programs::tracing::StackIdContext,
     EbpfContext,
 };
 use llmdd_common::{
     call::{
         uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_AGG, C_ENTRY_ONLY, C_STACK,
-        C_UID, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, NO_SLOT, UID_BYTES, UID_HASH_INIT,
+        C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, F_USTACK, NO_SLOT, UID_BYTES,
+        UID_HASH_INIT,
     },
     counters, RecordKind,
 };
@@ -25,7 +27,7 @@ use llmdd_common::{
 use crate::{
     agg::{agg_entry, agg_return},
     emit::{send, wakeup_flags},
-    maps::{count, EVENTS, INFLIGHT, LIB_CFG},
+    maps::{count, EVENTS, INFLIGHT, LIB_CFG, STACKS},
 };
 
 /// Reads one word of user memory; counts a failure and gives `None`.
@@ -74,7 +76,7 @@ fn key_of(pid_tgid: u64, func: u16) -> InflightKey {
 
 /// Entry half of the pair.
 #[inline(always)]
-pub fn on_entry<C: EbpfContext>(ctx: &C) -> u32 {
+pub fn on_entry<C: EbpfContext + StackIdContext>(ctx: &C) -> u32 {
     let regs = ctx.as_ptr() as *const pt_regs;
     // SAFETY: the helper only reads the attachment's cookie.
     let cookie = Cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
@@ -162,6 +164,21 @@ pub fn on_entry<C: EbpfContext>(ctx: &C) -> u32 {
             rec.flags |= F_UID;
         } else {
             count(counters::USER_READ_FAILED);
+        }
+    }
+
+    // The caller's user stack (frame-pointer walk by the kernel), deduplicated in STACKS.
+    if cookie.flags() & C_USTACK != 0 {
+        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => {
+                rec.stack_id = id as u32;
+                rec.flags |= F_USTACK;
+                // SAFETY: validated user read of the return address the call pushed.
+                if let Ok(ra) = unsafe { bpf_probe_read_user(sp as *const u64) } {
+                    rec.caller = ra;
+                }
+            }
+            Err(_) => count(counters::STACK_LOST),
         }
     }
 

@@ -2,13 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use llmdd_common::{
     call::{CallRecord, InflightKey, LibCfg},
     counters,
     sock::SockCfg,
-    MAX_INFLIGHT, MAX_LIBS, MAX_PENDING_MMAPS, MAX_SOCKS, MAX_TRACED, RING_BYTES,
+    MAX_INFLIGHT, MAX_LIBS, MAX_PENDING_MMAPS, MAX_SOCKS, MAX_STACKS, MAX_TRACED, RING_BYTES,
 };
 
 /// Every record goes to userspace through this ring buffer.
@@ -22,6 +22,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::
 /// Calls that entered and have not returned yet, keyed by (thread, function).
 #[map]
 pub static INFLIGHT: HashMap<InflightKey, CallRecord> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// User stacks of traced calls (`--stacks`), deduplicated by the kernel; records carry the id.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 
 /// Per probed library: communicator field offsets (indexed by the cookie's library slot).
 #[map]

@@ -214,8 +214,13 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         swaps_pending: BTreeSet::new(),
         warned_over: BTreeSet::new(),
         host: crate::node::HostMonitor::default(),
+        stacks: None,
         swaps: std::sync::mpsc::channel(),
     };
+    if opts.walks_stacks() {
+        live.tracer.set_stacks(true);
+        live.stacks = Some(crate::stacks::StackWalker::new(live.tracer.take_stacks()?));
+    }
     let mut reader =
         Reader::new(live.tracer.take_events()?).context("watching the BPF ring buffer")?;
     // The calibration's own records: not a target's.
@@ -248,6 +253,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             eprintln!("llmdd: note: pid {}: {note}", t.pid);
         }
         session.register_process(hints_of(t, host.clone()), proc_info(t, &attached));
+        if let Some(w) = live.stacks.as_mut() {
+            w.symbolizer.refresh(t.pid);
+        }
         live.track(t.pid, &attached);
         live.pids.insert(t.pid);
     }
@@ -608,6 +616,8 @@ struct Live {
     warned_over: BTreeSet<(u32, u32)>,
     /// CPU, run-queue and memory figures of the targets, for the findings' context.
     host: crate::node::HostMonitor,
+    /// Names the user stacks of traced calls (`--stacks`).
+    stacks: Option<crate::stacks::StackWalker>,
     swaps: (
         std::sync::mpsc::Sender<crate::probe::SwapDone>,
         std::sync::mpsc::Receiver<crate::probe::SwapDone>,
@@ -718,6 +728,12 @@ impl Live {
                 if let Event::Call(c) = ev {
                     b.note_call(c.pid, c.tid, c.func);
                 }
+            }
+        }
+        if let Some(w) = self.stacks.as_mut() {
+            match session.outputs.flame.as_mut() {
+                Some(f) => w.annotate(batch, |key, frames| f.learn_stack(key, frames)),
+                None => w.annotate(batch, |_, _| {}),
             }
         }
         let mut exited = Vec::new();

@@ -275,9 +275,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub trace_max_slices: u64,
     /// Write a flame graph SVG of the time spent inside traced calls to FILE when tracing
-    /// stops, folded by process;thread;library;function;op.
+    /// stops, folded by the callers' user stacks (see --stacks), else by
+    /// process;thread;library;function;op. The title says which. A FILE ending in
+    /// `.folded` gets the folded stacks as text instead (for speedscope or flamegraph.pl).
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
+    /// Walk the caller's user stack at each traced call (the kernel follows frame
+    /// pointers; code built without them gives short stacks) and name its frames from the
+    /// process's symbol tables. `auto` (default): when --flamegraph is given. Costs about a
+    /// microsecond per call; `cargo xtask bench` measures it.
+    #[arg(long, value_enum, default_value_t = Stacks::Auto, value_name = "WHEN")]
+    pub stacks: Stacks,
     /// Trace one probe family in another mode (repeatable), as FAMILY=MODE. FAMILY: nccl,
     /// cudart, cuda (and every other family `llmdd doctor` lists). MODE: `full` (default:
     /// one record per call with duration, return code and out-values), `entry` (one record
@@ -347,6 +355,7 @@ impl RunArgs {
             trace: None,
             trace_max_slices: 1_000_000,
             flamegraph: None,
+            stacks: Stacks::Auto,
             modes: Vec::new(),
             overhead_budget: OverheadBudget(Some(0.01)),
             enforce_budget: false,
@@ -574,5 +583,26 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// When user stacks are walked (`--stacks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stacks {
+    /// With --flamegraph.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl RunArgs {
+    /// Whether user stacks are walked in this run.
+    pub fn walks_stacks(&self) -> bool {
+        match self.stacks {
+            Stacks::Auto => self.flamegraph.is_some(),
+            Stacks::On => true,
+            Stacks::Off => false,
+        }
     }
 }

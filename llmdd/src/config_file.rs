@@ -102,6 +102,8 @@ pub struct Outputs {
     pub trace: Option<PathBuf>,
     pub trace_max_slices: Option<u64>,
     pub flamegraph: Option<PathBuf>,
+    /// `--stacks`: `auto`, `on` or `off`.
+    pub stacks: Option<String>,
     pub dump_events: Option<PathBuf>,
     /// `[ADDR:]PORT`.
     pub prometheus: Option<String>,
@@ -217,6 +219,11 @@ pub fn apply_run(
     }
     if !on_command_line("flamegraph") && o.flamegraph.is_some() {
         run.flamegraph = o.flamegraph.clone();
+    }
+    if let (Some(v), false) = (&o.stacks, on_command_line("stacks")) {
+        use clap::ValueEnum;
+        run.stacks = crate::cli::Stacks::from_str(v, true)
+            .map_err(|_| bad("outputs.stacks", format!("`{v}` is not auto, on or off")))?;
     }
     if !on_command_line("dump_events") && o.dump_events.is_some() {
         run.dump_events = o.dump_events.clone();

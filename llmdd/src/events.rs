@@ -2,7 +2,7 @@
 //! boundary between the kernel's byte layout and everything downstream.
 
 use llmdd_common::{
-    call::{CallRecord, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, NO_SLOT},
+    call::{CallRecord, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, F_USTACK, NO_SLOT},
     funcs::{self, CallKind, Family, FuncSpec},
     proc::ProcExitRecord,
     sock::{SockRecord, SF_ADDR, SOCK_RECV, SOCK_RETRANSMIT, SOCK_SEND, SOCK_STATE},
@@ -122,6 +122,13 @@ pub struct CallEvent {
     pub peer: Option<i64>,
     /// Value written through the out-pointer (new communicator, allocated address).
     pub out: Option<u64>,
+    /// The caller's user stack, as an id into the probes' stack map (`--stacks`); resolved
+    /// to frames by `stacks::StackWalker` while the process lives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
+    /// The immediate caller's return address (with `stack_id`).
+    #[serde(skip)]
+    pub caller: u64,
     #[serde(skip)]
     pub args: [u64; 9],
 }
@@ -188,6 +195,8 @@ impl CallEvent {
             rank,
             nranks,
             uid_hash: (r.flags & F_UID != 0).then_some(r.uid_hash),
+            stack_id: (r.flags & F_USTACK != 0).then_some(r.stack_id),
+            caller: r.caller,
             comm,
             stream,
             event_handle: slot(&args, roles.event),

@@ -22,6 +22,7 @@ pub mod privileges;
 pub mod probe;
 pub mod record;
 pub mod session;
+pub mod stacks;
 pub mod summary;
 pub mod target;
 pub mod transport;

@@ -303,7 +303,8 @@ impl Session {
             }
         }
         if let (Some(f), Some((path, out))) = (self.outputs.flame.take(), self.files.flame.take()) {
-            match f.write(&self.outputs.run, out) {
+            let folded = path.extension().is_some_and(|e| e == "folded");
+            match f.write_as(&self.outputs.run, out, folded) {
                 Ok(()) => eprintln!("llmdd: flame graph written to {}", path.display()),
                 Err(e) => failed.push(format!("{}: {e:#}", path.display())),
             }

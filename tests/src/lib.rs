@@ -2,6 +2,7 @@
 //! and real processes) and by the demo.
 
 pub mod harness;
+pub mod hooks;
 pub mod job;
 pub mod kernel_objects;
 pub mod reallibs;

@@ -271,6 +271,7 @@ fn encode(ev: &Event) -> Vec<u8> {
                 nranks: c.nranks.unwrap_or(0),
                 flags,
                 cpu: 0,
+                ..CallRecord::default()
             })
         }
         Event::Sock(s) => {

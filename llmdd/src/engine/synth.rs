@@ -55,6 +55,8 @@ pub fn call(func: u16, pid: u32, tid: u32, entry: u64, exit: Option<u64>) -> Cal
         op: None,
         peer: None,
         out: None,
+        stack_id: None,
+        caller: 0,
         args: [0; 9],
     }
 }

@@ -20,7 +20,7 @@ use aya::{
 };
 use llmdd_common::{
     agg::{AggKey, AggVal},
-    call::{Cookie, LibCfg, C_AGG, C_ENTRY_ONLY, C_STACK, C_UID, NO_SLOT},
+    call::{Cookie, LibCfg, C_AGG, C_ENTRY_ONLY, C_STACK, C_UID, C_USTACK, NO_SLOT},
     counters,
     funcs::{self, Family, FuncId},
     sock::SockCfg,
@@ -232,6 +232,8 @@ pub struct Tracer {
     links: HashMap<u32, Vec<(Group, Link)>>,
     /// Whether hot points get links of their own (see [`Tracer::split_hot_points`]).
     split_hot: bool,
+    /// Whether entry probes walk the user stack into `STACKS` (`--stacks`).
+    stacks: bool,
     /// What was attached per (pid, family), with its library slot: re-attached as it was
     /// after a pause.
     plans: HashMap<(u32, Family), Vec<(u16, ObjectPlan)>>,
@@ -299,6 +301,7 @@ impl Tracer {
             next_slot: 0,
             links: HashMap::new(),
             split_hot: false,
+            stacks: false,
             plans: HashMap::new(),
             probed: HashMap::new(),
             kernel,
@@ -308,6 +311,24 @@ impl Tracer {
     /// Traces the calls of `family` attached from now on in `mode`.
     pub fn set_mode(&mut self, family: Family, mode: Mode) {
         self.modes.insert(family, mode);
+    }
+
+    /// Walks the caller's user stack at every call attached from now on (not in aggregate
+    /// mode, which sends no records).
+    pub fn set_stacks(&mut self, on: bool) {
+        self.stacks = on;
+    }
+
+    /// The user-stack map, taken out of the tracer for a `stacks::StackWalker`.
+    pub fn take_stacks(&mut self) -> Result<aya::maps::StackTraceMap<MapData>, ProbeError> {
+        let map = self
+            .bpf
+            .take_map("STACKS")
+            .ok_or(ProbeError::MissingMap("STACKS"))?;
+        aya::maps::StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "STACKS",
+            source,
+        })
     }
 
     /// The mode of `family`.
@@ -531,7 +552,13 @@ impl Tracer {
         let points: Vec<(u64, u64)> = obj
             .points
             .iter()
-            .map(|&(func, offset)| (offset, mode.cookie(func, slot).0))
+            .map(|&(func, offset)| {
+                let mut cookie = mode.cookie(func, slot);
+                if self.stacks && self.set == ProbeSet::Full && mode != Mode::Aggregate {
+                    cookie = cookie.with_mode(C_USTACK, NO_SLOT);
+                }
+                (offset, cookie.0)
+            })
             .collect();
         let mut out = vec![(entry, points.clone(), false)];
         // Entry-only mode attaches no return probe at all: that is its saving.

@@ -23,6 +23,7 @@ pub mod library;
 pub mod maps;
 pub mod nccl_offsets;
 pub mod procfs;
+pub mod symbols;
 
 use std::path::PathBuf;
 

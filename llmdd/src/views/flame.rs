@@ -1,8 +1,11 @@
-//! `--flamegraph FILE.svg`: time spent inside traced calls, folded by
-//! `process;thread;library;function;op` and drawn with inferno. User stacks are not walked
-//! (yet), so a frame's width is the time its calls took, not where they were called from; the
-//! SVG's title says which folding was used. The `op` frame is present where a call has one:
-//! reduction and data type of a collective, peer of a send/receive, size of a copy.
+//! `--flamegraph FILE.svg`: time spent inside traced calls, drawn with inferno. With user
+//! stacks (`--stacks`, on by default with `--flamegraph`) a call is folded by
+//! `process;caller frames...;library function;op`, so a frame's width is the time spent in
+//! traced calls made from under it; a call without a walkable stack (a stack-map miss, an
+//! exited process) and every call without `--stacks` is folded by
+//! `process;thread;library;function;op`. The SVG's title says which folding was used and how
+//! many calls had a stack. The `op` frame is present where a call has one: reduction and
+//! data type of a collective, peer of a send/receive, size of a copy.
 
 use std::{
     collections::HashMap,
@@ -20,8 +23,10 @@ use super::run::RunInfo;
 /// Distinct stacks kept; time of further ones is folded into one `[other]` frame.
 const MAX_STACKS: usize = 100_000;
 
-/// The folding named in the SVG title.
+/// The folding named in the SVG title when no call had a user stack.
 pub const FOLDING: &str = "process;thread;library;function;op";
+/// The folding named in the SVG title when calls had user stacks.
+pub const STACK_FOLDING: &str = "process;user stack;library function;op";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum OpFrame {
@@ -35,7 +40,10 @@ enum OpFrame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     pid: u32,
+    /// The thread, for calls folded without a stack.
     tid: u32,
+    /// The user stack's id and immediate caller, for calls folded by their stack.
+    stack: Option<(u32, u64)>,
     slot: u16,
     func: u16,
     op: OpFrame,
@@ -46,6 +54,11 @@ struct Key {
 pub struct Folder {
     stacks: HashMap<Key, u64>,
     other_ns: u64,
+    /// Named user stacks by (process, stack id) (see `stacks::StackWalker`).
+    frames: HashMap<crate::stacks::StackKey, crate::stacks::Frames>,
+    /// Calls folded by a user stack, and all calls folded.
+    calls_with_stack: u64,
+    calls: u64,
 }
 
 fn redop(op: u64) -> String {
@@ -93,10 +106,25 @@ fn clean(s: &str) -> String {
 }
 
 impl Folder {
+    /// The frames of stack `id` of process `pid`, outermost first (from the stack walker).
+    pub fn learn_stack(&mut self, key: crate::stacks::StackKey, frames: crate::stacks::Frames) {
+        self.frames.insert(key, frames);
+    }
+
     pub fn add(&mut self, c: &CallEvent) {
         let Some(d) = c.duration_ns() else {
             return;
         };
+        // A stack folds the call only when it was named (not empty).
+        let stack = c.stack_id.map(|id| (id, c.caller)).filter(|(id, caller)| {
+            self.frames
+                .get(&(c.pid, *id, *caller))
+                .is_some_and(|f| !f.is_empty())
+        });
+        self.calls += 1;
+        if stack.is_some() {
+            self.calls_with_stack += 1;
+        }
         let op = match c.spec().kind {
             CallKind::Collective => match (c.op, c.dtype) {
                 (Some(op), Some(dt)) => OpFrame::Reduce { op, dtype: dt },
@@ -112,7 +140,8 @@ impl Folder {
         };
         let key = Key {
             pid: c.pid,
-            tid: c.tid,
+            tid: if stack.is_some() { 0 } else { c.tid },
+            stack,
             slot: c.lib_slot,
             func: c.func,
             op,
@@ -143,18 +172,22 @@ impl Folder {
                 let func = llmdd_common::funcs::spec(k.func)
                     .map(|s| s.name)
                     .unwrap_or("unknown");
-                let mut line = format!(
-                    "{};tid {};{};{}",
-                    clean(&format!(
-                        "{} {}",
-                        run.proc_label(k.pid),
-                        run.procs.get(&k.pid).map(|p| p.comm.as_str()).unwrap_or("")
-                    ))
-                    .trim_end(),
-                    k.tid,
-                    clean(&lib),
-                    func
-                );
+                let process = clean(&format!(
+                    "{} {}",
+                    run.proc_label(k.pid),
+                    run.procs.get(&k.pid).map(|p| p.comm.as_str()).unwrap_or("")
+                ))
+                .trim_end()
+                .to_string();
+                let frames = k
+                    .stack
+                    .and_then(|(id, caller)| self.frames.get(&(k.pid, id, caller)));
+                let mut line = match frames {
+                    Some(frames) => {
+                        format!("{process};{};{} {func}", frames.join(";"), clean(&lib))
+                    }
+                    None => format!("{process};tid {};{};{func}", k.tid, clean(&lib)),
+                };
                 match k.op {
                     OpFrame::None => {}
                     OpFrame::Reduce { op, dtype: dt } => {
@@ -177,12 +210,39 @@ impl Folder {
         lines
     }
 
+    /// The SVG's title: which folding was used, and for how many calls.
+    pub fn title(&self) -> String {
+        if self.calls_with_stack == 0 {
+            format!("llmdd: time inside traced calls, folded by {FOLDING} (no user stacks)")
+        } else if self.calls_with_stack == self.calls {
+            format!("llmdd: time inside traced calls, folded by {STACK_FOLDING}")
+        } else {
+            format!(
+                "llmdd: time inside traced calls, folded by {STACK_FOLDING} ({} of {} calls; \
+                 the rest by {FOLDING})",
+                self.calls_with_stack, self.calls
+            )
+        }
+    }
+
     /// Writes the SVG. With no traced time at all, writes inferno's "no samples" image.
     pub fn write(&self, run: &RunInfo, out: BufWriter<File>) -> Result<()> {
+        self.write_as(run, out, false)
+    }
+
+    /// Writes the SVG, or with `folded` the folded lines themselves (`frame;frame;... ns`
+    /// per line, the input format of flamegraph.pl, inferno and speedscope).
+    pub fn write_as(&self, run: &RunInfo, out: BufWriter<File>, folded: bool) -> Result<()> {
         let lines = self.folded(run);
+        if folded {
+            let mut out = out;
+            for l in &lines {
+                writeln!(out, "{l}").context("writing the folded stacks")?;
+            }
+            return out.flush().context("writing the folded stacks");
+        }
         let mut opts = inferno::flamegraph::Options::default();
-        opts.title =
-            format!("llmdd: time inside traced calls, folded by {FOLDING} (no user stacks)");
+        opts.title = self.title();
         opts.subtitle = Some(format!(
             "{} process(es) on {}; widths are nanoseconds inside the calls",
             run.procs.len(),
@@ -234,5 +294,52 @@ mod tests {
         );
         assert!(svg.contains(FOLDING));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn calls_with_a_named_stack_fold_by_it_and_the_title_says_how_many() {
+        let (run, _s, _e) = fixture::sample();
+        let mut f = Folder::default();
+        let mut calls: Vec<CallEvent> = fixture::events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Call(c) if c.duration_ns().is_some() => Some(c),
+                _ => None,
+            })
+            .collect();
+        let first = calls[0].clone();
+        f.learn_stack(
+            (first.pid, 5, 0),
+            vec!["main".to_string(), "Engine::step".to_string()].into(),
+        );
+        // A stack the walker could not name folds like a call without one.
+        f.learn_stack((first.pid, 6, 0), Vec::<String>::new().into());
+        calls[0].stack_id = Some(5);
+        calls[1].stack_id = Some(6);
+        for c in &calls {
+            f.add(c);
+        }
+        let lines = f.folded(&run);
+        let want = format!(";main;Engine::step;{} ", "libnccl.so.2 ncclAllReduce");
+        let func = llmdd_common::funcs::spec(first.func)
+            .map(|s| s.name)
+            .unwrap_or("?");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(";main;Engine::step;") && l.contains(func)),
+            "{want} {lines:#?}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("Engine::step")).count(),
+            1
+        );
+        let title = f.title();
+        assert!(title.contains(STACK_FOLDING), "{title}");
+        assert!(
+            title.contains(&format!("1 of {} calls", calls.len())),
+            "{title}"
+        );
+        assert!(Folder::default().title().contains("no user stacks"));
     }
 }

@@ -126,15 +126,21 @@ fn main() -> Result<()> {
             t.detach(pid).release();
         }
 
-        for (case, mode) in [
-            ("llmdd (all probes, daemon reading)", None),
-            ("llmdd --mode nccl=entry", Some("nccl=entry")),
-            ("llmdd --mode nccl=aggregate", Some("nccl=aggregate")),
+        for (case, extra) in [
+            ("llmdd (all probes, daemon reading)", &[][..]),
+            (
+                "llmdd --stacks on (user stack walk)",
+                &["--stacks", "on"][..],
+            ),
+            ("llmdd --mode nccl=entry", &["--mode", "nccl=entry"][..]),
+            (
+                "llmdd --mode nccl=aggregate",
+                &["--mode", "nccl=aggregate"][..],
+            ),
         ] {
             let t0 = Instant::now();
-            let extra: Vec<&str> = mode.map(|m| vec!["--mode", m]).unwrap_or_default();
-            let mut l = start_llmdd_on(&[pid], &extra)?;
-            if mode.is_none() {
+            let mut l = start_llmdd_on(&[pid], extra)?;
+            if extra.is_empty() {
                 attach_s.push(t0.elapsed().as_secs_f64());
             }
             samples

@@ -106,6 +106,7 @@ pub fn ensure() -> Result<()> {
 
     ensure_netns_tools()?;
     ensure_open_mpi()?;
+    ensure_speedscope()?;
 
     if is_root() && !Path::new(TRACEFS).join("events").exists() {
         run(
@@ -146,6 +147,49 @@ fn ensure_open_mpi() -> Result<()> {
                 .args(["openmpi-bin", "libopenmpi-dev"])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
             "apt-get install openmpi-bin libopenmpi-dev (the Open MPI test)",
+        )?;
+    }
+    Ok(())
+}
+
+/// The speedscope release the timeline render check loads `--trace` files into.
+pub const SPEEDSCOPE_VERSION: &str = "1.25.0";
+
+/// Where the speedscope web app is installed (inside the target directory, so a clean
+/// checkout installs it once and later runs reuse it).
+pub fn speedscope_dir() -> PathBuf {
+    workspace_root().join("target/tools/speedscope")
+}
+
+/// Debian's chromium (headless) and the speedscope web app from npm:
+/// tests/tests/views_speedscope.rs renders a `--trace` file offline and reads what it drew.
+fn ensure_speedscope() -> Result<()> {
+    if is_root() && !Path::new("/usr/bin/chromium").exists() {
+        run(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "chromium",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install chromium (the timeline render check)",
+        )?;
+    }
+    let dir = speedscope_dir();
+    if !dir
+        .join("node_modules/speedscope/dist/release/index.html")
+        .exists()
+    {
+        std::fs::create_dir_all(&dir)?;
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .arg(format!("speedscope@{SPEEDSCOPE_VERSION}")),
+            &format!("npm install speedscope@{SPEEDSCOPE_VERSION} (the timeline render check)"),
         )?;
     }
     Ok(())

@@ -21,6 +21,8 @@ pub enum Family {
     Hip,
     /// libmpi (Open MPI libmpi.so.40, MPICH libmpi.so.12): collectives and point-to-point.
     Mpi,
+    /// User-defined probes (`--probe`): any function of any library, by name.
+    User,
 }
 
 impl Family {
@@ -31,13 +33,16 @@ impl Family {
             Family::CudaDriver => "cuda",
             Family::Hip => "hip",
             Family::Mpi => "mpi",
+            Family::User => "user",
         }
     }
 
-    /// Whether the family has collectives (calls matched across ranks): NCCL and MPI.
+    /// Whether the family has collectives (calls matched across ranks): NCCL, MPI, and the
+    /// user probes declared `collective`.
     pub fn has_collectives(self) -> bool {
         FUNCS
             .iter()
+            .chain(user_specs())
             .any(|f| f.family == self && matches!(f.kind, CallKind::Collective))
     }
 }
@@ -62,6 +67,8 @@ pub enum CallKind {
     StreamWait,
     Alloc,
     Free,
+    /// A user-defined probe with no meaning to the analysis (timed and counted only).
+    Other,
 }
 
 /// Where the interesting arguments are (slots, or `NO_SLOT`).
@@ -125,6 +132,9 @@ pub struct FuncSpec {
     /// Every exported name to probe (aliases at the same address are probed once).
     pub symbols: &'static [&'static str],
     pub roles: Roles,
+    /// Probed at entry only, never with a return probe (a user probe placed inside a
+    /// function: the return address is not on top of the stack there).
+    pub entry_only: bool,
 }
 
 macro_rules! funcs {
@@ -138,6 +148,7 @@ macro_rules! funcs {
                 kind: CallKind::$kind,
                 symbols: &[$($sym),*],
                 roles: Roles { $($role: $v,)* ..R },
+                entry_only: false,
             }, )*
         ];
     };
@@ -225,9 +236,76 @@ funcs! {
 /// A function id (index into [`FUNCS`]).
 pub type FuncId = u16;
 
-/// The spec of a function id, if it is one.
+/// Roles of a function whose arguments mean nothing to the analysis (user probes).
+pub const NO_ROLES: Roles = R;
+
+/// The first function id of the user-defined probes (`--probe`); ids below are [`FUNCS`].
+pub const USER_BASE: FuncId = 1024;
+/// Most user-defined probes in one run.
+pub const MAX_USER: usize = 64;
+
+#[cfg(feature = "user")]
+mod user_registry {
+    use super::FuncSpec;
+    use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+    static PTR: AtomicPtr<FuncSpec> = AtomicPtr::new(core::ptr::null_mut());
+    static LEN: AtomicUsize = AtomicUsize::new(0);
+
+    /// Installs the run's user probes (once; later calls are refused with `false`).
+    pub fn register(specs: &'static [FuncSpec]) -> bool {
+        let ok = PTR
+            .compare_exchange(
+                core::ptr::null_mut(),
+                specs.as_ptr() as *mut FuncSpec,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if ok {
+            LEN.store(specs.len(), Ordering::Release);
+        }
+        ok
+    }
+
+    pub fn specs() -> &'static [FuncSpec] {
+        let len = LEN.load(Ordering::Acquire);
+        let ptr = PTR.load(Ordering::Acquire);
+        if ptr.is_null() || len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` and `len` come from one `&'static [FuncSpec]` given to `register`
+        // (LEN is stored after PTR and read with Acquire, so a non-zero LEN implies PTR).
+        unsafe { core::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+/// Installs the user-defined probes of this run: `specs[i]` must have id `USER_BASE + i`.
+/// Once per process; a second call is refused (returns false).
+#[cfg(feature = "user")]
+pub fn register_user(specs: &'static [FuncSpec]) -> bool {
+    user_registry::register(specs)
+}
+
+/// The user-defined probes registered in this process (none on the BPF side).
+pub fn user_specs() -> &'static [FuncSpec] {
+    #[cfg(feature = "user")]
+    {
+        user_registry::specs()
+    }
+    #[cfg(not(feature = "user"))]
+    {
+        &[]
+    }
+}
+
+/// The spec of a function id, if it is one (built-in, or a registered user probe).
 pub fn spec(id: FuncId) -> Option<&'static FuncSpec> {
-    FUNCS.get(id as usize)
+    if id < USER_BASE {
+        FUNCS.get(id as usize)
+    } else {
+        user_specs().get((id - USER_BASE) as usize)
+    }
 }
 
 /// The function that a symbol name belongs to.

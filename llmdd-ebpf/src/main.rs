@@ -20,6 +20,7 @@ mod mpi;
 mod nccl;
 mod proc;
 mod sock;
+mod user;
 
 #[cfg(not(test))]
 #[panic_handler]

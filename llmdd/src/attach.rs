@@ -103,8 +103,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             if seen.insert(pid) {
                 found.push(match target::inspect(pid) {
                     Ok(t) => t,
-                    // A launcher: its workers are what matters.
-                    Err(target::TargetError::NoSupportedLibrary { .. }) if args.children => {
+                    // A launcher: its workers are what matters. With user probes, any
+                    // process may hold what they name (checked below).
+                    Err(target::TargetError::NoSupportedLibrary { .. })
+                        if args.children || !opts.user_probes.is_empty() =>
+                    {
                         target::sockets_only(pid)?
                     }
                     Err(e) => return Err(e.into()),
@@ -141,6 +144,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         });
     }
+    let user_plans = place_user_probes(opts, &targets)?;
 
     let sock_cfg = match kernel::sock_offsets() {
         Ok(cfg) => Some(cfg),
@@ -231,7 +235,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 
     let attach_start = Instant::now();
     for t in &targets {
-        let attached = live.tracer.attach(t.pid, &plan(t))?;
+        let mut plans = plan(t);
+        plans.extend(user_plans.get(&t.pid).into_iter().flatten().cloned());
+        let attached = live.tracer.attach(t.pid, &plans)?;
         let libs: Vec<String> = attached
             .iter()
             .map(|a| {
@@ -261,7 +267,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     }
     if let Some(w) = recorder.as_mut() {
         reader.capture();
-        w.meta(&record_meta(&targets, &session, host.clone()))?;
+        w.meta(&record_meta(
+            &targets,
+            &session,
+            host.clone(),
+            &opts.user_probes,
+        ))?;
         eprintln!("llmdd: recording to {}", w.path().display());
     }
     tracing::info!(
@@ -547,6 +558,7 @@ fn record_meta(
     targets: &[target::Target],
     session: &Session,
     host: Option<String>,
+    user_probes: &[crate::userprobe::UserProbe],
 ) -> crate::record::Meta {
     let kernel = &session.outputs.run.kernel;
     let mut processes = record_procs(session);
@@ -568,6 +580,7 @@ fn record_meta(
         start_ns: monotonic_ns(),
         started_unix_s: session.outputs.run.started_unix_s,
         processes,
+        user_probes: user_probes.to_vec(),
     }
 }
 
@@ -854,6 +867,52 @@ pub fn plan(t: &target::Target) -> Vec<ObjectPlan> {
             points: o.points.iter().map(|p| (p.func, p.file_offset)).collect(),
         })
         .collect()
+}
+
+/// Registers the user probes (`--probe`) and places them in every target before anything is
+/// attached: a probe no target can take (library not mapped, symbol not found) is an error
+/// that names why; one that only some targets take is a note for the others.
+fn place_user_probes(
+    opts: &crate::cli::RunArgs,
+    targets: &[target::Target],
+) -> Result<std::collections::BTreeMap<u32, Vec<ObjectPlan>>> {
+    let mut out = std::collections::BTreeMap::new();
+    if opts.user_probes.is_empty() {
+        return Ok(out);
+    }
+    crate::userprobe::register(&opts.user_probes)?;
+    let mut tables = std::collections::HashMap::new();
+    let mut placed = vec![0usize; opts.user_probes.len()];
+    let mut why: Vec<Vec<(u32, String)>> = vec![Vec::new(); opts.user_probes.len()];
+    for t in targets {
+        let p = crate::userprobe::place(t.pid, &opts.user_probes, &mut tables);
+        for (i, o) in p.outcome.into_iter().enumerate() {
+            match o {
+                Ok(n) => placed[i] += n,
+                Err(e) => why[i].push((t.pid, e.to_string())),
+            }
+        }
+        if !p.plans.is_empty() {
+            out.insert(t.pid, p.plans);
+        }
+    }
+    for (i, probe) in opts.user_probes.iter().enumerate() {
+        if placed[i] == 0 {
+            match why[i].first() {
+                Some((_, e)) => bail!("{e}"),
+                None => bail!("--probe {}: no process to place it in", probe.label),
+            }
+        }
+        for (pid, e) in &why[i] {
+            eprintln!("llmdd: note: pid {pid}: {e}");
+        }
+        tracing::info!(
+            "user probe {} placed at {} point(s)",
+            probe.label,
+            placed[i]
+        );
+    }
+    Ok(out)
 }
 
 /// ` (rank R of W)` from the environment hints, or nothing.

@@ -286,6 +286,17 @@ pub struct RunArgs {
     /// microsecond per call; `cargo xtask bench` measures it.
     #[arg(long, value_enum, default_value_t = Stacks::Auto, value_name = "WHEN")]
     pub stacks: Stacks,
+    /// Probe any function of a library the targets map (repeatable), as
+    /// LIBRARY:SYMBOL[,arg=N]...[,ret][,label=NAME][,offset=N][,collective].
+    /// LIBRARY: a path, file name or file-name prefix (libfoo.so). SYMBOL: a C name, a
+    /// mangled name or a demangled C++ name (sched::Scheduler::step, parameters optional).
+    /// arg=N records integer/pointer argument N (0-8; a method's 0 is `this`), ret the return
+    /// value; label names it in every view (default: the symbol's last two name parts);
+    /// offset=N probes N bytes into the function (entry only: no duration); collective
+    /// matches its calls across ranks like a collective (ranks from RANK/WORLD_SIZE).
+    /// Example: --probe 'libvllm_C.so:vllm::custom_all_reduce,arg=3,label=car'
+    #[arg(long = "probe", value_name = "SPEC", value_parser = parse_user_probe)]
+    pub user_probes: Vec<crate::userprobe::UserProbe>,
     /// Trace one probe family in another mode (repeatable), as FAMILY=MODE. FAMILY: nccl,
     /// cudart, cuda (and every other family `llmdd doctor` lists). MODE: `full` (default:
     /// one record per call with duration, return code and out-values), `entry` (one record
@@ -356,6 +367,7 @@ impl RunArgs {
             trace_max_slices: 1_000_000,
             flamegraph: None,
             stacks: Stacks::Auto,
+            user_probes: Vec::new(),
             modes: Vec::new(),
             overhead_budget: OverheadBudget(Some(0.01)),
             enforce_budget: false,
@@ -584,6 +596,11 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// `--probe SPEC`.
+fn parse_user_probe(s: &str) -> Result<crate::userprobe::UserProbe, String> {
+    crate::userprobe::parse(s).map_err(|e| e.to_string())
 }
 
 /// When user stacks are walked (`--stacks`).

@@ -109,6 +109,18 @@ pub struct Outputs {
     pub prometheus: Option<String>,
 }
 
+/// `[probes]`: family modes (`cuda = "aggregate"`) and user probes (`[[probes.user]]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ProbesSection {
+    /// User-defined probes, as `--probe`: library, symbol, and optionally offset, args,
+    /// ret, label, collective.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user: Vec<crate::userprobe::UserProbe>,
+    /// Probe family -> mode (`full`, `entry`, `aggregate`), as `--mode FAMILY=MODE`.
+    #[serde(flatten)]
+    pub modes: BTreeMap<String, String>,
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +131,7 @@ pub struct FileConfig {
     pub intervals: Intervals,
     /// Probe family -> mode (`full`, `entry`, `aggregate`), as `--mode FAMILY=MODE`.
     #[serde(default)]
-    pub probes: BTreeMap<String, String>,
+    pub probes: ProbesSection,
     #[serde(default)]
     pub budget: BudgetSection,
     #[serde(default)]
@@ -195,7 +207,16 @@ pub fn apply_run(
         run.interval = parse_duration(v).map_err(|m| bad("intervals.refresh", m))?;
     }
     if !on_command_line("modes") {
-        for (family, mode) in &cfg.probes {
+        for (i, u) in cfg.probes.user.iter().enumerate() {
+            if !on_command_line("user_probes") {
+                let probe = u
+                    .clone()
+                    .validated(&format!("{}:{}", u.library, u.symbol))
+                    .map_err(|e| bad(&format!("probes.user[{i}]"), e.to_string()))?;
+                run.user_probes.push(probe);
+            }
+        }
+        for (family, mode) in &cfg.probes.modes {
             let parsed = crate::cli::parse_family_mode(&format!("{family}={mode}"))
                 .map_err(|m| bad(&format!("probes.{family}"), m))?;
             run.modes.push(parsed);
@@ -399,6 +420,12 @@ refresh = "2s"
 [probes]
 cudart = "aggregate"
 
+[[probes.user]]
+library = "libhooks.so"
+symbol = "sched::Scheduler::step"
+args = [1, 2]
+ret = true
+
 [budget]
 overhead = "0.5%"
 enforce = true
@@ -418,6 +445,17 @@ prometheus = "9400"
         assert_eq!(run.overhead_budget, OverheadBudget(Some(0.005)));
         assert!(run.enforce_budget);
         assert_eq!(run.modes.len(), 1);
+        assert_eq!(run.user_probes.len(), 1);
+        let u = &run.user_probes[0];
+        assert_eq!(
+            (u.symbol.as_str(), &u.args[..], u.ret, u.label.as_str()),
+            (
+                "sched::Scheduler::step",
+                &[1u8, 2][..],
+                true,
+                "Scheduler::step"
+            )
+        );
         assert_eq!(run.report.as_deref(), Some(Path::new("/tmp/r.json")));
         assert_eq!(run.prometheus.map(|a| a.port()), Some(9400));
         let c = engine_config(&cfg, p, &[]).expect("engine");
@@ -462,6 +500,12 @@ prometheus = "9400"
         let e = parse(p, "[thresholds]\n\nstraggler_min_late = \"many\"\n").expect_err("type");
         let msg = e.to_string();
         assert!(msg.starts_with("bad.toml:3:"), "{msg}");
+        let e = parse(
+            p,
+            "[probes]\n[[probes.user]]\nlibrary = \"l.so\"\nsymbol = \"f\"\nargz = [1]\n",
+        )
+        .expect_err("unknown user-probe key");
+        assert!(e.to_string().contains("argz"), "{e}");
         let e = parse(p, "[colours]\nx = 1\n").expect_err("section");
         assert!(e.to_string().contains("unknown field `colours`"), "{e}");
     }

@@ -129,8 +129,32 @@ pub struct CallEvent {
     /// The immediate caller's return address (with `stack_id`).
     #[serde(skip)]
     pub caller: u64,
+    /// What a user probe records (`--probe ...,arg=N,ret`): `argN` and `ret`.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_values")]
+    pub values: Vec<(String, u64)>,
     #[serde(skip)]
     pub args: [u64; 9],
+}
+
+/// What an event of an unregistered function id claims to be (never reached: decoding
+/// refuses unknown ids).
+static UNKNOWN_FUNC: FuncSpec = FuncSpec {
+    id: u16::MAX,
+    name: "unknown",
+    family: Family::User,
+    kind: funcs::CallKind::Other,
+    symbols: &[],
+    roles: funcs::NO_ROLES,
+    entry_only: true,
+};
+
+fn ser_values<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for (k, x) in v {
+        m.serialize_entry(k, x)?;
+    }
+    m.end()
 }
 
 fn ser_func<S: serde::Serializer>(id: &u16, s: S) -> Result<S::Ok, S::Error> {
@@ -181,7 +205,15 @@ impl CallEvent {
         let comm = match spec.kind {
             // For communicator creation the handle is the one written back.
             CallKind::CommInit | CallKind::CommInitAll => out,
+            _ if spec.family == Family::User => crate::userprobe::collective_handle(r.func),
             _ => slot(&args, roles.comm),
+        };
+        // A user probe's return value is data, not a status code.
+        let user = spec.family == Family::User;
+        let values = if user {
+            crate::userprobe::values(r.func, &args, returned.then_some(r.ret))
+        } else {
+            Vec::new()
         };
         Ok(CallEvent {
             func: r.func,
@@ -191,7 +223,7 @@ impl CallEvent {
             lib_slot: r.lib_slot,
             entry_ns: r.entry_ns,
             exit_ns: returned.then_some(r.exit_ns),
-            ret: returned.then_some(r.ret as u32 as i32 as i64),
+            ret: (returned && !user).then_some(r.ret as u32 as i32 as i64),
             rank,
             nranks,
             uid_hash: (r.flags & F_UID != 0).then_some(r.uid_hash),
@@ -206,13 +238,15 @@ impl CallEvent {
             op: slot(&args, roles.op).map(|o| o & 0xffff_ffff),
             peer: slot(&args, roles.peer).map(|p| p as u32 as i32 as i64),
             out,
+            values,
             args,
         })
     }
 
     pub fn spec(&self) -> &'static FuncSpec {
-        // Constructed only from a valid id (see `from_record`).
-        &funcs::FUNCS[self.func as usize]
+        // Constructed only from a valid id (see `from_record`); user probes are registered
+        // before any record is read and never unregistered.
+        funcs::spec(self.func).unwrap_or(&UNKNOWN_FUNC)
     }
 
     pub fn name(&self) -> &'static str {

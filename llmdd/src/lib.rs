@@ -26,4 +26,5 @@ pub mod stacks;
 pub mod summary;
 pub mod target;
 pub mod transport;
+pub mod userprobe;
 pub mod views;

@@ -211,7 +211,8 @@ impl Session {
                 exited.push(p.pid);
             }
             if let Event::Call(c) = &ev {
-                if self.entry_only.contains(&c.family) {
+                // A user probe inside a function body is entry-only too.
+                if self.entry_only.contains(&c.family) || c.spec().entry_only {
                     continue;
                 }
             }

@@ -86,7 +86,19 @@ pub struct Done {
 impl Hooks {
     /// Starts `hooks_app ITERS [CUDART]` and waits for READY; returns it with its pid.
     pub fn start(&self, iters: u64, cudart: Option<&Path>) -> Result<Proc> {
+        self.start_with_env(iters, cudart, &[])
+    }
+
+    /// [`Hooks::start`] with environment variables (RANK, WORLD_SIZE, HOOKS_STEP_US,
+    /// HOOKS_SLOW_US).
+    pub fn start_with_env(
+        &self,
+        iters: u64,
+        cudart: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Result<Proc> {
         let mut cmd = Command::new(&self.app);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.arg(iters.to_string());
         if let Some(c) = cudart {
             cmd.arg(c);

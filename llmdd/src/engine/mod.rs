@@ -519,7 +519,7 @@ impl Engine {
                             } else {
                                 "destroyed the communicator"
                             },
-                            aborted,
+                            if aborted { Raise::Always } else { Raise::Never },
                         );
                     }
                 }
@@ -630,6 +630,8 @@ impl Engine {
                     self.alloc_failure(proc, c, f);
                 }
             }
+            // User probes without a role: counted and timed by the summary and views only.
+            CallKind::Other => {}
         }
     }
 
@@ -869,14 +871,29 @@ impl Engine {
             return;
         };
         for (c, m) in self.comms.proc_exit(proc, t) {
-            let (lane, lm) = {
+            let (lane, lm, lifecycle) = {
                 let comm = &self.comms.list[c as usize];
-                (comm.lane, comm.members[m as usize].lane_member)
+                // A communicator grouped from the environment (MPI's world, a collective
+                // user probe) has no traced teardown: a member exiting with nothing open
+                // is how such a job ends, not a finding.
+                let lifecycle = !matches!(
+                    comm.identity,
+                    comm::Identity::Inferred {
+                        rank_source: "environment",
+                        ..
+                    }
+                );
+                (comm.lane, comm.members[m as usize].lane_member, lifecycle)
             };
-            self.member_left(lane, lm, t, "exited", true);
+            let raise = if lifecycle {
+                Raise::Always
+            } else {
+                Raise::IfOpen
+            };
+            self.member_left(lane, lm, t, "exited", raise);
         }
         if let Some((lane, m)) = self.graphs.proc_exit(proc) {
-            self.member_left(lane, m, t, "exited", false);
+            self.member_left(lane, m, t, "exited", Raise::Never);
         }
         self.sync.forget_proc(proc);
         self.bubbles.forget_proc(proc);
@@ -885,8 +902,9 @@ impl Engine {
         self.in_flight.retain(|(p, _, _), _| *p != pid);
     }
 
-    /// A member left a lane: no stall for it, and the lane's findings say so.
-    fn member_left(&mut self, lane: u32, m: u32, t: u64, how: &str, raise: bool) {
+    /// A member left a lane: no stall for it, and the lane's findings say so; a member-left
+    /// finding is raised as `raise` says.
+    fn member_left(&mut self, lane: u32, m: u32, t: u64, how: &str, raise: Raise) {
         let (open_before, open_after, id, rank, pid, proc, label) = {
             let l = &mut self.lanes[lane as usize];
             let before = l.open_instances();
@@ -917,8 +935,10 @@ impl Engine {
                 f.evidence.push_str(&note);
             }
         }
-        if !raise {
-            return;
+        match raise {
+            Raise::Never => return,
+            Raise::IfOpen if left_open == 0 => return,
+            _ => {}
         }
         let waiting = if left_open > 0 {
             format!("; the other ranks had entered {left_open} instance(s) it never reached, which cannot complete")
@@ -1563,4 +1583,13 @@ fn fmt_time(ns: u64) -> String {
 
 fn fmt_secs(ns: u64) -> String {
     format!("{:.2} s", ns as f64 / 1e9)
+}
+
+/// When a member leaving a lane is a finding of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Raise {
+    Always,
+    /// Only when it left instances open that the others entered.
+    IfOpen,
+    Never,
 }

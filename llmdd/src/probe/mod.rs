@@ -155,10 +155,13 @@ const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str)
         (ProbeSet::Full, Family::CudaDriver) => ("cuda_entry", "cuda_return"),
         (ProbeSet::Full, Family::Hip) => ("hip_entry", "hip_return"),
         (ProbeSet::Full, Family::Mpi) => ("mpi_entry", "mpi_return"),
+        (ProbeSet::Full, Family::User) => ("user_entry", "user_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 12] = [
+const UPROBE_PROGRAMS: [&str; 14] = [
+    "user_entry",
+    "user_return",
     "mpi_entry",
     "mpi_return",
     "hip_entry",
@@ -549,21 +552,34 @@ impl Tracer {
             ProbeSet::Full => self.mode(obj.family),
             ProbeSet::Floor => Mode::Full,
         };
-        let points: Vec<(u64, u64)> = obj
+        // A function probed inside its body takes no return probe whatever the mode.
+        let entry_only = |func: FuncId| {
+            mode == Mode::EntryOnly || funcs::spec(func).is_some_and(|f| f.entry_only)
+        };
+        let points: Vec<(u64, u64, bool)> = obj
             .points
             .iter()
             .map(|&(func, offset)| {
                 let mut cookie = mode.cookie(func, slot);
+                if mode == Mode::Full && entry_only(func) {
+                    cookie = cookie.with_mode(C_ENTRY_ONLY, NO_SLOT);
+                }
                 if self.stacks && self.set == ProbeSet::Full && mode != Mode::Aggregate {
                     cookie = cookie.with_mode(C_USTACK, NO_SLOT);
                 }
-                (offset, cookie.0)
+                (offset, cookie.0, entry_only(func))
             })
             .collect();
-        let mut out = vec![(entry, points.clone(), false)];
+        let all: Vec<(u64, u64)> = points.iter().map(|&(o, c, _)| (o, c)).collect();
+        let returning: Vec<(u64, u64)> = points
+            .iter()
+            .filter(|p| !p.2)
+            .map(|&(o, c, _)| (o, c))
+            .collect();
+        let mut out = vec![(entry, all, false)];
         // Entry-only mode attaches no return probe at all: that is its saving.
-        if mode != Mode::EntryOnly {
-            out.push((ret, points, true));
+        if !returning.is_empty() {
+            out.push((ret, returning, true));
         }
         out
     }

@@ -137,6 +137,9 @@ pub struct Meta {
     pub start_ns: u64,
     pub started_unix_s: f64,
     pub processes: Vec<RecProc>,
+    /// The user-defined probes of the run (`--probe`), in function-id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_probes: Vec<crate::userprobe::UserProbe>,
 }
 
 /// The end metadata.
@@ -572,7 +575,13 @@ pub fn parse(
         };
         match kind {
             KIND_META => match serde_json::from_slice::<Meta>(&raw) {
-                Ok(m) if meta.is_none() => meta = Some(m),
+                Ok(m) if meta.is_none() => {
+                    // The recording's user probes give meaning to its user function ids.
+                    if let Err(e) = crate::userprobe::register(&m.user_probes) {
+                        tracing::warn!("{}: {e}", path.display());
+                    }
+                    meta = Some(m);
+                }
                 Ok(_) => {}
                 Err(_) => {
                     stop("unreadable metadata", &mut rec);

@@ -32,7 +32,7 @@ pub fn label(family: Family, path: &Path) -> &'static str {
 /// Where llmdd opens a file mapped by `pid`: through the process's root when that still
 /// names the mapped file (same inode), else through `/proc/PID/map_files/` (files deleted or
 /// replaced on disk since they were mapped).
-fn open_path(pid: u32, file: &MappedFile) -> Result<(PathBuf, std::fs::Metadata), io::Error> {
+pub fn open_path(pid: u32, file: &MappedFile) -> Result<(PathBuf, std::fs::Metadata), io::Error> {
     let by_map_files = || {
         let m = file
             .mappings

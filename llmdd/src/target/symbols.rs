@@ -179,19 +179,41 @@ impl SymbolTable {
         out
     }
 
-    /// Names that contain `part` (for "did you mean" in errors), at most `max`.
-    pub fn similar(&self, part: &str, max: usize) -> Vec<&str> {
-        let part = part.trim();
-        let key = part.rsplit("::").next().unwrap_or(part).to_lowercase();
-        let mut out: Vec<&str> = self
+    /// Names close to `wanted` (for "did you mean" in errors), best first, at most `max`:
+    /// the last name component (`step` of `sched::Scheduler::step(int)`) contains the one
+    /// asked for, or is within a Jaro-Winkler similarity of 0.9 of it.
+    pub fn similar(&self, wanted: &str, max: usize) -> Vec<&str> {
+        let last = |s: &str| -> String {
+            let bare = without_params(s.trim());
+            bare.rsplit("::").next().unwrap_or(bare).to_lowercase()
+        };
+        let key = last(wanted);
+        if key.is_empty() {
+            return Vec::new();
+        }
+        let mut scored: Vec<(f64, &str)> = self
             .funcs
             .iter()
-            .filter(|f| !key.is_empty() && f.name.to_lowercase().contains(&key))
-            .map(|f| f.name.as_str())
+            .filter_map(|f| {
+                let name = last(&f.name);
+                let score = if name.contains(&key) {
+                    1.0
+                } else {
+                    strsim::jaro_winkler(&name, &key)
+                };
+                (score >= 0.9).then_some((score, f.name.as_str()))
+            })
             .collect();
-        out.sort_unstable();
-        out.dedup();
-        out.truncate(max);
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        let mut out: Vec<&str> = Vec::new();
+        for (_, n) in scored {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+            if out.len() == max {
+                break;
+            }
+        }
         out
     }
 }

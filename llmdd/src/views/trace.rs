@@ -133,6 +133,9 @@ impl Trace {
         put("rank", c.rank.map(Value::from));
         put("nranks", c.nranks.map(Value::from));
         put("ret", c.ret.map(Value::from));
+        for (k, v) in &c.values {
+            put(k, Some(Value::from(*v)));
+        }
         let dur = match c.duration_ns() {
             Some(d) => d,
             None => {

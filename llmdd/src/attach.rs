@@ -219,8 +219,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         warned_over: BTreeSet::new(),
         host: crate::node::HostMonitor::default(),
         stacks: None,
+        gpu: crate::gpu::GpuMonitor::open(),
+        nic: crate::node::NicMonitor::default(),
+        device_hints: Default::default(),
         swaps: std::sync::mpsc::channel(),
     };
+    if let Some(why) = &live.gpu.missing {
+        eprintln!("llmdd: note: no GPU context for findings: {why}; everything else works");
+    }
     if opts.walks_stacks() {
         live.tracer.set_stacks(true);
         live.stacks = Some(crate::stacks::StackWalker::new(live.tracer.take_stacks()?));
@@ -263,6 +269,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             w.symbolizer.refresh(t.pid);
         }
         live.track(t.pid, &attached);
+        live.note_devices(t);
         live.pids.insert(t.pid);
     }
     if let Some(w) = recorder.as_mut() {
@@ -318,7 +325,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let mut batch = Vec::with_capacity(4096);
     let mut last_scan = Instant::now();
     let mut last_host = Instant::now();
-    live.host.sample(live.pids.iter().copied());
+    live.sample_node(&mut session);
     let result: Result<Stop> = async {
         loop {
             let wait = DRAIN_INTERVAL.min(opts.interval);
@@ -358,6 +365,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                         session
                             .register_process(hints_of(&t, host.clone()), proc_info(&t, &attached));
                         live.track(t.pid, &attached);
+                        live.note_devices(&t);
                         live.pids.insert(t.pid);
                     }
                     Err(e) => live.console.say(format!(
@@ -376,10 +384,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             live.duty_cycle(now);
             if last_host.elapsed() >= opts.interval {
                 last_host = Instant::now();
-                live.host.sample(live.pids.iter().copied());
-                session
-                    .host
-                    .extend(live.host.latest.iter().map(|(p, s)| (*p, *s)));
+                live.sample_node(&mut session);
             }
             if let Some(s) = signalled {
                 return Ok(s);
@@ -481,10 +486,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         session.summary.duties = b.duties(monotonic_ns());
         session.summary.over_budget = (b.fraction, b.over_budget().to_vec());
     }
-    live.host.sample(live.pids.iter().copied());
-    for (pid, s) in &live.host.latest {
-        session.host.insert(*pid, *s);
-    }
+    live.sample_node(&mut session);
     let lost = live.tracer.counters()?;
     let detach_start = Instant::now();
     let mut detached = Detached::default();
@@ -631,6 +633,10 @@ struct Live {
     host: crate::node::HostMonitor,
     /// Names the user stacks of traced calls (`--stacks`).
     stacks: Option<crate::stacks::StackWalker>,
+    /// The node's GPUs (NVML) and NICs, and what each target says about its device.
+    gpu: crate::gpu::GpuMonitor,
+    nic: crate::node::NicMonitor,
+    device_hints: std::collections::BTreeMap<u32, crate::gpu::DeviceHints>,
     swaps: (
         std::sync::mpsc::Sender<crate::probe::SwapDone>,
         std::sync::mpsc::Receiver<crate::probe::SwapDone>,
@@ -644,6 +650,46 @@ impl Live {
             for a in attached {
                 b.track(pid, a.family, monotonic_ns());
             }
+        }
+    }
+
+    /// Keeps what a new target's environment says about its GPU.
+    fn note_devices(&mut self, t: &target::Target) {
+        self.device_hints.insert(
+            t.pid,
+            crate::gpu::DeviceHints {
+                visible: t.rank_hints.cuda_visible_devices.as_ref().map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                }),
+                local_rank: t.rank_hints.local_rank,
+            },
+        );
+    }
+
+    /// Samples the node context (targets' CPU and memory, NICs, GPUs) into the session.
+    fn sample_node(&mut self, session: &mut Session) {
+        self.host.sample(self.pids.iter().copied());
+        session
+            .node
+            .procs
+            .extend(self.host.latest.iter().map(|(p, s)| (*p, *s)));
+        self.nic.sample();
+        session.node.nics = self.nic.latest.clone();
+        let had_gpu = self.gpu.available();
+        self.gpu.sample();
+        if had_gpu && !self.gpu.available() {
+            if let Some(why) = &self.gpu.missing {
+                self.console
+                    .say(format!("llmdd: warning: no more GPU context: {why}"));
+            }
+        }
+        if !self.gpu.latest.is_empty() {
+            session.node.gpus = self.gpu.latest.clone();
+            session.node.nvlink_new = self.gpu.nvlink_new.clone();
+            session.node.devices = crate::gpu::map_devices(&self.gpu.latest, &self.device_hints);
         }
     }
 

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod follow;
+pub mod gpu;
 pub mod kernel;
 pub mod merge;
 pub mod node;

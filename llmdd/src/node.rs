@@ -1,7 +1,7 @@
 //! Host context of the traced processes, so a finding can say *why* a rank is late: CPU
 //! time, time its threads waited on a run queue for a CPU, and resident memory, from
-//! `/proc/PID/task/*/schedstat` and `/proc/PID/statm` (no probe needed). GPU context (NVML)
-//! is not read yet.
+//! `/proc/PID/task/*/schedstat` and `/proc/PID/statm` (no probe needed); and the node's NIC
+//! counters from `/sys/class/net/*/statistics`. GPU context is `gpu`'s.
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -112,9 +112,231 @@ pub fn culprit_context(
     )
 }
 
+/// Everything known about the node around the traced processes at the last sampling: per
+/// process CPU and memory, the GPUs and which process uses which, the NICs.
+#[derive(Clone, Debug, Default)]
+pub struct NodeContext {
+    pub procs: BTreeMap<u32, HostSample>,
+    pub gpus: Vec<crate::gpu::GpuSample>,
+    /// Process -> (device index, how it was mapped).
+    pub devices: BTreeMap<u32, (u32, crate::gpu::MappedBy)>,
+    /// NVLink errors new in the last interval, per device index.
+    pub nvlink_new: BTreeMap<u32, u64>,
+    pub nics: Vec<NicSample>,
+}
+
+impl NodeContext {
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty() && self.gpus.is_empty() && self.nics.is_empty()
+    }
+
+    /// The device `pid` uses, with how that is known.
+    pub fn gpu_of(&self, pid: u32) -> Option<(&crate::gpu::GpuSample, crate::gpu::MappedBy)> {
+        let (dev, by) = self.devices.get(&pid)?;
+        Some((self.gpus.iter().find(|g| g.index == *dev)?, *by))
+    }
+
+    /// Context lines for a finding's culprit, each with a suggestion when it explains the
+    /// finding: its threads' CPU waits against the other processes', its GPU against the
+    /// other ranks' GPUs, the node's NICs when they show trouble.
+    pub fn culprit_lines(&self, pid: Option<u32>) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        if let Some(pid) = pid {
+            if let Some(me) = self.procs.get(&pid) {
+                let peers: Vec<HostSample> = self
+                    .procs
+                    .iter()
+                    .filter(|(p, _)| **p != pid)
+                    .map(|(_, s)| *s)
+                    .collect();
+                let (line, hint) = culprit_context(pid, me, &peers);
+                out.push((line, hint.map(str::to_string)));
+            }
+            if let Some((dev, _)) = self.gpu_of(pid) {
+                let mut peer_devs: Vec<u32> = self
+                    .devices
+                    .iter()
+                    .filter(|(p, (d, _))| **p != pid && *d != dev.index)
+                    .map(|(_, (d, _))| *d)
+                    .collect();
+                peer_devs.sort_unstable();
+                peer_devs.dedup();
+                let peers: Vec<&crate::gpu::GpuSample> = self
+                    .gpus
+                    .iter()
+                    .filter(|g| peer_devs.contains(&g.index))
+                    .collect();
+                let new = self.nvlink_new.get(&dev.index).copied().unwrap_or(0);
+                out.push(crate::gpu::culprit_context(dev, &peers, new));
+            }
+        }
+        if let Some((line, hint)) = nic_trouble(&self.nics) {
+            out.push((line, Some(hint.to_string())));
+        }
+        out
+    }
+}
+
+/// One network interface over the last sampling interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NicSample {
+    pub name: String,
+    pub rx_bytes_per_s: f64,
+    pub tx_bytes_per_s: f64,
+    /// Receive and transmit errors in the interval.
+    pub errors: u64,
+    /// Receive and transmit drops in the interval.
+    pub drops: u64,
+    /// Link up/down transitions in the interval.
+    pub carrier_changes: u64,
+}
+
+/// Counter files read per interface: bytes in and out, then the ones that mean trouble.
+const NIC_COUNTERS: [&str; 6] = [
+    "statistics/rx_bytes",
+    "statistics/tx_bytes",
+    "statistics/rx_errors",
+    "statistics/tx_errors",
+    "statistics/rx_dropped",
+    "statistics/tx_dropped",
+];
+
+/// Samples the node's NICs (loopback excluded) and keeps the latest interval's figures.
+#[derive(Debug, Default)]
+pub struct NicMonitor {
+    /// `class/net` directory read instead of the node's (tests).
+    root: Option<std::path::PathBuf>,
+    last: BTreeMap<String, (Instant, [u64; 7])>,
+    pub latest: Vec<NicSample>,
+}
+
+fn nic_counters(dir: &std::path::Path) -> Option<[u64; 7]> {
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    let mut out = [0u64; 7];
+    for (i, f) in NIC_COUNTERS.iter().enumerate() {
+        out[i] = read(f)?;
+    }
+    // Absent on some virtual interfaces: then no transitions are counted.
+    out[6] = read("carrier_changes").unwrap_or(0);
+    Some(out)
+}
+
+impl NicMonitor {
+    /// A monitor of the interfaces under `dir` (a `class/net` directory) instead.
+    pub fn at(dir: std::path::PathBuf) -> NicMonitor {
+        NicMonitor {
+            root: Some(dir),
+            ..Default::default()
+        }
+    }
+
+    /// Reads every interface under `/sys/class/net` (or `$LLMDD_SYSFS_ROOT/class/net`).
+    pub fn sample(&mut self) {
+        let root = self
+            .root
+            .clone()
+            .unwrap_or_else(|| crate::kernel::sys_path("/sys/class/net"));
+        let Ok(dir) = std::fs::read_dir(&root) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut latest = Vec::new();
+        let mut names: Vec<String> = dir
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lo")
+            .collect();
+        names.sort();
+        for name in names {
+            let Some(c) = nic_counters(&root.join(&name)) else {
+                continue;
+            };
+            if let Some((t, p)) = self.last.get(&name) {
+                let dt = now.duration_since(*t).as_secs_f64().max(1e-3);
+                let d = |i: usize| c[i].saturating_sub(p[i]);
+                latest.push(NicSample {
+                    name: name.clone(),
+                    rx_bytes_per_s: d(0) as f64 / dt,
+                    tx_bytes_per_s: d(1) as f64 / dt,
+                    errors: d(2) + d(3),
+                    drops: d(4) + d(5),
+                    carrier_changes: d(6),
+                });
+            }
+            self.last.insert(name, (now, c));
+        }
+        self.latest = latest;
+    }
+
+    /// See [`nic_trouble`].
+    pub fn trouble(&self) -> Option<(String, &'static str)> {
+        nic_trouble(&self.latest)
+    }
+}
+
+/// A context line naming the interfaces with errors, drops or link flaps in the last
+/// interval, and a suggestion; `None` when every NIC is clean.
+pub fn nic_trouble(nics: &[NicSample]) -> Option<(String, &'static str)> {
+    {
+        let bad: Vec<String> = nics
+            .iter()
+            .filter(|n| n.errors + n.drops + n.carrier_changes > 0)
+            .map(|n| {
+                format!(
+                    "{} {} errors, {} drops, {} link changes",
+                    n.name, n.errors, n.drops, n.carrier_changes
+                )
+            })
+            .collect();
+        (!bad.is_empty()).then(|| {
+            (
+                format!("nic: in the last interval {}", bad.join("; ")),
+                "a NIC of this node shows errors or link changes: check its cabling, switch port \
+                 and counters (ethtool -S) before the code",
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nic_errors_in_an_interval_are_named() {
+        let root = std::env::temp_dir().join(format!("llmdd-nic-{}", std::process::id()));
+        let eth = root.join("class/net/eth0");
+        std::fs::create_dir_all(eth.join("statistics")).expect("dirs");
+        std::fs::create_dir_all(root.join("class/net/lo/statistics")).expect("dirs");
+        let write = |v: [u64; 6], carrier: u64| {
+            for (f, x) in NIC_COUNTERS.iter().zip(v) {
+                std::fs::write(eth.join(f), format!("{x}\n")).expect("write");
+            }
+            std::fs::write(eth.join("carrier_changes"), format!("{carrier}\n")).expect("write");
+        };
+        let mut m = NicMonitor::at(root.join("class/net"));
+        write([1000, 2000, 0, 0, 0, 0], 2);
+        m.sample();
+        assert!(m.latest.is_empty(), "the first sample has no interval");
+        write([5000, 2000, 3, 1, 0, 2], 2);
+        m.sample();
+        write([9000, 2000, 3, 1, 0, 2], 2);
+        let n = &m.latest[0];
+        assert_eq!((n.name.as_str(), n.errors, n.drops), ("eth0", 4, 2));
+        assert!(n.rx_bytes_per_s > 0.0);
+        let (line, _) = m.trouble().expect("errors");
+        assert!(
+            line.contains("eth0 4 errors, 2 drops, 0 link changes"),
+            "{line}"
+        );
+        m.sample();
+        assert!(m.trouble().is_none(), "a clean interval");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn schedstat_lines() {
@@ -146,9 +368,14 @@ mod tests {
         let me = std::process::id();
         let mut m = HostMonitor::default();
         m.sample([me]);
+        // Busy for 50 ms of wall time: the kernel accounts a running thread's CPU time at
+        // scheduler ticks, so a shorter burst can read as none.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_add(std::hint::black_box(i));
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            for i in 0..10_000u64 {
+                x = x.wrapping_add(std::hint::black_box(i));
+            }
         }
         std::hint::black_box(x);
         m.sample([me]);

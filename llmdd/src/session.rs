@@ -136,8 +136,8 @@ pub struct Session {
     pub entry_only: Vec<&'static str>,
     /// Write the file views without printing the final summary (a report built for `diff`).
     pub quiet: bool,
-    /// Host context of the traced processes, sampled while tracing live.
-    pub host: std::collections::BTreeMap<u32, crate::node::HostSample>,
+    /// Node context of the traced processes (CPU, GPUs, NICs), sampled while tracing live.
+    pub node: crate::node::NodeContext,
 }
 
 impl Session {
@@ -175,7 +175,7 @@ impl Session {
             sinks,
             job: None,
             quiet: false,
-            host: Default::default(),
+            node: Default::default(),
             entry_only: opts
                 .modes
                 .iter()
@@ -223,7 +223,7 @@ impl Session {
 
     /// The findings block of the plain summary.
     pub fn render_findings(&self) -> String {
-        render_findings_with(&self.engine, &self.host)
+        render_findings_with(&self.engine, &self.node)
     }
 
     /// Ends the session: flushes the engine, prints the final summary and findings, then
@@ -238,7 +238,7 @@ impl Session {
                 self.summary
                     .render(end.duration_s, last_interval_s, end.counters)
             );
-            print!("{}", render_findings_with(&self.engine, &self.host));
+            print!("{}", render_findings_with(&self.engine, &self.node));
             if end.undecodable > 0 {
                 println!("undecodable records: {}", end.undecodable);
             }
@@ -267,7 +267,7 @@ impl Session {
                 stopped_because: end.why,
                 duration_s: end.duration_s,
                 job: self.job.as_ref(),
-                host: (!self.host.is_empty()).then_some(&self.host),
+                node: (!self.node.is_empty()).then_some(&self.node),
             });
             let written = serde_json::to_writer_pretty(&mut w, &doc)
                 .map_err(anyhow::Error::from)
@@ -327,11 +327,8 @@ pub fn render_findings(engine: &Engine) -> String {
     render_findings_with(engine, &Default::default())
 }
 
-/// The findings block, with the host context of each culprit that has one.
-pub fn render_findings_with(
-    engine: &Engine,
-    host: &std::collections::BTreeMap<u32, crate::node::HostSample>,
-) -> String {
+/// The findings block, with the node context of each culprit that has one.
+pub fn render_findings_with(engine: &Engine, node: &crate::node::NodeContext) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let findings = engine.findings();
@@ -350,7 +347,7 @@ pub fn render_findings_with(
             f.evidence,
             f.suggestion
         );
-        if let Some((line, hint)) = crate::views::report::host_context(f, host) {
+        for (line, hint) in node.culprit_lines(f.culprit.pid) {
             let _ = writeln!(out, "      {line}");
             if let Some(hint) = hint {
                 let _ = writeln!(out, "      -> {hint}");

@@ -89,11 +89,21 @@ fn report_written_on_sigterm_validates_against_the_schema() {
     );
     job.proc.signal(libc::SIGTERM).expect("stopping the job");
     let _ = job.proc.wait_exit(Duration::from_secs(60));
+    // Without an NVIDIA driver, one line says there is no GPU context, and all else works.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        let err = llmdd.lines_of(Stream::Stderr).join("\n");
+        let notes: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("no GPU context"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{err}");
+        assert!(notes[0].contains("libnvidia-ml.so.1 not found"), "{err}");
+    }
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report"))
         .expect("report is JSON");
     validate(&doc);
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
     assert_eq!(doc["run"]["stopped_because"], "stopped by SIGTERM");
     assert!(doc["events"]["received"].as_u64() > Some(0));
     assert_eq!(doc["events"]["lost"], 0);
@@ -101,6 +111,18 @@ fn report_written_on_sigterm_validates_against_the_schema() {
         .as_str()
         .unwrap_or("")
         .is_empty());
+    // The node's NICs over the last interval, when it has any besides loopback.
+    let nics = std::fs::read_dir("/sys/class/net")
+        .map(|d| d.flatten().filter(|e| e.file_name() != "lo").count())
+        .unwrap_or(0);
+    if nics > 0 {
+        assert_eq!(
+            doc["nics"].as_array().map(Vec::len),
+            Some(nics),
+            "{}",
+            doc["nics"]
+        );
+    }
     let procs = doc["processes"].as_array().expect("processes");
     assert_eq!(procs.len(), 4);
     for (i, pid) in job.pids.iter().enumerate() {

@@ -34,7 +34,7 @@ fn trace_and_flamegraph_of_a_running_job() {
             "--compute-us",
             "300",
             "--straggler",
-            "2:2:1",
+            "2:6:1",
             "--timeout-s",
             "240",
         ],

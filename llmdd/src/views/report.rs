@@ -19,7 +19,7 @@ use super::run::{KernelInfo, LibInfo, RunInfo};
 
 /// Version of the report document. 1 was the unversioned first form (an engine snapshot
 /// dump); 2 is the documented one.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The schema, as shipped in the repository.
 pub const SCHEMA: &str = include_str!("../../../docs/report.schema.json");
@@ -43,6 +43,9 @@ pub struct Report {
     /// communicators matched across hosts (`merge::Merged`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<serde_json::Value>,
+    /// The node's network interfaces over the last sampling interval (live tracing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nics: Option<Vec<crate::node::NicSample>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,6 +94,17 @@ pub struct Process {
     /// Host context over the last sampling interval (live tracing only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<crate::node::HostSample>,
+    /// The GPU it uses, as last sampled (live tracing with NVML only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<ProcessGpu>,
+}
+
+/// A process's GPU and how llmdd knows it is that one.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessGpu {
+    #[serde(flatten)]
+    pub device: crate::gpu::GpuSample,
+    pub mapped_by: crate::gpu::MappedBy,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -283,24 +297,8 @@ pub struct Inputs<'a> {
     pub duration_s: f64,
     /// The merged job view, when several hosts were merged.
     pub job: Option<&'a serde_json::Value>,
-    /// Host context of the traced processes (live tracing).
-    pub host: Option<&'a std::collections::BTreeMap<u32, crate::node::HostSample>>,
-}
-
-/// The host context line of a finding's culprit next to its peers (the other sampled
-/// processes), and a suggestion when that context explains the finding.
-pub fn host_context(
-    f: &Finding,
-    host: &std::collections::BTreeMap<u32, crate::node::HostSample>,
-) -> Option<(String, Option<&'static str>)> {
-    let pid = f.culprit.pid?;
-    let me = host.get(&pid)?;
-    let peers: Vec<_> = host
-        .iter()
-        .filter(|(p, _)| **p != pid)
-        .map(|(_, s)| *s)
-        .collect();
-    Some(crate::node::culprit_context(pid, me, &peers))
+    /// Node context of the traced processes (live tracing).
+    pub node: Option<&'a crate::node::NodeContext>,
 }
 
 pub fn id_hex(id: u64) -> String {
@@ -517,7 +515,13 @@ pub fn build(i: &Inputs) -> Report {
                 exited: p.exited || i.summary.exited.contains(&p.pid),
                 libraries: p.libraries.clone(),
                 functions,
-                host: i.host.and_then(|h| h.get(&p.pid).copied()),
+                host: i.node.and_then(|n| n.procs.get(&p.pid).copied()),
+                gpu: i.node.and_then(|n| {
+                    n.gpu_of(p.pid).map(|(g, by)| ProcessGpu {
+                        device: g.clone(),
+                        mapped_by: by,
+                    })
+                }),
             }
         })
         .collect();
@@ -565,7 +569,11 @@ pub fn build(i: &Inputs) -> Report {
             .iter()
             .map(|f| {
                 let mut r = finding(f);
-                if let Some((line, hint)) = i.host.and_then(|h| host_context(f, h)) {
+                for (line, hint) in i
+                    .node
+                    .map(|n| n.culprit_lines(f.culprit.pid))
+                    .unwrap_or_default()
+                {
                     r.evidence = format!("{}; {line}", r.evidence);
                     if let Some(hint) = hint {
                         r.suggestion = format!("{hint}; {}", r.suggestion);
@@ -576,6 +584,10 @@ pub fn build(i: &Inputs) -> Report {
             .collect(),
         engine_counts: engine_counts(i.snapshot),
         job: i.job.cloned(),
+        nics: i
+            .node
+            .filter(|n| !n.nics.is_empty())
+            .map(|n| n.nics.clone()),
     }
 }
 
@@ -606,9 +618,36 @@ mod tests {
         let mut counters = vec![0; counters::COUNT as usize];
         counters[counters::RING_FULL as usize] = 2;
         counters[counters::RETURN_WITHOUT_ENTRY as usize] = 5;
+        // Node context as a live run with NVML would have it.
+        let mut node = crate::node::NodeContext::default();
+        node.procs.insert(
+            103,
+            crate::node::HostSample {
+                cpu_percent: 90.0,
+                runqueue_ms_per_s: 1.0,
+                rss_kib: 1024,
+                threads: 8,
+            },
+        );
+        node.gpus.push(crate::gpu::GpuSample {
+            index: 3,
+            uuid: "GPU-3".into(),
+            name: "H200".into(),
+            sm_clock_mhz: Some(1400),
+            throttle_bits: crate::gpu::throttle::HW_THERMAL_SLOWDOWN,
+            throttle_reasons: vec!["hw_thermal_slowdown"],
+            ..Default::default()
+        });
+        node.devices
+            .insert(103, (3, crate::gpu::MappedBy::ComputeProcess));
+        node.nics.push(crate::node::NicSample {
+            name: "eth0".into(),
+            errors: 2,
+            ..Default::default()
+        });
         let r = build(&Inputs {
             job: None,
-            host: None,
+            node: Some(&node),
             run: &run,
             summary: &summary,
             snapshot: &snap,
@@ -623,6 +662,11 @@ mod tests {
         let doc = serde_json::to_value(&r).expect("serializes");
         validate(&doc);
         assert_eq!(doc["schema_version"], SCHEMA_VERSION);
+        let p3 = &doc["processes"][3];
+        assert_eq!(p3["gpu"]["index"], 3);
+        assert_eq!(p3["gpu"]["mapped_by"], "compute_process");
+        assert_eq!(p3["gpu"]["throttle_reasons"][0], "hw_thermal_slowdown");
+        assert_eq!(doc["nics"][0]["errors"], 2);
         assert_eq!(doc["events"]["lost"], 2);
         assert_eq!(doc["events"]["probe_notes"]["return_without_entry"], 5);
         assert_eq!(doc["processes"].as_array().map(Vec::len), Some(4));
@@ -665,7 +709,7 @@ mod tests {
         let snap = e.snapshot();
         let r = build(&Inputs {
             job: None,
-            host: None,
+            node: None,
             run: &run,
             summary: &summary,
             snapshot: &snap,

@@ -80,6 +80,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let host = hostname();
     // Every output is opened (and the port bound) before anything is attached.
     let mut session = Session::open(opts, host.clone())?;
+    session.ras = opts.ras.clone();
     let mut recorder = match args.record.as_deref() {
         Some(p) => Some(crate::record::Writer::create(p)?),
         None => None,

@@ -81,6 +81,17 @@ pub enum Command {
     },
     /// Print the llmdd(1) man page (roff) to stdout (e.g. `llmdd man | man -l -`).
     Man,
+    /// Ask a running NCCL job's RAS service (NCCL 2.24+) for its communicators, ranks and
+    /// missing ranks, and print them (`--json`: its JSON report as it is). Exit 1 when no
+    /// service answers.
+    Ras {
+        /// HOST:PORT of the service (NCCL_RAS_ADDR of the job; localhost:28028 by default).
+        #[arg(long, default_value = crate::ras::DEFAULT_ADDR)]
+        addr: String,
+        /// Print the service's JSON report instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +308,12 @@ pub struct RunArgs {
     /// Example: --probe 'libvllm_C.so:vllm::custom_all_reduce,arg=3,label=car'
     #[arg(long = "probe", value_name = "SPEC", value_parser = parse_user_probe)]
     pub user_probes: Vec<crate::userprobe::UserProbe>,
+    /// Ask NCCL's RAS service (NCCL 2.24+, in every NCCL process) for its view of the job
+    /// when tracing stops, and print it beside the findings with what agrees: communicator
+    /// membership and missing ranks. `auto` (default): at localhost:28028 when a traced NCCL
+    /// is 2.24 or later; `off`; or HOST:PORT (where NCCL_RAS_ADDR put it).
+    #[arg(long, default_value = "auto", value_name = "auto|off|HOST:PORT")]
+    pub ras: String,
     /// Trace one probe family in another mode (repeatable), as FAMILY=MODE. FAMILY: nccl,
     /// cudart, cuda (and every other family `llmdd doctor` lists). MODE: `full` (default:
     /// one record per call with duration, return code and out-values), `entry` (one record
@@ -368,6 +385,7 @@ impl RunArgs {
             flamegraph: None,
             stacks: Stacks::Auto,
             user_probes: Vec::new(),
+            ras: "auto".to_string(),
             modes: Vec::new(),
             overhead_budget: OverheadBudget(Some(0.01)),
             enforce_budget: false,

@@ -21,6 +21,7 @@ pub mod node;
 pub mod offline;
 pub mod privileges;
 pub mod probe;
+pub mod ras;
 pub mod record;
 pub mod session;
 pub mod stacks;

@@ -78,6 +78,30 @@ fn main() {
             clap_complete::generate(shell, &mut cmd, "llmdd", &mut std::io::stdout());
             0
         }
+        cli::Command::Ras { addr, json } => {
+            match llmdd::ras::query(&addr, std::time::Duration::from_secs(10)) {
+                Ok(llmdd::ras::RasReport::Json(s)) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    0
+                }
+                Ok(llmdd::ras::RasReport::Json(s)) => {
+                    for l in llmdd::ras::compare(&s, &[]) {
+                        if !l.starts_with("  llmdd:") {
+                            println!("{l}");
+                        }
+                    }
+                    0
+                }
+                Ok(llmdd::ras::RasReport::Text(t)) => {
+                    print!("{t}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("llmdd: error: {e}");
+                    1
+                }
+            }
+        }
         cli::Command::Man => {
             use clap::CommandFactory;
             match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {

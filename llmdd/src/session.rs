@@ -138,6 +138,9 @@ pub struct Session {
     pub quiet: bool,
     /// Node context of the traced processes (CPU, GPUs, NICs), sampled while tracing live.
     pub node: crate::node::NodeContext,
+    /// `--ras`: where NCCL's RAS service is asked for its view when the session ends
+    /// (live sessions only; `off` offline).
+    pub ras: String,
 }
 
 impl Session {
@@ -176,6 +179,7 @@ impl Session {
             job: None,
             quiet: false,
             node: Default::default(),
+            ras: "off".to_string(),
             entry_only: opts
                 .modes
                 .iter()
@@ -239,6 +243,21 @@ impl Session {
                     .render(end.duration_s, last_interval_s, end.counters)
             );
             print!("{}", render_findings_with(&self.engine, &self.node));
+            let versions: Vec<String> = self
+                .outputs
+                .run
+                .procs
+                .values()
+                .flat_map(|p| p.libraries.iter())
+                .filter(|l| l.family == "nccl" && l.label == "nccl")
+                .filter_map(|l| l.version.clone())
+                .collect();
+            let snap = self.engine.snapshot();
+            if let Some(lines) = crate::ras::summary_block(&self.ras, &versions, &snap) {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
             if end.undecodable > 0 {
                 println!("undecodable records: {}", end.undecodable);
             }

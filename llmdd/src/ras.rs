@@ -1,0 +1,434 @@
+//! NCCL's own view of a job, from its RAS service (NCCL 2.24 and later run it in every
+//! process, on a TCP client port, localhost:28028 unless NCCL_RAS_ADDR moves it): which
+//! communicators exist, their ranks with pid and collective counts, and which ranks are
+//! missing (unresponsive or dead). llmdd shows it beside its own findings and says where the
+//! two agree.
+//!
+//! The client side of the protocol: `CLIENT PROTOCOL 2` / `SERVER PROTOCOL n`, `TIMEOUT s` /
+//! `OK`, `SET FORMAT json` / `OK` (NCCL 2.28.7 and later; older ones answer otherwise and
+//! the text report is kept as it is), `VERBOSE STATUS`, then the report until the service
+//! closes the connection.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// NCCL's default RAS client address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:28028";
+/// The client protocol version spoken here.
+const PROTOCOL: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RasError {
+    #[error("no NCCL RAS service at {addr} ({source}): the job runs NCCL before 2.24, has NCCL_RAS_ENABLE=0, or listens elsewhere (NCCL_RAS_ADDR)")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the NCCL RAS service at {addr}: {why}")]
+    Protocol { addr: String, why: String },
+}
+
+/// One rank of a communicator as RAS reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RasRank {
+    pub rank: i64,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: i64,
+    #[serde(default)]
+    pub cuda_dev: i64,
+    /// Collective operations started, by NCCL function name.
+    #[serde(default)]
+    pub collective_counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// A rank RAS could not reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RasMissing {
+    pub rank: i64,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: i64,
+    #[serde(default)]
+    pub status: RasMissingStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RasMissingStatus {
+    #[serde(default)]
+    pub unresponsive: bool,
+    #[serde(default)]
+    pub considered_dead: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RasComm {
+    #[serde(default)]
+    pub hash: String,
+    /// Ranks in the communicator.
+    pub size: i64,
+    #[serde(default)]
+    pub ranks: Vec<RasRank>,
+    #[serde(default)]
+    pub missing_ranks: Vec<RasMissing>,
+}
+
+/// The parsed `VERBOSE STATUS` report (JSON format).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RasStatus {
+    #[serde(default)]
+    pub nccl_version: String,
+    #[serde(default)]
+    pub communicators: Vec<RasComm>,
+}
+
+/// What the service answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RasReport {
+    Json(RasStatus),
+    /// A service without the JSON format: its text report, as it is.
+    Text(String),
+}
+
+fn proto(addr: &str, why: impl Into<String>) -> RasError {
+    RasError::Protocol {
+        addr: addr.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Queries the RAS service at `addr` (`HOST:PORT`), waiting at most `timeout` for each step.
+pub fn query(addr: &str, timeout: Duration) -> Result<RasReport, RasError> {
+    let sa: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|source| RasError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| proto(addr, "the address resolves to nothing"))?;
+    let stream = TcpStream::connect_timeout(&sa, timeout).map_err(|source| RasError::Connect {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let io = |e: std::io::Error| proto(addr, e.to_string());
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut w = stream.try_clone().map_err(io)?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    let mut ask = |w: &mut TcpStream, r: &mut BufReader<TcpStream>, msg: &str| {
+        w.write_all(msg.as_bytes()).map_err(io)?;
+        line.clear();
+        r.read_line(&mut line).map_err(io)?;
+        Ok::<String, RasError>(line.trim().to_string())
+    };
+    let hello = ask(&mut w, &mut r, &format!("CLIENT PROTOCOL {PROTOCOL}\n"))?;
+    if !hello.to_ascii_uppercase().starts_with("SERVER PROTOCOL ") {
+        return Err(proto(addr, format!("unexpected greeting `{hello}`")));
+    }
+    // NCCL waits this long for the other processes' answers; ours waits a little more.
+    let secs = timeout.as_secs().saturating_sub(1).max(1);
+    let ok = ask(&mut w, &mut r, &format!("TIMEOUT {secs}\n"))?;
+    if !ok.eq_ignore_ascii_case("OK") {
+        return Err(proto(addr, format!("TIMEOUT refused: `{ok}`")));
+    }
+    let json = ask(&mut w, &mut r, "SET FORMAT json\n")?.eq_ignore_ascii_case("OK");
+    w.write_all(b"VERBOSE STATUS\n").map_err(io)?;
+    let mut body = String::new();
+    r.read_to_string(&mut body).map_err(io)?;
+    if !json {
+        return Ok(RasReport::Text(body));
+    }
+    serde_json::from_str(&body)
+        .map(RasReport::Json)
+        .map_err(|e| proto(addr, format!("the JSON report does not parse: {e}")))
+}
+
+/// What llmdd knows of one communicator, for the comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OurComm {
+    pub id: String,
+    pub nranks: Option<u32>,
+    /// (rank, pid) of the members llmdd traces.
+    pub members: Vec<(Option<u32>, u32)>,
+    /// Ranks llmdd names as missing from an open instance (stall findings).
+    pub missing: Vec<u32>,
+}
+
+/// llmdd's communicators as the comparison takes them: members from the snapshot, missing
+/// ranks from the active stall findings on each.
+pub fn ours(snap: &crate::engine::Snapshot) -> Vec<OurComm> {
+    snap.communicators
+        .iter()
+        .map(|c| OurComm {
+            id: c.lane.id.clone(),
+            nranks: c.nranks,
+            members: c.lane.members.iter().map(|m| (m.rank, m.pid)).collect(),
+            missing: snap
+                .findings
+                .iter()
+                .filter(|f| {
+                    f.active
+                        && f.kind == crate::engine::FindingKind::Stall
+                        && f.culprit.comm.map(|x| format!("{x:016x}")) == Some(c.lane.id.clone())
+                })
+                .filter_map(|f| f.culprit.rank)
+                .collect(),
+        })
+        .collect()
+}
+
+/// Whether a traced NCCL runs the RAS service by default (2.24 and later).
+pub fn nccl_has_ras(version: &str) -> bool {
+    let mut v = version
+        .split('.')
+        .map(|p| p.trim().parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) >= (2, 24)
+}
+
+/// The `--ras` block of the final summary: RAS's view and how it compares, or why there is
+/// none (`None` when nothing should be said: auto mode and no RAS-capable NCCL traced).
+pub fn summary_block(
+    setting: &str,
+    nccl_versions: &[String],
+    snap: &crate::engine::Snapshot,
+) -> Option<Vec<String>> {
+    let (addr, explicit) = match setting {
+        "off" => return None,
+        "auto" => {
+            if !nccl_versions.iter().any(|v| nccl_has_ras(v)) {
+                return None;
+            }
+            (DEFAULT_ADDR, false)
+        }
+        a => (a, true),
+    };
+    match query(addr, Duration::from_secs(6)) {
+        Ok(RasReport::Json(s)) => Some(compare(&s, &ours(snap))),
+        Ok(RasReport::Text(t)) => Some(
+            std::iter::once(
+                "nccl ras (text report: this NCCL has no JSON format, nothing compared):"
+                    .to_string(),
+            )
+            .chain(t.lines().map(|l| format!("  {l}")))
+            .collect(),
+        ),
+        Err(e) if explicit => Some(vec![format!("nccl ras: {e}")]),
+        Err(e) => {
+            tracing::info!("{e}");
+            None
+        }
+    }
+}
+
+/// Lines comparing RAS's communicators with llmdd's: matched by rank count and member pids;
+/// per communicator whether membership and missing ranks agree.
+pub fn compare(ras: &RasStatus, ours: &[OurComm]) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &ras.communicators {
+        let pids: Vec<u32> = c
+            .ranks
+            .iter()
+            .filter_map(|r| u32::try_from(r.pid).ok())
+            .collect();
+        let missing: Vec<i64> = c.missing_ranks.iter().map(|m| m.rank).collect();
+        let found = ours.iter().find(|o| {
+            o.nranks.map(i64::from) == Some(c.size)
+                && o.members.iter().any(|(_, p)| pids.contains(p))
+        });
+        let ras_line = format!(
+            "nccl ras: communicator {} of {} ranks: {} answering{}",
+            c.hash,
+            c.size,
+            c.ranks.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", missing rank(s) {}",
+                    missing
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        out.push(ras_line);
+        let Some(o) = found else {
+            out.push(
+                "  llmdd: no traced communicator with that size and those pids (not attached \
+                 to its processes?)"
+                    .to_string(),
+            );
+            continue;
+        };
+        let ours_pids: Vec<u32> = o.members.iter().map(|(_, p)| *p).collect();
+        let both = pids.iter().filter(|p| ours_pids.contains(p)).count();
+        let mut ours_missing = o.missing.clone();
+        ours_missing.sort_unstable();
+        let mut ras_missing: Vec<u32> = missing
+            .iter()
+            .filter_map(|r| u32::try_from(*r).ok())
+            .collect();
+        ras_missing.sort_unstable();
+        let agree = ours_missing == ras_missing;
+        out.push(format!(
+            "  llmdd: communicator {}: {} of its {} traced members answer RAS; missing ranks \
+             {} ({})",
+            o.id,
+            both,
+            o.members.len(),
+            if agree { "agree" } else { "differ" },
+            if agree {
+                if ras_missing.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{ras_missing:?}")
+                }
+            } else {
+                format!("RAS {ras_missing:?}, llmdd {ours_missing:?}")
+            }
+        ));
+    }
+    if ras.communicators.is_empty() {
+        out.push("nccl ras: no communicators".to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A RAS service speaking the documented protocol with a canned report.
+    fn serve(json: bool, report: &'static str) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().expect("accept");
+            let mut w = s.try_clone().expect("clone");
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let reply = match line.trim() {
+                    l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
+                    l if l.starts_with("TIMEOUT") => "OK\n",
+                    "SET FORMAT json" if json => "OK\n",
+                    "SET FORMAT json" => "ERROR: Unknown command\n",
+                    "VERBOSE STATUS" => {
+                        let _ = w.write_all(report.as_bytes());
+                        return;
+                    }
+                    _ => "ERROR\n",
+                };
+                let _ = w.write_all(reply.as_bytes());
+            }
+        });
+        addr
+    }
+
+    const REPORT: &str = r#"{
+  "nccl_version": "2.28.9",
+  "cuda_runtime_version": 12090,
+  "cuda_driver_version": 12090,
+  "timestamp": "2026-12-04 13:00:00",
+  "communicators_count": 1,
+  "communicators": [
+    {
+      "hash": "0x5a1b",
+      "secondary_hash": "0x1:0x2",
+      "size": 4,
+      "ranks_count": 3,
+      "missing_ranks_count": 1,
+      "ranks": [
+        {"rank": 0, "host": "10.0.0.1", "pid": 100, "cuda_dev": 0, "nvml_dev": 0,
+         "status": {"init_state": 0, "async_error": 0, "finalize_called": false,
+                    "destroy_flag": false, "abort_flag": false},
+         "collective_counts": {"AllReduce": 41}},
+        {"rank": 1, "host": "10.0.0.1", "pid": 101, "cuda_dev": 1, "nvml_dev": 1,
+         "status": {}, "collective_counts": {"AllReduce": 41}},
+        {"rank": 3, "host": "10.0.0.1", "pid": 103, "cuda_dev": 3, "nvml_dev": 3,
+         "status": {}, "collective_counts": {"AllReduce": 41}}
+      ],
+      "missing_ranks": [
+        {"rank": 2, "host": "10.0.0.1", "pid": 102, "cuda_dev": 2, "nvml_dev": 2,
+         "status": {"unresponsive": true, "considered_dead": false}}
+      ]
+    }
+  ],
+  "ras": {"collection_time_sec": 0.004, "timeouts_count": 0}
+}
+"#;
+
+    #[test]
+    fn queries_a_service_and_compares_with_our_communicators() {
+        let addr = serve(true, REPORT);
+        let RasReport::Json(s) = query(&addr, Duration::from_secs(5)).expect("query") else {
+            panic!("JSON expected");
+        };
+        assert_eq!(s.nccl_version, "2.28.9");
+        assert_eq!(s.communicators[0].missing_ranks[0].pid, 102);
+        assert!(s.communicators[0].missing_ranks[0].status.unresponsive);
+        let ours = vec![OurComm {
+            id: "c0ffee".into(),
+            nranks: Some(4),
+            members: vec![
+                (Some(0), 100),
+                (Some(1), 101),
+                (Some(2), 102),
+                (Some(3), 103),
+            ],
+            missing: vec![2],
+        }];
+        let lines = compare(&s, &ours);
+        assert!(
+            lines[0].contains("4 ranks: 3 answering, missing rank(s) 2"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("3 of its 4 traced members answer RAS"),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("missing ranks agree ([2])"), "{lines:?}");
+        let mut disagree = ours.clone();
+        disagree[0].missing.clear();
+        let lines = compare(&s, &disagree);
+        assert!(lines[1].contains("differ (RAS [2], llmdd [])"), "{lines:?}");
+    }
+
+    #[test]
+    fn an_older_service_gives_its_text_report() {
+        let addr = serve(false, "Job summary\n===========\n");
+        assert_eq!(
+            query(&addr, Duration::from_secs(5)).expect("query"),
+            RasReport::Text("Job summary\n===========\n".into())
+        );
+    }
+
+    #[test]
+    fn no_service_is_one_clear_error() {
+        // A port nothing listens on: bind one, then free it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let e = query(&format!("127.0.0.1:{port}"), Duration::from_secs(2)).expect_err("none");
+        assert!(e.to_string().contains("no NCCL RAS service"), "{e}");
+    }
+}

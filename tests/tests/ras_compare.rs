@@ -1,0 +1,103 @@
+//! NCCL's RAS view beside llmdd's: a RAS service (speaking NCCL's client protocol with the
+//! JSON report of NCCL 2.28.7+, served here because the fake NCCL has none) reports the
+//! simulated job's communicator with its four ranks; `llmdd attach --ras HOST:PORT` prints
+//! that view after its findings and says that membership and missing ranks agree with its
+//! own. (The real service is checked against llmdd by scripts/gpu-check.sh on a GPU node.)
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    time::Duration,
+};
+
+use llmdd_tests::{
+    harness::{fake_lib_dir, require_root, start_llmdd, Stream},
+    job::Job,
+};
+
+fn serve(report: String) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let reply = match line.trim() {
+                l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
+                l if l.starts_with("TIMEOUT") || l == "SET FORMAT json" => "OK\n",
+                "VERBOSE STATUS" => {
+                    let _ = w.write_all(report.as_bytes());
+                    return;
+                }
+                _ => "ERROR\n",
+            };
+            let _ = w.write_all(reply.as_bytes());
+        }
+    });
+    addr
+}
+
+#[test]
+fn ras_view_is_printed_beside_the_findings_and_agrees() {
+    require_root();
+    let lib_dir = fake_lib_dir();
+    let mut job = Job::start(
+        &lib_dir,
+        &[
+            "--ranks",
+            "4",
+            "--steps",
+            "40",
+            "--warmup",
+            "1",
+            "--compute-us",
+            "300",
+            "--timeout-s",
+            "240",
+        ],
+    )
+    .expect("simjob starts");
+    let ranks: Vec<String> = job
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            format!(
+                r#"{{"rank": {r}, "host": "127.0.0.1", "pid": {p}, "cuda_dev": {r},
+                    "nvml_dev": {r}, "status": {{}}, "collective_counts": {{"AllReduce": 40}}}}"#
+            )
+        })
+        .collect();
+    let report = format!(
+        r#"{{"nccl_version": "2.28.9", "communicators": [{{"hash": "0xabc", "size": 4,
+            "ranks_count": 4, "missing_ranks_count": 0, "ranks": [{}], "missing_ranks": []}}],
+            "ras": {{"collection_time_sec": 0.001, "timeouts_count": 0}}}}"#,
+        ranks.join(",")
+    );
+    let addr = serve(report);
+    let mut llmdd = start_llmdd(&job.pids, &["--no-tui", "--ras", &addr]).expect("llmdd attaches");
+    job.go().expect("releasing the job");
+    job.proc
+        .wait_exit(Duration::from_secs(240))
+        .expect("job completes");
+    let status = llmdd.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(status.success(), "{}", llmdd.transcript());
+    let out = llmdd.lines_of(Stream::Stdout).join("\n");
+    let at = out
+        .find("nccl ras: communicator 0xabc of 4 ranks: 4 answering")
+        .unwrap_or_else(|| panic!("no RAS block in:\n{out}"));
+    assert!(
+        out.find("findings").is_some_and(|f| f < at),
+        "after the findings:\n{out}"
+    );
+    assert!(
+        out.contains("4 of its 4 traced members answer RAS; missing ranks agree (none)"),
+        "{out}"
+    );
+}

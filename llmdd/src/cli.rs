@@ -81,6 +81,15 @@ pub enum Command {
     },
     /// Print the llmdd(1) man page (roff) to stdout (e.g. `llmdd man | man -l -`).
     Man,
+    /// Load the local GPUs with NCCL collectives over a sweep of message sizes (like
+    /// nccl-tests): time, algorithm and bus bandwidth per size, where bandwidth stops
+    /// growing and latency jumps, and optionally a baseline for `llmdd diff`. One process per
+    /// GPU, so `llmdd attach` can trace it as a real job; `--delay-rank` makes one rank late.
+    /// Needs an NVIDIA driver, GPUs and NCCL (opened at run time; a clear error without).
+    Loadgen(crate::loadgen::LoadgenArgs),
+    /// One rank of `llmdd loadgen` (started by it).
+    #[command(hide = true)]
+    LoadgenWorker,
     /// Ask a running NCCL job's RAS service (NCCL 2.24+) for its communicators, ranks and
     /// missing ranks, and print them (`--json`: its JSON report as it is). Exit 1 when no
     /// service answers.

@@ -16,6 +16,7 @@ pub mod events;
 pub mod follow;
 pub mod gpu;
 pub mod kernel;
+pub mod loadgen;
 pub mod merge;
 pub mod node;
 pub mod offline;

@@ -102,6 +102,20 @@ fn main() {
                 }
             }
         }
+        cli::Command::Loadgen(a) => match llmdd::loadgen::run(a) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("llmdd: error: {e:#}");
+                1
+            }
+        },
+        cli::Command::LoadgenWorker => match llmdd::loadgen::run_worker() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("llmdd loadgen-worker: error: {e:#}");
+                1
+            }
+        },
         cli::Command::Man => {
             use clap::CommandFactory;
             match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {

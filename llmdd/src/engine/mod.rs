@@ -33,7 +33,7 @@ mod snapshot;
 mod stats;
 mod stragglers;
 pub mod synth;
-mod util;
+pub(crate) mod util;
 
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,9 @@ pub enum Family {
     Mpi,
     /// User-defined probes (`--probe`): any function of any library, by name.
     User,
+    /// Gloo (PyTorch's CPU collectives, linked into libtorch_cpu): C++ functions found by
+    /// their demangled names.
+    Gloo,
 }
 
 impl Family {
@@ -34,6 +37,7 @@ impl Family {
             Family::Hip => "hip",
             Family::Mpi => "mpi",
             Family::User => "user",
+            Family::Gloo => "gloo",
         }
     }
 
@@ -231,6 +235,34 @@ funcs! {
     61 "MPI_Barrier" Mpi Collective ["MPI_Barrier", "PMPI_Barrier"] { comm: 0 }
     62 "MPI_Send" Mpi P2p ["MPI_Send", "PMPI_Send"] { count: 1, peer: 3, comm: 5 }
     63 "MPI_Recv" Mpi P2p ["MPI_Recv", "PMPI_Recv"] { count: 1, peer: 3, comm: 5 }
+    // ---- Gloo (libtorch_cpu): C++ functions, matched by demangled name without parameters
+    // (`gloo::allreduce(gloo::AllreduceOptions const&)` is `gloo::allreduce`). Each takes an
+    // options object whose context is not a plain argument: ranks come from the
+    // environment, as for MPI's world communicator. ----
+    64 "gloo::allreduce" Gloo Collective ["gloo::allreduce"] {}
+    65 "gloo::allgather" Gloo Collective ["gloo::allgather"] {}
+    66 "gloo::allgatherv" Gloo Collective ["gloo::allgatherv"] {}
+    67 "gloo::broadcast" Gloo Collective ["gloo::broadcast"] {}
+    68 "gloo::reduce" Gloo Collective ["gloo::reduce"] {}
+    69 "gloo::barrier" Gloo Collective ["gloo::barrier"] {}
+    70 "gloo::alltoall" Gloo Collective ["gloo::alltoall"] {}
+    71 "gloo::alltoallv" Gloo Collective ["gloo::alltoallv"] {}
+    72 "gloo::gather" Gloo Collective ["gloo::gather"] {}
+    73 "gloo::scatter" Gloo Collective ["gloo::scatter"] {}
+    // ---- MPI set-up, derived communicators and non-blocking point-to-point ----
+    74 "MPI_Init" Mpi Other ["MPI_Init", "PMPI_Init"] {}
+    75 "MPI_Init_thread" Mpi Other ["MPI_Init_thread", "PMPI_Init_thread"] {}
+    // MPI_Comm_rank(comm, int *rank): the rank is read back through the out-pointer.
+    76 "MPI_Comm_rank" Mpi Other ["MPI_Comm_rank", "PMPI_Comm_rank"] { out: 1 }
+    77 "MPI_Comm_size" Mpi Other ["MPI_Comm_size", "PMPI_Comm_size"] { out: 1 }
+    // MPI_Comm_split(comm, color, key, MPI_Comm *newcomm): as ncclCommSplit's arguments.
+    78 "MPI_Comm_split" Mpi CommSplit ["MPI_Comm_split", "PMPI_Comm_split"] { comm: 0, out: 3 }
+    // MPI_Comm_dup(comm, MPI_Comm *newcomm): a split with one color for every rank.
+    79 "MPI_Comm_dup" Mpi CommSplit ["MPI_Comm_dup", "PMPI_Comm_dup"] { comm: 0, out: 1 }
+    80 "MPI_Isend" Mpi P2p ["MPI_Isend", "PMPI_Isend"] { count: 1, peer: 3, comm: 5 }
+    81 "MPI_Irecv" Mpi P2p ["MPI_Irecv", "PMPI_Irecv"] { count: 1, peer: 3, comm: 5 }
+    82 "MPI_Wait" Mpi Other ["MPI_Wait", "PMPI_Wait"] {}
+    83 "MPI_Waitall" Mpi Other ["MPI_Waitall", "PMPI_Waitall"] {}
 }
 
 /// A function id (index into [`FUNCS`]).

@@ -14,6 +14,7 @@ mod calls;
 mod cuda;
 mod cudart;
 mod emit;
+mod gloo;
 mod hip;
 mod maps;
 mod mpi;

@@ -991,6 +991,11 @@ pub fn target_notes(t: &target::Target) -> Vec<String> {
             ));
         }
     }
+    for i in &t.issues {
+        if i.reason == target::NO_GLOO {
+            notes.push(format!("{} {}", i.path.display(), i.reason));
+        }
+    }
     notes
 }
 

@@ -136,6 +136,9 @@ pub struct CallEvent {
     pub args: [u64; 9],
 }
 
+/// The communicator handle every Gloo call carries (see `CallEvent::from_record`).
+pub const GLOO_HANDLE: u64 = 0x6c00_6c00_0000_0001;
+
 /// What an event of an unregistered function id claims to be (never reached: decoding
 /// refuses unknown ids).
 static UNKNOWN_FUNC: FuncSpec = FuncSpec {
@@ -206,6 +209,9 @@ impl CallEvent {
             // For communicator creation the handle is the one written back.
             CallKind::CommInit | CallKind::CommInitAll => out,
             _ if spec.family == Family::User => crate::userprobe::collective_handle(r.func),
+            // Gloo's context is inside its options object: one communicator per job, ranks
+            // from the environment (torchrun's RANK/WORLD_SIZE).
+            _ if spec.family == Family::Gloo => Some(GLOO_HANDLE),
             _ => slot(&args, roles.comm),
         };
         // A user probe's return value is data, not a status code.

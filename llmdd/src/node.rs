@@ -24,6 +24,19 @@ pub fn parse_schedstat(line: &str) -> Option<(u64, u64)> {
     Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
 }
 
+/// User plus system CPU time of a `/proc/PID/stat` line, in ns (fields 14 and 15, in clock
+/// ticks, counted after the command name's closing parenthesis).
+pub fn parse_stat_cpu_ns(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut w = rest.split_whitespace();
+    // After the name: state is field 3, so utime (14) is the 12th word here.
+    let utime: u64 = w.nth(11)?.parse().ok()?;
+    let stime: u64 = w.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some((utime + stime) * (1_000_000_000 / hz))
+}
+
 /// Totals of a process: (CPU ns, run-queue wait ns, threads, RSS KiB).
 fn read(pid: u32) -> Option<(u64, u64, u32, u64)> {
     let mut cpu = 0;
@@ -42,6 +55,15 @@ fn read(pid: u32) -> Option<(u64, u64, u32, u64)> {
             wait += w;
             threads += 1;
         }
+    }
+    // The process's CPU time from /proc/PID/stat as well: the kernel brings a running
+    // thread's time up to date for it, while schedstat's can lag until the next tick.
+    if let Some(ns) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(parse_stat_cpu_ns)
+    {
+        cpu = cpu.max(ns);
     }
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
@@ -340,6 +362,12 @@ mod tests {
 
     #[test]
     fn schedstat_lines() {
+        // utime 250 and stime 50 ticks, in a name with spaces and a parenthesis.
+        let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1";
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        assert_eq!(parse_stat_cpu_ns(stat), Some(300 * (1_000_000_000 / hz)));
+        assert_eq!(parse_stat_cpu_ns("garbage"), None);
         assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
         assert_eq!(parse_schedstat("x"), None);
         assert_eq!(parse_schedstat(""), None);

@@ -117,7 +117,7 @@ fn trace_and_flamegraph_of_a_running_job() {
         "libnccl.so.2",
         "(rank 0)",
         "sum float32",
-        "process;thread;library;function;op",
+        "process;user stack;library function;op",
     ] {
         assert!(svg.contains(needle), "{needle} missing from the SVG");
     }

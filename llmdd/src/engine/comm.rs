@@ -301,6 +301,11 @@ impl Comms {
         Some(self.join(c, proc, pid, new, None, true, t, lanes))
     }
 
+    /// Whether `handle` of `proc` is a known communicator.
+    pub fn knows(&self, proc: ProcId, handle: u64) -> bool {
+        self.handles.contains_key(&(proc, handle))
+    }
+
     /// The communicator of a call's handle, grouping an unknown handle (see the module doc).
     pub fn resolve(
         &mut self,

@@ -485,8 +485,31 @@ impl Engine {
                 if ok {
                     if let Some(parent) = c.comm {
                         let new = c.out.unwrap_or(0);
-                        let color = c.args[1] as u32 as i32 as i64;
+                        // A dup (MPI_Comm_dup: the new handle is argument 1) is a split with
+                        // one color for every rank.
+                        let color = if spec.roles.out == 1 {
+                            0
+                        } else {
+                            c.args[1] as u32 as i32 as i64
+                        };
                         let t = c.exit_ns.unwrap_or(c.entry_ns);
+                        // A parent not seen in a collective yet (MPI's world communicator,
+                        // split before its first use) is grouped now, as a collective on it
+                        // would be, so that its children can be matched by split sequence.
+                        if !self.comms.knows(proc, parent) {
+                            let facts = CallFacts {
+                                proc,
+                                pid: c.pid,
+                                handle: parent,
+                                rank: None,
+                                nranks: None,
+                                sig: 0,
+                                t,
+                            };
+                            self.comms
+                                .resolve(&facts, &self.procs, &mut self.lanes, &self.cfg);
+                            self.comms_recycled();
+                        }
                         self.comms.split(
                             proc,
                             c.pid,

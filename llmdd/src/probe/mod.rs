@@ -156,10 +156,13 @@ const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str)
         (ProbeSet::Full, Family::Hip) => ("hip_entry", "hip_return"),
         (ProbeSet::Full, Family::Mpi) => ("mpi_entry", "mpi_return"),
         (ProbeSet::Full, Family::User) => ("user_entry", "user_return"),
+        (ProbeSet::Full, Family::Gloo) => ("gloo_entry", "gloo_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 14] = [
+const UPROBE_PROGRAMS: [&str; 16] = [
+    "gloo_entry",
+    "gloo_return",
     "user_entry",
     "user_return",
     "mpi_entry",

@@ -14,6 +14,17 @@ use super::{
     procfs, ObjectIssue, Target, TargetError, TracedObject,
 };
 
+/// Why a PyTorch CPU library gives no Gloo probes (a `Target::issues` reason).
+pub const NO_GLOO: &str = "exports no gloo:: collective entry points (PyTorch built without \
+     Gloo, or with its symbols hidden): Gloo collectives are not traced in this process";
+
+/// PyTorch's CPU library, where Gloo is linked in.
+fn is_torch_cpu(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libtorch_cpu"))
+}
+
 /// The short name of a library family as shown to users.
 pub fn label(family: Family, path: &Path) -> &'static str {
     match family {
@@ -121,7 +132,15 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
             continue;
         }
         match cache.get(&host_path, &meta) {
-            Ok(info) => objects.extend(traced_objects(file, &host_path, &info)),
+            Ok(info) => {
+                if is_torch_cpu(&file.path) && info.family(Family::Gloo).is_none() {
+                    issues.push(ObjectIssue {
+                        path: file.path.clone(),
+                        reason: NO_GLOO.to_string(),
+                    });
+                }
+                objects.extend(traced_objects(file, &host_path, &info))
+            }
             Err(e) => match &*e {
                 ElfError::NotElf { .. } => {}
                 other => issues.push(ObjectIssue {

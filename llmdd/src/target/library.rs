@@ -81,8 +81,24 @@ fn func_by_symbol() -> &'static HashMap<&'static str, FuncId> {
     })
 }
 
+/// The traced function a symbol is: by its exported name, or for Gloo's C++ functions by
+/// the demangled name without parameters (`gloo::allreduce(gloo::AllreduceOptions const&)`
+/// is `gloo::allreduce`, whatever the parameters' const-ness in this build).
+pub fn func_of_symbol(name: &str) -> Option<FuncId> {
+    if let Some(&f) = func_by_symbol().get(name) {
+        return Some(f);
+    }
+    if name.starts_with("_ZN4gloo") {
+        let demangled = super::symbols::demangle(name);
+        return func_by_symbol()
+            .get(super::symbols::without_params(&demangled))
+            .copied();
+    }
+    None
+}
+
 fn wanted(name: &str) -> bool {
-    func_by_symbol().contains_key(name)
+    func_of_symbol(name).is_some()
         || USER_RANK.contains(&name)
         || COUNT.contains(&name)
         || GET_VERSION.contains(&name)
@@ -93,10 +109,9 @@ fn wanted(name: &str) -> bool {
 /// by the canonical name. Should two different functions share an address (identical code
 /// folded by the linker), the lower function id keeps it: one probe per address.
 pub fn probe_points(symbols: &[ElfSymbol]) -> Vec<FamilyPoints> {
-    let map = func_by_symbol();
     let mut by_offset: HashMap<u64, ProbePoint> = HashMap::new();
     for s in symbols {
-        let Some(&func) = map.get(s.name.as_str()) else {
+        let Some(func) = func_of_symbol(&s.name) else {
             continue;
         };
         let canonical = funcs::spec(func).is_some_and(|f| f.name == s.name);

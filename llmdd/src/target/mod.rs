@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use llmdd_common::funcs::Family;
 
-pub use discover::open_path;
+pub use discover::{open_path, NO_GLOO};
 pub use error::TargetError;
 pub use library::{LibraryCache, ProbePoint};
 pub use nccl_offsets::CommOffsets;

@@ -100,15 +100,26 @@ pub fn rank_hints<S: AsRef<str>>(environ: &[S]) -> RankHints {
             (k == key).then(|| v.to_string())
         })
     };
-    let num = |primary: &str, fallback: &str| {
-        get(primary)
-            .and_then(|v| v.trim().parse().ok())
-            .or_else(|| get(fallback).and_then(|v| v.trim().parse().ok()))
+    // The first of `keys` that holds a number: torchrun's, then Open MPI's, then MPICH's
+    // (Hydra's PMI), then Slurm's.
+    let num = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| get(k).and_then(|v| v.trim().parse().ok()))
     };
     RankHints {
-        rank: num("RANK", "OMPI_COMM_WORLD_RANK"),
-        local_rank: num("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),
-        world_size: num("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"),
+        rank: num(&["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"]),
+        local_rank: num(&[
+            "LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "MPI_LOCALRANKID",
+            "SLURM_LOCALID",
+        ]),
+        world_size: num(&[
+            "WORLD_SIZE",
+            "OMPI_COMM_WORLD_SIZE",
+            "PMI_SIZE",
+            "SLURM_NTASKS",
+        ]),
         cuda_visible_devices: get("CUDA_VISIBLE_DEVICES"),
     }
 }
@@ -181,6 +192,17 @@ mod tests {
         assert_eq!(h.cuda_visible_devices.as_deref(), Some("2,3"));
         let none: [&str; 1] = ["RANK=not-a-number"];
         assert!(rank_hints(&none).is_empty());
+        // MPICH (Hydra's PMI) and Slurm.
+        let h = rank_hints(&["PMI_RANK=2", "PMI_SIZE=4", "MPI_LOCALRANKID=0"]);
+        assert_eq!(
+            (h.rank, h.world_size, h.local_rank),
+            (Some(2), Some(4), Some(0))
+        );
+        let h = rank_hints(&["SLURM_PROCID=7", "SLURM_NTASKS=16", "SLURM_LOCALID=3"]);
+        assert_eq!(
+            (h.rank, h.world_size, h.local_rank),
+            (Some(7), Some(16), Some(3))
+        );
     }
 
     #[test]

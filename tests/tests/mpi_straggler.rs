@@ -114,4 +114,41 @@ fn open_mpi_straggler_is_named() {
     let c = &stragglers[0]["culprit"];
     assert_eq!(c["rank"], SLOW, "{c}");
     assert_eq!(c["pid"], pids[SLOW as usize], "{c}");
+
+    // Derived communicators: the two halves from MPI_Comm_split and the duplicate from
+    // MPI_Comm_dup, matched across their ranks by split sequence and color.
+    let comms = doc["communicators"].as_array().expect("communicators");
+    assert!(comms.iter().all(|c| c["backend"] == "mpi"), "{comms:#?}");
+    let split: Vec<&Value> = comms
+        .iter()
+        .filter(|c| c["identity"]["by"] == "split")
+        .collect();
+    let members = |c: &Value| c["members"].as_array().map(Vec::len).unwrap_or(0);
+    let halves: Vec<&&Value> = split.iter().filter(|c| members(c) == 2).collect();
+    assert_eq!(halves.len(), 2, "{comms:#?}");
+    for h in &halves {
+        assert!(h["instances_finished"].as_u64() >= Some(290), "{h:#}");
+        assert_eq!(h["ops"][0]["op"], "MPI_Allreduce", "{h:#}");
+    }
+    let colors: std::collections::BTreeSet<i64> = halves
+        .iter()
+        .filter_map(|h| h["identity"]["color"].as_i64())
+        .collect();
+    assert_eq!(colors, [0, 1].into_iter().collect());
+    let dup: Vec<&&Value> = split.iter().filter(|c| members(c) == 4).collect();
+    assert_eq!(dup.len(), 1, "{comms:#?}");
+    assert_eq!(dup[0]["ops"][0]["op"], "MPI_Barrier", "{:#}", dup[0]);
+    assert_eq!(dup[0]["instances_finished"], 1, "{:#}", dup[0]);
+    let calls = |name: &str| -> u64 {
+        doc["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["functions"].as_array().into_iter().flatten())
+            .filter(|f| f["name"] == name)
+            .map(|f| f["calls"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(calls("MPI_Comm_split"), 4);
+    assert_eq!(calls("MPI_Comm_dup"), 4);
 }

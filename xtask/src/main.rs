@@ -61,6 +61,10 @@ enum Cmd {
         #[arg(long, default_value = "50000")]
         rate: u64,
     },
+    /// The opt-in Gloo test on a real PyTorch (tests/tests/gloo_straggler.rs): fetches a
+    /// pinned CPU-capable PyTorch wheel set from PyPI once (about 3.3 GB to download, 4.5 GB
+    /// installed under target/tools), then runs the test.
+    GlooTest,
     /// Run formatting and lint checks and the whole test suite (as root).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
@@ -145,6 +149,23 @@ fn run(cli: Cli) -> Result<()> {
                     &rate.to_string(),
                 ],
             )
+        }
+        Cmd::GlooTest => {
+            setup::ensure()?;
+            let site = setup::ensure_torch()?;
+            cargo(&["build", "--workspace"])?;
+            // SAFETY: set before any child is spawned, single-threaded.
+            unsafe { std::env::set_var("LLMDD_TORCH_SITE", &site) };
+            cargo_test(&[
+                "test",
+                "-p",
+                "llmdd-tests",
+                "--test",
+                "gloo_straggler",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ])
         }
         Cmd::Test { no_lint, test_args } => {
             setup::ensure()?;

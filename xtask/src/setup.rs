@@ -195,6 +195,79 @@ fn ensure_speedscope() -> Result<()> {
     Ok(())
 }
 
+/// The PyTorch the opt-in Gloo test runs: this version's wheel and the exact dependencies it
+/// names for Linux x86-64 (it will not import without its CUDA libraries, even on CPU).
+const TORCH_WHEELS: &[&str] = &[
+    "torch==2.5.1",
+    "filelock==3.16.1",
+    "typing-extensions==4.12.2",
+    "networkx==3.4.2",
+    "jinja2==3.1.4",
+    "markupsafe==3.0.2",
+    "fsspec==2024.10.0",
+    "sympy==1.13.1",
+    "mpmath==1.3.0",
+    "nvidia-cuda-nvrtc-cu12==12.4.127",
+    "nvidia-cuda-runtime-cu12==12.4.127",
+    "nvidia-cuda-cupti-cu12==12.4.127",
+    "nvidia-cudnn-cu12==9.1.0.70",
+    "nvidia-cublas-cu12==12.4.5.8",
+    "nvidia-cufft-cu12==11.2.1.3",
+    "nvidia-curand-cu12==10.3.5.147",
+    "nvidia-cusolver-cu12==11.6.1.9",
+    "nvidia-cusparse-cu12==12.3.1.170",
+    "nvidia-nccl-cu12==2.21.5",
+    "nvidia-nvtx-cu12==12.4.127",
+    "nvidia-nvjitlink-cu12==12.4.127",
+];
+
+/// Installs the pinned PyTorch into target/tools/torch-2.5.1/site (once) and returns the
+/// directory to put on PYTHONPATH.
+pub fn ensure_torch() -> Result<PathBuf> {
+    let root = workspace_root().join("target/tools/torch-2.5.1");
+    let site = root.join("site");
+    if site.join("torch/lib/libtorch_cpu.so").exists() {
+        return Ok(site);
+    }
+    let wheels = root.join("wheels");
+    std::fs::create_dir_all(&wheels)?;
+    run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+            ])
+            .arg(&wheels)
+            .args(TORCH_WHEELS),
+        "pip download torch 2.5.1 and its dependencies (about 3.3 GB, once)",
+    )?;
+    let files: Vec<PathBuf> = std::fs::read_dir(&wheels)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .collect();
+    run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--target",
+            ])
+            .arg(&site)
+            .args(&files),
+        "pip install the PyTorch wheels under target/tools (4.5 GB)",
+    )?;
+    Ok(site)
+}
+
 /// bpftrace, the baseline of the overhead benchmark (Debian's package).
 pub fn ensure_bpftrace() -> Result<()> {
     let found = Command::new("bpftrace").arg("--version").output().is_ok();

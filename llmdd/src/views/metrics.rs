@@ -109,6 +109,7 @@ impl Hist {
 
 #[derive(Clone, Debug, Default)]
 struct CollSeries {
+    backend: &'static str,
     rank: Option<i32>,
     nranks: Option<i32>,
     hist: Hist,
@@ -119,6 +120,8 @@ struct CollSeries {
 pub struct State {
     coll: BTreeMap<(u32, u64, &'static str), CollSeries>,
     comm_of: HashMap<(u32, u64), String>,
+    /// Communicator id -> backend (from the calls on its handles).
+    comm_backend: HashMap<String, &'static str>,
     polls_unresolved: HashMap<(u32, u64), u32>,
     skew: BTreeMap<(String, &'static str), Hist>,
     busbw: Vec<(String, &'static str, String, f64)>,
@@ -132,7 +135,7 @@ pub struct State {
     findings_seen: HashSet<u64>,
     findings_total: BTreeMap<&'static str, u64>,
     findings_active: BTreeMap<&'static str, u64>,
-    calls: BTreeMap<(u32, &'static str), u64>,
+    calls: BTreeMap<(u32, &'static str, &'static str), u64>,
     errors: BTreeMap<(u32, &'static str, i64), u64>,
     events: u64,
     lost: u64,
@@ -148,16 +151,17 @@ impl State {
         }
     }
 
-    /// Counts what one event says.
-    pub fn on_event(&mut self, ev: &Event) {
+    /// Counts what one event says; `backend` is the collective library of a call (nccl,
+    /// rccl, mpi, gloo, user; see `RunInfo::backend`).
+    pub fn on_event(&mut self, ev: &Event, backend: &'static str) {
         match ev {
             Event::Call(c) => {
                 let name = c.name();
                 let n = self.calls.len();
-                match self.calls.get_mut(&(c.pid, name)) {
+                match self.calls.get_mut(&(c.pid, backend, name)) {
                     Some(v) => *v += 1,
                     None if n < MAX_CALL_SERIES => {
-                        self.calls.insert((c.pid, name), 1);
+                        self.calls.insert((c.pid, backend, name), 1);
                     }
                     None => self.dropped += 1,
                 }
@@ -184,6 +188,7 @@ impl State {
                     };
                     match s {
                         Some(s) => {
+                            s.backend = backend;
                             if c.rank.is_some() {
                                 s.rank = c.rank;
                             }
@@ -245,13 +250,14 @@ impl State {
         self.serving_port = snap.requests.serving_port;
         // Handle -> communicator, through the members' (pid, rank).
         type HandleRanks = ((u32, u64), Option<i32>, Option<i32>);
-        let keys: Vec<HandleRanks> = self
+        let keys: Vec<(HandleRanks, &'static str)> = self
             .coll
             .iter()
-            .map(|((p, h, _), s)| ((*p, *h), s.rank, s.nranks))
+            .map(|((p, h, _), s)| (((*p, *h), s.rank, s.nranks), s.backend))
             .collect();
-        for (k, rank, nranks) in keys {
-            if self.comm_of.contains_key(&k) {
+        for ((k, rank, nranks), backend) in keys {
+            if let Some(c) = self.comm_of.get(&k) {
+                self.comm_backend.entry(c.clone()).or_insert(backend);
                 continue;
             }
             let found: Vec<&str> = snap
@@ -272,6 +278,9 @@ impl State {
                 .collect();
             if found.len() == 1 {
                 self.comm_of.insert(k, found[0].to_string());
+                self.comm_backend
+                    .entry(found[0].to_string())
+                    .or_insert(backend);
                 self.polls_unresolved.remove(&k);
             } else {
                 let n = self.polls_unresolved.entry(k).or_insert(0);
@@ -311,6 +320,11 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The backend of a communicator id, as its calls said ("unknown" before any).
+    fn backend_of(&self, comm: &str) -> &'static str {
+        self.comm_backend.get(comm).copied().unwrap_or("unknown")
     }
 
     /// A matched collective instance: its arrival skew.
@@ -380,7 +394,8 @@ impl Collector for Shared {
         };
         // Collective durations, merged per (comm, op, rank) once the handle's communicator
         // is known.
-        let mut merged: BTreeMap<(String, &'static str, String), Hist> = BTreeMap::new();
+        let mut merged: BTreeMap<(String, &'static str, String, &'static str), Hist> =
+            BTreeMap::new();
         for ((pid, h, op), series) in &s.coll {
             let Some(comm) = s.comm_of.get(&(*pid, *h)) else {
                 continue;
@@ -390,7 +405,7 @@ impl Collector for Shared {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "unknown".into());
             merged
-                .entry((comm.clone(), op, rank))
+                .entry((comm.clone(), op, rank, series.backend))
                 .or_default()
                 .merge(&series.hist);
         }
@@ -402,8 +417,9 @@ impl Collector for Shared {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for ((comm, op, rank), h) in &merged {
+            for ((comm, op, rank, backend), h) in &merged {
                 let l = lbl(&[
+                    ("backend", (*backend).to_string()),
                     ("comm", comm.clone()),
                     ("op", (*op).to_string()),
                     ("rank", rank.clone()),
@@ -425,7 +441,11 @@ impl Collector for Shared {
                 MetricType::Histogram,
             )?;
             for ((comm, op), h) in &s.skew {
-                let l = lbl(&[("comm", comm.clone()), ("op", (*op).to_string())]);
+                let l = lbl(&[
+                    ("backend", s.backend_of(comm).to_string()),
+                    ("comm", comm.clone()),
+                    ("op", (*op).to_string()),
+                ]);
                 m.encode_family(&l)?
                     .encode_histogram::<Vec<(String, String)>>(
                         h.sum,
@@ -445,6 +465,7 @@ impl Collector for Shared {
             )?;
             for (comm, op, size, v) in &s.busbw {
                 let l = lbl(&[
+                    ("backend", s.backend_of(comm).to_string()),
                     ("comm", comm.clone()),
                     ("op", (*op).to_string()),
                     ("size", size.clone()),
@@ -476,8 +497,12 @@ impl Collector for Shared {
                 None,
                 MetricType::Counter,
             )?;
-            for ((pid, f), n) in &s.calls {
-                let l = lbl(&[("pid", pid.to_string()), ("function", (*f).to_string())]);
+            for ((pid, backend, f), n) in &s.calls {
+                let l = lbl(&[
+                    ("pid", pid.to_string()),
+                    ("backend", (*backend).to_string()),
+                    ("function", (*f).to_string()),
+                ]);
                 m.encode_family(&l)?
                     .encode_counter::<Vec<(String, String)>, u64, f64>(n, None)?;
             }
@@ -691,7 +716,7 @@ mod tests {
             let mut s = st.lock().expect("lock");
             s.on_snapshot(&e.snapshot(), 0, 0, 4);
             for ev in &evs {
-                s.on_event(ev);
+                s.on_event(ev, "nccl");
             }
             s.on_snapshot(&e.snapshot(), evs.len() as u64, 3, 4);
             s.on_instance(&Matched {
@@ -752,6 +777,30 @@ mod tests {
         assert_eq!(
             count("llmdd_calls_total", "function=\"ncclAllReduce\""),
             160.0
+        );
+        // Every call and collective series says which backend it is.
+        assert_eq!(
+            count(
+                "llmdd_calls_total",
+                "backend=\"nccl\",function=\"ncclAllReduce\""
+            ),
+            160.0,
+            "{text}"
+        );
+        assert_eq!(
+            count(
+                "llmdd_collective_duration_seconds_count",
+                "backend=\"nccl\""
+            ),
+            160.0,
+            "{text}"
+        );
+        assert!(
+            count(
+                "llmdd_collective_bus_bandwidth_bytes_per_second",
+                "backend=\"nccl\""
+            ) > 0.0,
+            "{text}"
         );
         assert_eq!(count("llmdd_call_errors_total", "code=\"2\""), 1.0);
         assert!(

@@ -150,7 +150,11 @@ impl Outputs {
         for ev in batch {
             self.run.observe(ev);
             if let Some(m) = metrics.as_deref_mut() {
-                m.on_event(ev);
+                let backend = match ev {
+                    Event::Call(c) => self.run.backend(c.pid, c.func),
+                    _ => "",
+                };
+                m.on_event(ev, backend);
             }
             if let Event::Call(c) = ev {
                 if metrics.is_some() || self.trace.is_some() {

@@ -194,6 +194,8 @@ pub struct CommIdentity {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Communicator {
+    /// nccl, rccl, mpi, gloo or user (the family of its calls).
+    pub backend: &'static str,
     pub identity: CommIdentity,
     pub nranks: Option<u32>,
     pub first_seen_ns: u64,
@@ -351,7 +353,7 @@ fn lane(l: &LaneView) -> Lane {
     }
 }
 
-fn communicator(c: &CommView) -> Communicator {
+fn communicator(c: &CommView, run: &RunInfo) -> Communicator {
     let identity = match &c.identity {
         Identity::UniqueId { uid_hash } => CommIdentity {
             by: "unique_id",
@@ -383,6 +385,10 @@ fn communicator(c: &CommView) -> Communicator {
         },
     };
     Communicator {
+        backend: run.comm_backend(
+            &c.lane.ops.iter().map(|o| o.op).collect::<Vec<_>>(),
+            &c.lane.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
+        ),
         identity,
         nranks: c.nranks,
         first_seen_ns: c.first_seen_ns,
@@ -548,7 +554,12 @@ pub fn build(i: &Inputs) -> Report {
             probe_notes,
         },
         processes,
-        communicators: i.snapshot.communicators.iter().map(communicator).collect(),
+        communicators: i
+            .snapshot
+            .communicators
+            .iter()
+            .map(|c| communicator(c, i.run))
+            .collect(),
         graph_groups: i
             .snapshot
             .graph_groups
@@ -667,6 +678,7 @@ mod tests {
         assert_eq!(p3["gpu"]["mapped_by"], "compute_process");
         assert_eq!(p3["gpu"]["throttle_reasons"][0], "hw_thermal_slowdown");
         assert_eq!(doc["nics"][0]["errors"], 2);
+        assert_eq!(doc["communicators"][0]["backend"], "nccl");
         assert_eq!(doc["events"]["lost"], 2);
         assert_eq!(doc["events"]["probe_notes"]["return_without_entry"], 5);
         assert_eq!(doc["processes"].as_array().map(Vec::len), Some(4));

@@ -139,6 +139,44 @@ impl RunInfo {
         }
     }
 
+    /// The collective backend of a call of `func` in process `pid`: its family's name, with
+    /// `rccl` for NCCL calls of a process whose NCCL library is RCCL.
+    pub fn backend(&self, pid: u32, func: u16) -> &'static str {
+        let Some(f) = llmdd_common::funcs::spec(func) else {
+            return "unknown";
+        };
+        self.family_backend(pid, f.family)
+    }
+
+    fn family_backend(&self, pid: u32, family: llmdd_common::funcs::Family) -> &'static str {
+        let rccl = family == llmdd_common::funcs::Family::Nccl
+            && self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| p.libraries.iter().any(|l| l.label == "rccl"));
+        if rccl {
+            "rccl"
+        } else {
+            family.name()
+        }
+    }
+
+    /// The backend of a communicator: that of its first op (by its name in the views, e.g.
+    /// `all-reduce` for ncclAllReduce), for its first member.
+    pub fn comm_backend(&self, ops: &[&str], pids: &[u32]) -> &'static str {
+        let family = ops.iter().find_map(|op| {
+            llmdd_common::funcs::FUNCS
+                .iter()
+                .chain(llmdd_common::funcs::user_specs())
+                .find(|f| f.name == *op || super::op_name(f.id) == *op)
+                .map(|f| f.family)
+        });
+        match family {
+            Some(f) => self.family_backend(pids.first().copied().unwrap_or(0), f),
+            None => "unknown",
+        }
+    }
+
     /// Records an attached process and its libraries.
     pub fn add_process(&mut self, p: ProcInfo) {
         for (i, l) in p.libraries.iter().enumerate() {
@@ -196,6 +234,25 @@ impl RunInfo {
 mod tests {
     use super::*;
     use crate::engine::synth;
+
+    #[test]
+    fn backends_by_family_with_rccl_by_library_label() {
+        let (mut run, _s, _e) = crate::views::fixture::sample();
+        assert_eq!(run.backend(100, 0), "nccl");
+        assert_eq!(run.comm_backend(&["all-reduce"], &[100]), "nccl");
+        if let Some(p) = run.procs.get_mut(&100) {
+            for l in &mut p.libraries {
+                if l.family == "nccl" {
+                    l.label = "rccl";
+                }
+            }
+        }
+        assert_eq!(run.backend(100, 0), "rccl");
+        assert_eq!(run.comm_backend(&["all-reduce"], &[100]), "rccl");
+        assert_eq!(run.comm_backend(&["MPI_Allreduce"], &[100]), "mpi");
+        assert_eq!(run.comm_backend(&["gloo::allreduce"], &[100]), "gloo");
+        assert_eq!(run.comm_backend(&[], &[100]), "unknown");
+    }
 
     #[test]
     fn rank_comes_from_the_widest_communicator_then_the_environment() {

@@ -26,6 +26,8 @@ use super::{report, run::RunInfo};
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpRow {
     pub comm: String,
+    /// nccl, rccl, mpi, gloo or user.
+    pub backend: &'static str,
     pub nranks: Option<u32>,
     pub op: &'static str,
     pub size: String,
@@ -149,6 +151,10 @@ impl Model {
             .map(|c| (&c.lane, c.nranks))
             .chain(snap.graph_groups.iter().map(|g| (&g.lane, None)));
         for (lane, nranks) in lanes {
+            let backend = run.comm_backend(
+                &lane.ops.iter().map(|o| o.op).collect::<Vec<_>>(),
+                &lane.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
+            );
             for o in &lane.ops {
                 let before = prev_calls
                     .get(&(lane.id.as_str(), o.op, o.size.as_str()))
@@ -159,6 +165,7 @@ impl Model {
                 };
                 ops.push(OpRow {
                     comm: lane.id.clone(),
+                    backend,
                     nranks,
                     op: o.op,
                     size: o.size.clone(),

@@ -116,6 +116,7 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                     short(&o.comm),
                     o.nranks.map(|n| format!("/{n}")).unwrap_or_default()
                 ),
+                o.backend.to_string(),
                 o.op.to_string(),
                 o.size.clone(),
                 o.calls.to_string(),
@@ -135,6 +136,7 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         body,
         [
             Constraint::Length(11),
+            Constraint::Length(7),
             Constraint::Length(12),
             Constraint::Length(8),
             Constraint::Length(7),
@@ -148,6 +150,7 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     )
     .header(header(&[
         "comm/n",
+        "backend",
         "op",
         "size",
         "calls",

@@ -2,7 +2,8 @@
 //! reason: per device memory, SM and memory clocks, utilisation, temperature, power,
 //! throttle reasons, PCIe throughput and NVLink errors, from NVML (libnvidia-ml, loaded at
 //! run time: the binary runs without it), mapped to the ranks that use each device (the
-//! device's compute processes, else CUDA_VISIBLE_DEVICES and LOCAL_RANK).
+//! device's compute processes, else CUDA_VISIBLE_DEVICES and LOCAL_RANK). On AMD nodes the
+//! ROCm SMI library gives memory, utilisation, temperature and power the same way.
 //!
 //! The sampling source is a trait so that the mapping and the findings' context are plain
 //! data work, tested with recorded samples; `Nvml` is the real source.
@@ -159,6 +160,105 @@ impl GpuSource for Nvml {
     }
 }
 
+/// AMD GPUs through the ROCm SMI library (librocm_smi64, opened at run time). The scalar
+/// readings only (memory, utilisation, temperature, power): the clock structures change
+/// layout between ROCm releases, and a wrong layout would be a wrong number.
+pub struct RocmSmi {
+    lib: libloading::Library,
+}
+
+/// `rsmi_status_t` success.
+const RSMI_OK: u32 = 0;
+
+impl RocmSmi {
+    /// Opens and initialises ROCm SMI, or says in one line why not.
+    pub fn open() -> Result<RocmSmi, String> {
+        // SAFETY: opening a library runs its initialisers; ROCm SMI's are benign.
+        let lib = unsafe { libloading::Library::new("librocm_smi64.so.1") }
+            .or_else(|_| unsafe { libloading::Library::new("librocm_smi64.so") })
+            .map_err(|_| "librocm_smi64.so not found (no ROCm on this node)".to_string())?;
+        // SAFETY: rsmi_init(uint64_t flags) per rocm_smi.h.
+        let rc = unsafe {
+            let init: libloading::Symbol<unsafe extern "C" fn(u64) -> u32> = lib
+                .get(b"rsmi_init\0")
+                .map_err(|e| format!("ROCm SMI without rsmi_init: {e}"))?;
+            init(0)
+        };
+        if rc != RSMI_OK {
+            return Err(format!("ROCm SMI did not start (rsmi_init status {rc})"));
+        }
+        Ok(RocmSmi { lib })
+    }
+
+    /// Calls `name(device, [arg,] &mut out)` for an integer output; `None` on any failure.
+    fn read<T: Default>(&self, name: &[u8], dev: u32, arg: Option<u32>) -> Option<T> {
+        let mut out = T::default();
+        // SAFETY: each name used below has the rocm_smi.h signature
+        // `rsmi_status_t f(uint32_t dv_ind, [uint32_t/enum arg,] T *out)` with a scalar T.
+        let rc = unsafe {
+            match arg {
+                Some(a) => {
+                    let f: libloading::Symbol<unsafe extern "C" fn(u32, u32, *mut T) -> u32> =
+                        self.lib.get(name).ok()?;
+                    f(dev, a, &mut out)
+                }
+                None => {
+                    let f: libloading::Symbol<unsafe extern "C" fn(u32, *mut T) -> u32> =
+                        self.lib.get(name).ok()?;
+                    f(dev, &mut out)
+                }
+            }
+        };
+        (rc == RSMI_OK).then_some(out)
+    }
+}
+
+impl GpuSource for RocmSmi {
+    fn sample(&mut self) -> Result<Vec<GpuSample>, String> {
+        let mut n: u32 = 0;
+        // SAFETY: rsmi_num_monitor_devices(uint32_t *num_devices).
+        let rc = unsafe {
+            let f: libloading::Symbol<unsafe extern "C" fn(*mut u32) -> u32> = self
+                .lib
+                .get(b"rsmi_num_monitor_devices\0")
+                .map_err(|e| e.to_string())?;
+            f(&mut n)
+        };
+        if rc != RSMI_OK {
+            return Err(format!("rsmi_num_monitor_devices status {rc}"));
+        }
+        Ok((0..n)
+            .map(|dev| GpuSample {
+                index: dev,
+                name: "AMD GPU".into(),
+                // RSMI_MEM_TYPE_VRAM = 0.
+                memory_used_bytes: self.read::<u64>(b"rsmi_dev_memory_usage_get\0", dev, Some(0)),
+                memory_total_bytes: self.read::<u64>(b"rsmi_dev_memory_total_get\0", dev, Some(0)),
+                util_percent: self.read::<u32>(b"rsmi_dev_busy_percent_get\0", dev, None),
+                // Sensor 0 (edge), RSMI_TEMP_CURRENT = 0, in millidegrees.
+                temperature_c: temperature(self, dev),
+                // Sensor 0, microwatts.
+                power_w: self
+                    .read::<u64>(b"rsmi_dev_power_ave_get\0", dev, Some(0))
+                    .map(|uw| uw as f64 / 1e6),
+                ..Default::default()
+            })
+            .collect())
+    }
+}
+
+fn temperature(r: &RocmSmi, dev: u32) -> Option<u32> {
+    let mut out: i64 = 0;
+    // SAFETY: rsmi_dev_temp_metric_get(uint32_t dv_ind, uint32_t sensor_type,
+    // rsmi_temperature_metric_t metric, int64_t *temperature).
+    let rc = unsafe {
+        let f: libloading::Symbol<unsafe extern "C" fn(u32, u32, u32, *mut i64) -> u32> =
+            r.lib.get(b"rsmi_dev_temp_metric_get\0").ok()?;
+        f(dev, 0, 0, &mut out)
+    };
+    (rc == RSMI_OK && out >= 0).then_some((out / 1000) as u32)
+}
+
 /// What a process says about the devices it may use (from its start-up environment).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceHints {
@@ -230,11 +330,15 @@ pub struct GpuMonitor {
 impl GpuMonitor {
     /// NVML when present, else a monitor that says why not.
     pub fn open() -> GpuMonitor {
-        match Nvml::open() {
-            Ok(n) => GpuMonitor::with_source(Box::new(n)),
-            Err(why) => GpuMonitor {
+        let nvml = match Nvml::open() {
+            Ok(n) => return GpuMonitor::with_source(Box::new(n)),
+            Err(why) => why,
+        };
+        match RocmSmi::open() {
+            Ok(r) => GpuMonitor::with_source(Box::new(r)),
+            Err(rocm) => GpuMonitor {
                 source: None,
-                missing: Some(why),
+                missing: Some(format!("{nvml}; {rocm}")),
                 latest: Vec::new(),
                 prev_nvlink: BTreeMap::new(),
                 nvlink_new: BTreeMap::new(),
@@ -481,6 +585,10 @@ mod tests {
             assert!(!why.contains('\n'), "{why}");
             assert!(
                 why.contains("libnvidia-ml") || why.contains("NVML"),
+                "{why}"
+            );
+            assert!(
+                why.contains("librocm_smi64") || why.contains("ROCm"),
                 "{why}"
             );
         }

@@ -231,6 +231,40 @@ pub fn summary_block(
     }
 }
 
+/// A stand-in RAS service on a free localhost port for one client, speaking the protocol
+/// above and answering `VERBOSE STATUS` with `report` (JSON when `json`, else as a service
+/// older than the JSON format would): for tests, and for trying `--ras` without a GPU job.
+/// Returns its `HOST:PORT`.
+pub fn serve_canned(report: String, json: bool) -> std::io::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        let Ok(mut w) = s.try_clone() else { return };
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let reply = match line.trim() {
+                l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
+                l if l.starts_with("TIMEOUT") => "OK\n",
+                "SET FORMAT json" if json => "OK\n",
+                "SET FORMAT json" => "ERROR: Unknown command\n",
+                "VERBOSE STATUS" => {
+                    let _ = w.write_all(report.as_bytes());
+                    return;
+                }
+                _ => "ERROR\n",
+            };
+            let _ = w.write_all(reply.as_bytes());
+        }
+    });
+    Ok(addr)
+}
+
 /// Lines comparing RAS's communicators with llmdd's: matched by rank count and member pids;
 /// per communicator whether membership and missing ranks agree.
 pub fn compare(ras: &RasStatus, ours: &[OurComm]) -> Vec<String> {
@@ -312,35 +346,8 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A RAS service speaking the documented protocol with a canned report.
     fn serve(json: bool, report: &'static str) -> String {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
-        std::thread::spawn(move || {
-            let (s, _) = l.accept().expect("accept");
-            let mut w = s.try_clone().expect("clone");
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let reply = match line.trim() {
-                    l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
-                    l if l.starts_with("TIMEOUT") => "OK\n",
-                    "SET FORMAT json" if json => "OK\n",
-                    "SET FORMAT json" => "ERROR: Unknown command\n",
-                    "VERBOSE STATUS" => {
-                        let _ = w.write_all(report.as_bytes());
-                        return;
-                    }
-                    _ => "ERROR\n",
-                };
-                let _ = w.write_all(reply.as_bytes());
-            }
-        });
-        addr
+        serve_canned(report.to_string(), json).expect("a stand-in service")
     }
 
     const REPORT: &str = r#"{

@@ -377,34 +377,29 @@ pub fn place(
         let mut placed = 0;
         let mut last_err = None;
         for f in hits {
-            let host = match crate::target::open_path(pid, f) {
-                Ok((h, _)) => h,
+            let unreadable = |why: String| UserProbeError::Unreadable {
+                label: p.label.clone(),
+                path: f.path.clone(),
+                why,
+            };
+            let loaded = crate::target::open_path(pid, f)
+                .map_err(|e| unreadable(e.to_string()))
+                .and_then(|(host, _)| match tables.get(&host) {
+                    Some(t) => Ok((host, t.clone())),
+                    None => SymbolTable::load(&host)
+                        .map(|t| {
+                            let t = Arc::new(t);
+                            tables.insert(host.clone(), t.clone());
+                            (host, t)
+                        })
+                        .map_err(|e| unreadable(e.to_string())),
+                });
+            let (host, table) = match loaded {
+                Ok(x) => x,
                 Err(e) => {
-                    last_err = Some(UserProbeError::Unreadable {
-                        label: p.label.clone(),
-                        path: f.path.clone(),
-                        why: e.to_string(),
-                    });
+                    last_err = Some(e);
                     continue;
                 }
-            };
-            let table = match tables.get(&host) {
-                Some(t) => t.clone(),
-                None => match SymbolTable::load(&host) {
-                    Ok(t) => {
-                        let t = Arc::new(t);
-                        tables.insert(host.clone(), t.clone());
-                        t
-                    }
-                    Err(e) => {
-                        last_err = Some(UserProbeError::Unreadable {
-                            label: p.label.clone(),
-                            path: f.path.clone(),
-                            why: e.to_string(),
-                        });
-                        continue;
-                    }
-                },
             };
             let found = table.find(&p.symbol);
             if found.is_empty() {

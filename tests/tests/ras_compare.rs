@@ -1,47 +1,15 @@
-//! NCCL's RAS view beside llmdd's: a RAS service (speaking NCCL's client protocol with the
-//! JSON report of NCCL 2.28.7+, served here because the fake NCCL has none) reports the
-//! simulated job's communicator with its four ranks; `llmdd attach --ras HOST:PORT` prints
-//! that view after its findings and says that membership and missing ranks agree with its
-//! own. (The real service is checked against llmdd by scripts/gpu-check.sh on a GPU node.)
+//! NCCL's RAS view beside llmdd's: a RAS service (`llmdd::ras::serve_canned`, speaking
+//! NCCL's client protocol with the JSON report of NCCL 2.28.7+, because the fake NCCL has
+//! none) reports the simulated job's communicator with its four ranks; `llmdd attach --ras
+//! HOST:PORT` prints that view after its findings and says that membership and missing
+//! ranks agree with its own. (The real service is checked against llmdd by scripts/gpu-check.sh on a GPU node.)
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpListener,
-    time::Duration,
-};
+use std::time::Duration;
 
 use llmdd_tests::{
     harness::{fake_lib_dir, require_root, start_llmdd, Stream},
     job::Job,
 };
-
-fn serve(report: String) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    std::thread::spawn(move || {
-        let Ok((s, _)) = l.accept() else { return };
-        let mut w = s.try_clone().expect("clone");
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let reply = match line.trim() {
-                l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
-                l if l.starts_with("TIMEOUT") || l == "SET FORMAT json" => "OK\n",
-                "VERBOSE STATUS" => {
-                    let _ = w.write_all(report.as_bytes());
-                    return;
-                }
-                _ => "ERROR\n",
-            };
-            let _ = w.write_all(reply.as_bytes());
-        }
-    });
-    addr
-}
 
 #[test]
 fn ras_view_is_printed_beside_the_findings_and_agrees() {
@@ -80,7 +48,7 @@ fn ras_view_is_printed_beside_the_findings_and_agrees() {
             "ras": {{"collection_time_sec": 0.001, "timeouts_count": 0}}}}"#,
         ranks.join(",")
     );
-    let addr = serve(report);
+    let addr = llmdd::ras::serve_canned(report, true).expect("a RAS service");
     let mut llmdd = start_llmdd(&job.pids, &["--no-tui", "--ras", &addr]).expect("llmdd attaches");
     job.go().expect("releasing the job");
     job.proc

@@ -96,12 +96,7 @@ pub fn ensure() -> Result<()> {
 
     // tmux drives the live terminal view in tests/tests/views_tui.rs.
     if is_root() && Command::new("tmux").arg("-V").output().is_err() {
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", "tmux"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install tmux (the live view's end-to-end test)",
-        )?;
+        apt_install(&["tmux"], "the live view's end-to-end test")?;
     }
 
     ensure_netns_tools()?;
@@ -117,6 +112,17 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// `apt-get install` of Debian packages, saying what they are for.
+fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("apt-get install {} ({why})", packages.join(" ")),
+    )
+}
+
 /// `ip` (iproute2) and `nsenter` (util-linux): tests/tests/multinode_merge.rs makes two
 /// network namespaces act as two hosts.
 fn ensure_netns_tools() -> Result<()> {
@@ -124,13 +130,7 @@ fn ensure_netns_tools() -> Result<()> {
         .iter()
         .any(|t| Command::new(t).arg("-V").output().is_err());
     if is_root() && missing {
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(["iproute2", "util-linux"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install iproute2 util-linux (the multi-host merge test)",
-        )?;
+        apt_install(&["iproute2", "util-linux"], "the multi-host merge test")?;
     }
     Ok(())
 }
@@ -141,13 +141,7 @@ fn ensure_open_mpi() -> Result<()> {
         .iter()
         .any(|t| Command::new(t).arg("--version").output().is_err());
     if is_root() && missing {
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(["openmpi-bin", "libopenmpi-dev"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install openmpi-bin libopenmpi-dev (the Open MPI test)",
-        )?;
+        apt_install(&["openmpi-bin", "libopenmpi-dev"], "the Open MPI test")?;
     }
     Ok(())
 }
@@ -165,18 +159,7 @@ pub fn speedscope_dir() -> PathBuf {
 /// tests/tests/views_speedscope.rs renders a `--trace` file offline and reads what it drew.
 fn ensure_speedscope() -> Result<()> {
     if is_root() && !Path::new("/usr/bin/chromium").exists() {
-        run(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "chromium",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install chromium (the timeline render check)",
-        )?;
+        apt_install(&["chromium"], "the timeline render check")?;
     }
     let dir = speedscope_dir();
     if !dir
@@ -272,18 +255,7 @@ pub fn ensure_torch() -> Result<PathBuf> {
 pub fn ensure_bpftrace() -> Result<()> {
     let found = Command::new("bpftrace").arg("--version").output().is_ok();
     if !found {
-        run(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "bpftrace",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install bpftrace (the benchmark's baseline)",
-        )?;
+        apt_install(&["bpftrace"], "the benchmark's baseline")?;
     }
     Ok(())
 }

@@ -117,7 +117,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
         found
     };
-    let mut follow = crate::follow::Follow::new(args.follow.clone(), args.children);
+    let mut follow = crate::follow::Follow::new(args.follow.clone(), args.children)
+        .with_probe_libraries(opts.user_probes.iter().map(|p| p.library.clone()).collect());
     follow.known(targets.iter().map(|t| t.pid));
     loop {
         // Children of children too: scan until nothing new turns up.
@@ -145,7 +146,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         });
     }
-    let user_plans = place_user_probes(opts, &targets)?;
+    let user_plans = place_user_probes(opts, &targets, follow.active())?;
 
     let sock_cfg = match kernel::sock_offsets() {
         Ok(cfg) => Some(cfg),
@@ -223,6 +224,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         gpu: crate::gpu::GpuMonitor::open(),
         nic: crate::node::NicMonitor::default(),
         device_hints: Default::default(),
+        user_tables: Default::default(),
         swaps: std::sync::mpsc::channel(),
     };
     if let Some(why) = &live.gpu.missing {
@@ -351,7 +353,16 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 }
             }
             for t in follow.scan(&live.pids) {
-                match live.tracer.attach(t.pid, &plan(&t)) {
+                let mut plans = plan(&t);
+                if !opts.user_probes.is_empty() {
+                    let p =
+                        crate::userprobe::place(t.pid, &opts.user_probes, &mut live.user_tables);
+                    plans.extend(p.plans);
+                    for e in p.outcome.into_iter().filter_map(Result::err) {
+                        live.console.say(format!("llmdd: note: pid {}: {e}", t.pid));
+                    }
+                }
+                match live.tracer.attach(t.pid, &plans) {
                     Ok(attached) => {
                         live.console.say(format!(
                             "llmdd: following {}: attached to pid {}{}",
@@ -638,6 +649,9 @@ struct Live {
     gpu: crate::gpu::GpuMonitor,
     nic: crate::node::NicMonitor,
     device_hints: std::collections::BTreeMap<u32, crate::gpu::DeviceHints>,
+    /// Symbol tables read for user probes, by file (kept for processes found later).
+    user_tables:
+        std::collections::HashMap<std::path::PathBuf, std::sync::Arc<target::symbols::SymbolTable>>,
     swaps: (
         std::sync::mpsc::Sender<crate::probe::SwapDone>,
         std::sync::mpsc::Receiver<crate::probe::SwapDone>,
@@ -922,6 +936,7 @@ pub fn plan(t: &target::Target) -> Vec<ObjectPlan> {
 fn place_user_probes(
     opts: &crate::cli::RunArgs,
     targets: &[target::Target],
+    following: bool,
 ) -> Result<std::collections::BTreeMap<u32, Vec<ObjectPlan>>> {
     let mut out = std::collections::BTreeMap::new();
     if opts.user_probes.is_empty() {
@@ -944,6 +959,15 @@ fn place_user_probes(
         }
     }
     for (i, probe) in opts.user_probes.iter().enumerate() {
+        // With --follow, a process started later may take it.
+        if placed[i] == 0 && following {
+            eprintln!(
+                "llmdd: note: --probe {}: no process to place it in yet; it is placed in \
+                 the processes --follow finds",
+                probe.label
+            );
+            continue;
+        }
         if placed[i] == 0 {
             match why[i].first() {
                 Some((_, e)) => bail!("{e}"),

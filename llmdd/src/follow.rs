@@ -29,6 +29,9 @@ pub struct Follow {
     /// Pids given up on or already handed out.
     done: BTreeSet<u32>,
     last_scan: Option<Instant>,
+    /// Libraries of user probes (`--probe`): a followed process mapping one of them is a
+    /// target even without NCCL or CUDA.
+    probe_libraries: Vec<String>,
 }
 
 /// Whether `pid`'s command name is one of `names`.
@@ -52,6 +55,30 @@ impl Follow {
             children,
             ..Follow::default()
         }
+    }
+
+    /// Also takes followed processes that map one of these libraries (user probes).
+    pub fn with_probe_libraries(mut self, libs: Vec<String>) -> Follow {
+        self.probe_libraries = libs;
+        self
+    }
+
+    /// Whether `pid` maps a library a user probe names.
+    fn maps_probe_library(&self, pid: u32) -> bool {
+        if self.probe_libraries.is_empty() {
+            return false;
+        }
+        let Ok(raw) = procfs::read(pid, "maps") else {
+            return false;
+        };
+        let Ok(maps) = crate::target::maps::parse_maps(&raw) else {
+            return false;
+        };
+        maps.iter().filter_map(|m| m.path()).any(|p| {
+            self.probe_libraries
+                .iter()
+                .any(|l| crate::userprobe::matches_library(l, p))
+        })
     }
 
     /// Whether anything is followed.
@@ -101,6 +128,15 @@ impl Follow {
                     self.waiting.remove(&pid);
                     self.done.insert(pid);
                     out.push(t);
+                }
+                Err(target::TargetError::NoSupportedLibrary { .. })
+                    if self.maps_probe_library(pid) =>
+                {
+                    if let Ok(t) = target::sockets_only(pid) {
+                        self.waiting.remove(&pid);
+                        self.done.insert(pid);
+                        out.push(t);
+                    }
                 }
                 Err(target::TargetError::NoSupportedLibrary { .. }) => {
                     let since = *self.waiting.entry(pid).or_insert_with(Instant::now);

@@ -319,7 +319,7 @@ pub fn collective_handle(func: FuncId) -> Option<u64> {
 
 /// Whether a mapped file is the probe's library: the same path, or a file name equal to or
 /// starting with the given name.
-fn matches_library(want: &str, file: &Path) -> bool {
+pub fn matches_library(want: &str, file: &Path) -> bool {
     if want.contains('/') {
         return Path::new(want) == file;
     }

@@ -97,7 +97,28 @@ impl Hooks {
         cudart: Option<&Path>,
         env: &[(&str, String)],
     ) -> Result<Proc> {
-        let mut cmd = Command::new(&self.app);
+        self.start_program(&self.app, iters, cudart, env)
+    }
+
+    /// `hooks_app` under another command name (a copy next to it), for a test that finds
+    /// it by name while other tests run theirs.
+    pub fn start_named(&self, name: &str, iters: u64) -> Result<Proc> {
+        let copy = self.dir.join(name);
+        if !copy.exists() {
+            std::fs::copy(&self.app, &copy)
+                .with_context(|| format!("copying hooks_app to {}", copy.display()))?;
+        }
+        self.start_program(&copy, iters, None, &[])
+    }
+
+    fn start_program(
+        &self,
+        program: &Path,
+        iters: u64,
+        cudart: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Result<Proc> {
+        let mut cmd = Command::new(program);
         cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.arg(iters.to_string());
         if let Some(c) = cudart {

@@ -291,3 +291,59 @@ fn a_recording_keeps_user_probe_calls() {
     assert_eq!(c.len(), 100);
     assert_eq!(c[7]["values"]["ret"], 1000 + 14);
 }
+
+/// With `--follow`, a user probe is placed in a process that starts after llmdd, even one
+/// that maps no NCCL or CUDA library.
+#[test]
+fn a_followed_process_gets_the_user_probes() {
+    require_root();
+    let fixture = hooks::build().expect("hooks fixture");
+    let events = fixture
+        .dir
+        .join(format!("follow-{}.jsonl", std::process::id()));
+    let mut cmd = Command::new(built("llmdd"));
+    cmd.args([
+        "attach",
+        "--no-tui",
+        "--follow",
+        "hooks_followed",
+        "--probe",
+        C_PROBE,
+        "--dump-events",
+    ])
+    .arg(&events);
+    let mut llmdd = llmdd_tests::harness::Proc::spawn("llmdd", cmd).expect("llmdd starts");
+    llmdd
+        .wait_line("waiting line", Duration::from_secs(60), |s, l| {
+            s == Stream::Stderr && l.contains("no process named hooks_followed yet")
+        })
+        .expect("llmdd waits for hooks_app");
+    // A name of its own: other tests run hooks_app at the same time.
+    let mut app = fixture
+        .start_named("hooks_followed", 50)
+        .expect("hooks_app");
+    let pid = app.pid();
+    llmdd
+        .wait_line("attach line", Duration::from_secs(60), |s, l| {
+            s == Stream::Stderr && l.contains(&format!("attached to pid {pid}"))
+        })
+        .expect("llmdd follows hooks_app");
+    hooks::finish(&mut app).expect("hooks_app runs");
+    app.wait_exit(Duration::from_secs(60)).expect("exits");
+    llmdd
+        .wait_line("exit line", Duration::from_secs(60), |s, l| {
+            s == Stream::Stderr && l.contains(&format!("pid {pid} exited"))
+        })
+        .expect("llmdd sees it exit");
+    llmdd.signal(libc::SIGINT).expect("SIGINT");
+    assert!(llmdd
+        .wait_exit(Duration::from_secs(60))
+        .expect("llmdd exits")
+        .success());
+    let evs = read_events(&events).expect("events");
+    let c = evs
+        .iter()
+        .filter(|e| e["func"] == "c_step" && e["pid"] == pid)
+        .count();
+    assert_eq!(c, 50, "{}", llmdd.transcript());
+}

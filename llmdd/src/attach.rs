@@ -221,6 +221,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         warned_over: BTreeSet::new(),
         host: crate::node::HostMonitor::default(),
         stacks: None,
+        recording: recorder.is_some(),
+        named_stacks: Vec::new(),
         gpu: crate::gpu::GpuMonitor::open(),
         nic: crate::node::NicMonitor::default(),
         device_hints: Default::default(),
@@ -346,6 +348,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 w.tick(now)?;
             }
             live.consume(&mut batch, &mut session)?;
+            if let Some(w) = recorder.as_mut() {
+                w.stacks(&std::mem::take(&mut live.named_stacks))?;
+            }
             for pid in reader.take_new_mappings() {
                 if live.pids.contains(&pid) {
                     let new = probe_new_libraries(pid, &mut live.tracer, &mut live.console);
@@ -488,6 +493,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         }
     }
     live.consume(&mut batch, &mut session)?;
+    if let Some(w) = recorder.as_mut() {
+        w.stacks(&std::mem::take(&mut live.named_stacks))?;
+    }
     // Counters as of the stop: events the targets make while the probes are being removed
     // are outside the traced window and are not reported as lost.
     report_losses(&live.tracer, &mut session.engine, &mut lost_seen)?;
@@ -645,6 +653,9 @@ struct Live {
     host: crate::node::HostMonitor,
     /// Names the user stacks of traced calls (`--stacks`).
     stacks: Option<crate::stacks::StackWalker>,
+    /// Recording to a file: stacks named since the last chunk go to it too.
+    recording: bool,
+    named_stacks: Vec<crate::record::RecStack>,
     /// The node's GPUs (NVML) and NICs, and what each target says about its device.
     gpu: crate::gpu::GpuMonitor,
     nic: crate::node::NicMonitor,
@@ -805,10 +816,21 @@ impl Live {
             }
         }
         if let Some(w) = self.stacks.as_mut() {
-            match session.outputs.flame.as_mut() {
-                Some(f) => w.annotate(batch, |key, frames| f.learn_stack(key, frames)),
-                None => w.annotate(batch, |_, _| {}),
-            }
+            let mut flame = session.outputs.flame.as_mut();
+            let (recording, named) = (self.recording, &mut self.named_stacks);
+            w.annotate(batch, |key, frames| {
+                if recording {
+                    named.push(crate::record::RecStack {
+                        pid: key.0,
+                        id: key.1,
+                        caller: key.2,
+                        frames: frames.to_vec(),
+                    });
+                }
+                if let Some(f) = flame.as_deref_mut() {
+                    f.learn_stack(key, frames);
+                }
+            });
         }
         let mut exited = Vec::new();
         session.ingest(batch, &mut exited)?;

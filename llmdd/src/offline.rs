@@ -129,6 +129,13 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
         if lost > 0 {
             session.engine.report_lost(r.meta.start_ns, lost);
         }
+        // Stacks named while recording (`record --stacks on`) fold the flame graph. (One
+        // host only: merged recordings renumber processes.)
+        if let Some(f) = session.outputs.flame.as_mut() {
+            for s in &r.stacks {
+                f.learn_stack((s.pid, s.id, s.caller), s.frames.clone().into());
+            }
+        }
         for chunk in &r.chunks {
             let mut batch = chunk.events.clone();
             session.ingest(&mut batch, &mut exited)?;

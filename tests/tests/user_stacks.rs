@@ -79,3 +79,58 @@ fn the_svg_title_names_the_stack_folding_and_stacks_off_falls_back() {
     assert!(off.contains("process;thread;library;function;op (no user stacks)"));
     assert!(!off.contains("outer_step"));
 }
+
+/// `record --stacks on` keeps the stacks' names, and `report --flamegraph` of the file folds
+/// by them as the live run would.
+#[test]
+fn a_recording_keeps_the_named_stacks() {
+    require_root();
+    let lib_dir = fake_lib_dir();
+    let fixture = hooks::build().expect("hooks fixture");
+    let mut app = fixture
+        .start(500, Some(&lib_dir.join("libcudart.so.12")))
+        .expect("hooks_app");
+    let pid = app.pid();
+    let work = lib_dir.join("user_stacks");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let file = work.join(format!("stacks-{pid}.llmddrec"));
+    let folded = work.join(format!("stacks-{pid}.folded"));
+    let mut cmd = std::process::Command::new(llmdd_tests::harness::built("llmdd"));
+    cmd.arg("record").arg("-o").arg(&file).args([
+        "--quiet",
+        "--stacks",
+        "on",
+        "--pid",
+        &pid.to_string(),
+    ]);
+    let mut rec = llmdd_tests::harness::Proc::spawn("llmdd record", cmd).expect("starts");
+    rec.wait_line("recording line", Duration::from_secs(60), |s, l| {
+        s == Stream::Stderr && l.starts_with("llmdd: recording to")
+    })
+    .expect("recording");
+    hooks::finish(&mut app).expect("hooks_app runs");
+    app.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(rec
+        .wait_exit(Duration::from_secs(60))
+        .expect("recorder exits")
+        .success());
+    let out = std::process::Command::new(llmdd_tests::harness::built("llmdd"))
+        .arg("report")
+        .arg(&file)
+        .arg("--flamegraph")
+        .arg(&folded)
+        .output()
+        .expect("report runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&folded).expect("folded");
+    assert!(
+        text.lines()
+            .any(|l| l
+                .contains(";main;outer_step;middle_step;libcudart.so.12 cudaStreamSynchronize ")),
+        "{text}"
+    );
+}

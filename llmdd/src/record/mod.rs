@@ -54,6 +54,19 @@ const MAX_CHUNK: u32 = 64 << 20;
 const KIND_META: u8 = 1;
 const KIND_EVENTS: u8 = 2;
 const KIND_END: u8 = 3;
+/// Named user stacks (`--stacks`): JSON `[RecStack]`, written as they are first seen, so
+/// that `report --flamegraph` folds by them. Readers before it skip the kind.
+const KIND_STACKS: u8 = 4;
+
+/// One named user stack of a recording.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecStack {
+    pub pid: u32,
+    pub id: u32,
+    pub caller: u64,
+    /// Outermost caller first.
+    pub frames: Vec<String>,
+}
 
 /// Why a record file could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +373,16 @@ impl Writer {
         self.chunk(KIND_EVENTS, &raw)
     }
 
+    /// Named user stacks first seen since the last call (their chunk goes before the
+    /// pending records, which may refer to them).
+    pub fn stacks(&mut self, stacks: &[RecStack]) -> Result<(), RecordError> {
+        if stacks.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(stacks).map_err(|e| self.io(e.into()))?;
+        self.chunk(KIND_STACKS, &json)
+    }
+
     /// Writes what is pending and the end metadata.
     pub fn finish(&mut self, end: &End) -> Result<(), RecordError> {
         self.flush_events(end.end_ns)?;
@@ -424,6 +447,8 @@ pub struct Recording {
     pub meta: Meta,
     pub end: Option<End>,
     pub chunks: Vec<EventChunk>,
+    /// Named user stacks recorded with `--stacks`.
+    pub stacks: Vec<RecStack>,
     pub salvage: Salvage,
 }
 
@@ -595,6 +620,13 @@ pub fn parse(
                 }
                 Err(_) => {
                     stop("unreadable end metadata", &mut rec);
+                    break;
+                }
+            },
+            KIND_STACKS => match serde_json::from_slice::<Vec<RecStack>>(&raw) {
+                Ok(s) => rec.stacks.extend(s),
+                Err(_) => {
+                    stop("unreadable stack names", &mut rec);
                     break;
                 }
             },

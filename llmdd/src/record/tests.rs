@@ -95,6 +95,26 @@ fn round_trip_keeps_every_event_and_the_metadata() {
 }
 
 #[test]
+fn named_stacks_are_kept() {
+    let p = tmp("stacks.rec");
+    let mut w = Writer::create(&p).expect("create");
+    w.meta(&meta()).expect("meta");
+    let s = RecStack {
+        pid: 7,
+        id: 3,
+        caller: 0x4010,
+        frames: vec!["main".into(), "step".into()],
+    };
+    w.stacks(&[]).expect("nothing to write");
+    w.stacks(std::slice::from_ref(&s)).expect("stacks");
+    w.record(&call_bytes(7, 2000), 5000).expect("record");
+    w.finish(&End::default()).expect("finish");
+    let r = read(&p, |_, _| {}).expect("read");
+    assert_eq!(r.stacks, vec![s]);
+    assert_eq!(r.event_count(), 1);
+}
+
+#[test]
 fn a_file_cut_short_keeps_the_chunks_before_the_cut() {
     let p = tmp("cut.rec");
     write_file(&p, 10_000, true);

@@ -81,7 +81,7 @@ pub struct RankHints {
     pub local_rank: Option<u32>,
     /// `WORLD_SIZE`, else `OMPI_COMM_WORLD_SIZE`.
     pub world_size: Option<u32>,
-    /// `CUDA_VISIBLE_DEVICES`, verbatim.
+    /// `CUDA_VISIBLE_DEVICES` (else `HIP_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`), verbatim.
     pub cuda_visible_devices: Option<String>,
 }
 
@@ -120,7 +120,10 @@ pub fn rank_hints<S: AsRef<str>>(environ: &[S]) -> RankHints {
             "PMI_SIZE",
             "SLURM_NTASKS",
         ]),
-        cuda_visible_devices: get("CUDA_VISIBLE_DEVICES"),
+        // AMD's runtimes read their own variables; the device mapping treats them alike.
+        cuda_visible_devices: get("CUDA_VISIBLE_DEVICES")
+            .or_else(|| get("HIP_VISIBLE_DEVICES"))
+            .or_else(|| get("ROCR_VISIBLE_DEVICES")),
     }
 }
 

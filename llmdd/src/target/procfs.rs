@@ -206,6 +206,8 @@ mod tests {
             (h.rank, h.world_size, h.local_rank),
             (Some(7), Some(16), Some(3))
         );
+        let h = rank_hints(&["HIP_VISIBLE_DEVICES=1"]);
+        assert_eq!(h.cuda_visible_devices.as_deref(), Some("1"));
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Project automation: `cargo xtask <setup|build|demo|test>`.
+//! Project automation: `cargo xtask <setup|build|demo|test|bench|soak|gloo-test>`.
 //!
 //! - `setup`: idempotent bootstrap of what building and testing need on a fresh machine
-//!   (Debian's BPF-capable rustc and LLVM, bpf-linker, a mounted tracefs).
+//!   (Debian's BPF-capable rustc and LLVM, bpf-linker, a mounted tracefs, and the tools of
+//!   the end-to-end tests: tmux, Open MPI, chromium and speedscope).
 //! - `build`: `cargo build` of the whole workspace (llmdd's build.rs builds the eBPF object).
 //! - `demo`: run a simulated 4-rank job with a straggler and attach llmdd to it.
 //! - `test`: formatting, lints, and every test (unit and root-only integration tests).
+//! - `bench`, `soak`: measurements, not tests.
+//! - `gloo-test`: the opt-in test on a real PyTorch (fetches it once).
 //!
 //! Every command that needs the toolchain runs `setup` first; it does nothing when all is
 //! in place.

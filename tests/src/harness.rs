@@ -268,6 +268,22 @@ pub fn start_llmdd_with(bin: &Path, pids: &[u32], extra: &[&str]) -> Result<Proc
     Ok(p)
 }
 
+/// Starts `llmdd record -o FILE --quiet` on `pids` with extra args, and waits until it says
+/// it is recording.
+pub fn start_record(pids: &[u32], file: &Path, extra: &[&str]) -> Result<Proc> {
+    let mut cmd = Command::new(built("llmdd"));
+    cmd.arg("record").arg("-o").arg(file).arg("--quiet");
+    for p in pids {
+        cmd.args(["--pid", &p.to_string()]);
+    }
+    cmd.args(extra);
+    let mut p = Proc::spawn("llmdd record", cmd)?;
+    p.wait_line("recording line", Duration::from_secs(60), |s, l| {
+        s == Stream::Stderr && l.starts_with("llmdd: recording to")
+    })?;
+    Ok(p)
+}
+
 /// Reads a JSON-lines event dump written by `llmdd attach --dump-events`.
 pub fn read_events(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text =

@@ -6,7 +6,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use llmdd_tests::{
-    harness::{built, fake_lib_dir, require_root, Proc, Stream},
+    harness::{built, fake_lib_dir, require_root, Proc},
     job::Job,
 };
 use serde_json::Value;
@@ -38,18 +38,7 @@ fn job(work: &Path, straggler: &str, steps: &str) -> Job {
 }
 
 fn recorder(pids: &[u32], file: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(built("llmdd"));
-    cmd.arg("record").arg("-o").arg(file).arg("--quiet");
-    for p in pids {
-        cmd.args(["--pid", &p.to_string()]);
-    }
-    cmd.args(extra);
-    let mut p = Proc::spawn("llmdd record", cmd).expect("starts");
-    p.wait_line("recording line", Duration::from_secs(60), |s, l| {
-        s == Stream::Stderr && l.starts_with("llmdd: recording to")
-    })
-    .expect("records");
-    p
+    llmdd_tests::harness::start_record(pids, file, extra).expect("records")
 }
 
 fn llmdd(args: &[&str]) -> std::process::Output {

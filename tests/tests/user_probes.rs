@@ -255,19 +255,8 @@ fn a_recording_keeps_user_probe_calls() {
     let pid = app.pid();
     let file = fixture.dir.join(format!("user-{pid}.llmddrec"));
     let dump = fixture.dir.join(format!("user-{pid}.jsonl"));
-    let mut cmd = Command::new(built("llmdd"));
-    cmd.arg("record").arg("-o").arg(&file).args([
-        "--quiet",
-        "--pid",
-        &pid.to_string(),
-        "--probe",
-        C_PROBE,
-    ]);
-    let mut rec = llmdd_tests::harness::Proc::spawn("llmdd record", cmd).expect("starts");
-    rec.wait_line("recording line", Duration::from_secs(60), |s, l| {
-        s == Stream::Stderr && l.starts_with("llmdd: recording to")
-    })
-    .expect("recording");
+    let mut rec = llmdd_tests::harness::start_record(&[pid], &file, &["--probe", C_PROBE])
+        .expect("recording");
     hooks::finish(&mut app).expect("hooks_app runs");
     app.wait_exit(Duration::from_secs(60)).expect("exits");
     assert!(rec

@@ -95,19 +95,8 @@ fn a_recording_keeps_the_named_stacks() {
     std::fs::create_dir_all(&work).expect("work dir");
     let file = work.join(format!("stacks-{pid}.llmddrec"));
     let folded = work.join(format!("stacks-{pid}.folded"));
-    let mut cmd = std::process::Command::new(llmdd_tests::harness::built("llmdd"));
-    cmd.arg("record").arg("-o").arg(&file).args([
-        "--quiet",
-        "--stacks",
-        "on",
-        "--pid",
-        &pid.to_string(),
-    ]);
-    let mut rec = llmdd_tests::harness::Proc::spawn("llmdd record", cmd).expect("starts");
-    rec.wait_line("recording line", Duration::from_secs(60), |s, l| {
-        s == Stream::Stderr && l.starts_with("llmdd: recording to")
-    })
-    .expect("recording");
+    let mut rec =
+        llmdd_tests::harness::start_record(&[pid], &file, &["--stacks", "on"]).expect("recording");
     hooks::finish(&mut app).expect("hooks_app runs");
     app.wait_exit(Duration::from_secs(60)).expect("exits");
     assert!(rec

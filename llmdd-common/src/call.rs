@@ -105,6 +105,9 @@ pub const C_STACK: u8 = 1 << 1;
 /// Capture flag: walk the user stack at entry into `STACKS` (`--stacks`; the flame graph
 /// folds by it).
 pub const C_USTACK: u8 = 1 << 2;
+/// Capture flag: the communicator (for the rank and rank-count read) is the word read
+/// through the deref argument, not an argument itself (Gloo).
+pub const C_COMM_DEREF: u8 = 1 << 3;
 /// Mode flag: entry-only. The entry probe sends the record at once (no duration, return
 /// value or out-pointer value); no return probe is attached.
 pub const C_ENTRY_ONLY: u8 = 1 << 6;

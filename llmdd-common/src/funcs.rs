@@ -105,6 +105,9 @@ pub struct Roles {
     pub rank_arg: u8,
     /// The function takes an `ncclUniqueId` by value.
     pub unique_id: bool,
+    /// The communicator is the word the deref argument points at (Gloo: the options object
+    /// holds its `std::shared_ptr<gloo::Context>` first), not an argument.
+    pub comm_is_deref: bool,
 }
 
 const R: Roles = Roles {
@@ -122,6 +125,7 @@ const R: Roles = Roles {
     nranks_arg: N,
     rank_arg: N,
     unique_id: false,
+    comm_is_deref: false,
 };
 
 /// One traced function.
@@ -237,18 +241,18 @@ funcs! {
     63 "MPI_Recv" Mpi P2p ["MPI_Recv", "PMPI_Recv"] { count: 1, peer: 3, comm: 5 }
     // ---- Gloo (libtorch_cpu): C++ functions, matched by demangled name without parameters
     // (`gloo::allreduce(gloo::AllreduceOptions const&)` is `gloo::allreduce`). Each takes an
-    // options object whose context is not a plain argument: ranks come from the
-    // environment, as for MPI's world communicator. ----
-    64 "gloo::allreduce" Gloo Collective ["gloo::allreduce"] {}
-    65 "gloo::allgather" Gloo Collective ["gloo::allgather"] {}
-    66 "gloo::allgatherv" Gloo Collective ["gloo::allgatherv"] {}
-    67 "gloo::broadcast" Gloo Collective ["gloo::broadcast"] {}
-    68 "gloo::reduce" Gloo Collective ["gloo::reduce"] {}
-    69 "gloo::barrier" Gloo Collective ["gloo::barrier"] {}
-    70 "gloo::alltoall" Gloo Collective ["gloo::alltoall"] {}
-    71 "gloo::alltoallv" Gloo Collective ["gloo::alltoallv"] {}
-    72 "gloo::gather" Gloo Collective ["gloo::gather"] {}
-    73 "gloo::scatter" Gloo Collective ["gloo::scatter"] {}
+    // options object that holds its process group's `gloo::Context` first: that context is
+    // the communicator, and its `rank` and `size` are read through it. ----
+    64 "gloo::allreduce" Gloo Collective ["gloo::allreduce"] { deref: 0, comm_is_deref: true }
+    65 "gloo::allgather" Gloo Collective ["gloo::allgather"] { deref: 0, comm_is_deref: true }
+    66 "gloo::allgatherv" Gloo Collective ["gloo::allgatherv"] { deref: 0, comm_is_deref: true }
+    67 "gloo::broadcast" Gloo Collective ["gloo::broadcast"] { deref: 0, comm_is_deref: true }
+    68 "gloo::reduce" Gloo Collective ["gloo::reduce"] { deref: 0, comm_is_deref: true }
+    69 "gloo::barrier" Gloo Collective ["gloo::barrier"] { deref: 0, comm_is_deref: true }
+    70 "gloo::alltoall" Gloo Collective ["gloo::alltoall"] { deref: 0, comm_is_deref: true }
+    71 "gloo::alltoallv" Gloo Collective ["gloo::alltoallv"] { deref: 0, comm_is_deref: true }
+    72 "gloo::gather" Gloo Collective ["gloo::gather"] { deref: 0, comm_is_deref: true }
+    73 "gloo::scatter" Gloo Collective ["gloo::scatter"] { deref: 0, comm_is_deref: true }
     // ---- MPI set-up, derived communicators and non-blocking point-to-point ----
     74 "MPI_Init" Mpi Other ["MPI_Init", "PMPI_Init"] {}
     75 "MPI_Init_thread" Mpi Other ["MPI_Init_thread", "PMPI_Init_thread"] {}

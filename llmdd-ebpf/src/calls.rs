@@ -17,9 +17,9 @@ use aya_ebpf::{
 };
 use llmdd_common::{
     call::{
-        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_AGG, C_ENTRY_ONLY, C_STACK,
-        C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, F_USTACK, NO_SLOT, UID_BYTES,
-        UID_HASH_INIT,
+        uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_AGG, C_COMM_DEREF,
+        C_ENTRY_ONLY, C_STACK, C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID,
+        F_USTACK, NO_SLOT, UID_BYTES, UID_HASH_INIT,
     },
     counters, RecordKind,
 };
@@ -118,8 +118,28 @@ pub fn on_entry<C: EbpfContext + StackIdContext>(ctx: &C) -> u32 {
         }
     }
 
+    // A word behind a pointer argument (a launch config's stream, Gloo's context).
+    if let Some(p) = arg_at(&rec.args, cookie.deref_slot()) {
+        if p != 0 {
+            if let Some(v) = read_user_u64(p + 8 * cookie.deref_word() as u64) {
+                rec.deref_val = v;
+                rec.flags |= F_DEREF;
+            }
+        }
+    }
+
     // Rank and rank count through the communicator handle, at offsets decoded per library.
-    if let Some(comm) = arg_at(&rec.args, cookie.comm_slot()) {
+    // The handle is an argument, or for Gloo the word just read through the options object.
+    let comm = if cookie.flags() & C_COMM_DEREF != 0 {
+        if rec.flags & F_DEREF != 0 {
+            Some(rec.deref_val)
+        } else {
+            None
+        }
+    } else {
+        arg_at(&rec.args, cookie.comm_slot())
+    };
+    if let Some(comm) = comm {
         if comm != 0 {
             if let Some(cfg) = LIB_CFG.get(cookie.lib_slot() as u32) {
                 if cfg.comm_offsets_valid == 1 {
@@ -132,16 +152,6 @@ pub fn on_entry<C: EbpfContext + StackIdContext>(ctx: &C) -> u32 {
                         rec.flags |= F_RANK;
                     }
                 }
-            }
-        }
-    }
-
-    // A word behind a pointer argument (a launch config's stream).
-    if let Some(p) = arg_at(&rec.args, cookie.deref_slot()) {
-        if p != 0 {
-            if let Some(v) = read_user_u64(p + 8 * cookie.deref_word() as u64) {
-                rec.deref_val = v;
-                rec.flags |= F_DEREF;
             }
         }
     }

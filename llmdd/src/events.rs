@@ -198,7 +198,10 @@ impl CallEvent {
         if let Some(k) = slot(&args, roles.rank_arg) {
             rank = Some(k as u32 as i32);
         }
-        let stream = if r.flags & F_DEREF != 0 && roles.deref != NO_SLOT && roles.stream == NO_SLOT
+        let stream = if r.flags & F_DEREF != 0
+            && roles.deref != NO_SLOT
+            && roles.stream == NO_SLOT
+            && !roles.comm_is_deref
         {
             Some(r.deref_val)
         } else {
@@ -209,9 +212,14 @@ impl CallEvent {
             // For communicator creation the handle is the one written back.
             CallKind::CommInit | CallKind::CommInitAll => out,
             _ if spec.family == Family::User => crate::userprobe::collective_handle(r.func),
-            // Gloo's context is inside its options object: one communicator per job, ranks
-            // from the environment (torchrun's RANK/WORLD_SIZE).
-            _ if spec.family == Family::Gloo => Some(GLOO_HANDLE),
+            // Gloo: the process group's context, read through the options object (ranks
+            // through it too); without it, one communicator per job, ranks from the
+            // environment.
+            _ if roles.comm_is_deref => Some(if r.flags & F_DEREF != 0 {
+                r.deref_val
+            } else {
+                GLOO_HANDLE
+            }),
             _ => slot(&args, roles.comm),
         };
         // A user probe's return value is data, not a status code.
@@ -399,6 +407,33 @@ mod tests {
             (c.rank, c.nranks, c.comm, c.uid_hash),
             (Some(3), Some(4), Some(0x7777), Some(99))
         );
+    }
+
+    #[test]
+    fn gloo_calls_take_their_context_as_communicator() {
+        let mut r = CallRecord {
+            kind: RecordKind::Call as u32,
+            func: 64, // gloo::allreduce
+            pid: 9,
+            tid: 9,
+            entry_ns: 10,
+            exit_ns: 20,
+            flags: F_RETURNED | F_DEREF | F_RANK,
+            deref_val: 0x5555_0000_1000,
+            rank: 1,
+            nranks: 3,
+            ..CallRecord::default()
+        };
+        r.args[0] = 0x7fff_0000_2000; // the options object
+        let c = CallEvent::from_record(&r).expect("decodes");
+        assert_eq!(c.family, "gloo");
+        assert_eq!(c.comm, Some(0x5555_0000_1000));
+        assert_eq!(c.stream, None, "the context is not a stream");
+        assert_eq!((c.rank, c.nranks), (Some(1), Some(3)));
+        // Without the context (the read failed): one communicator per job.
+        r.flags &= !(F_DEREF | F_RANK);
+        let c = CallEvent::from_record(&r).expect("decodes");
+        assert_eq!(c.comm, Some(GLOO_HANDLE));
     }
 
     #[test]

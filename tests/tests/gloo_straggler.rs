@@ -1,8 +1,11 @@
 //! Gloo on the real thing (opt-in: PyTorch is 4.5 GB with its dependencies; `cargo xtask
 //! gloo-test` fetches a pinned wheel set once and runs this): three processes run
-//! torch.distributed with the gloo backend on loopback, rank 1 sleeps 30 ms more per step;
-//! llmdd attaches to them by pid, finds `gloo::allreduce` and the other entry points in
-//! libtorch_cpu.so by demangled name, matches the calls across ranks and names rank 1.
+//! torch.distributed with the gloo backend on loopback, rank 1 sleeps 30 ms more per step,
+//! and ranks 0 and 1 also broadcast in a subgroup. No RANK/WORLD_SIZE in their environment
+//! (as under torch.multiprocessing.spawn). llmdd attaches to them by pid, finds
+//! `gloo::allreduce` and the other entry points in libtorch_cpu.so by demangled name, reads
+//! each call's process group (its `gloo::Context`, with rank and size) through the options
+//! object, matches the calls across ranks per group, and names rank 1.
 
 use std::{net::TcpListener, path::PathBuf, process::Command, time::Duration};
 
@@ -42,8 +45,8 @@ fn gloo_straggler_is_named() {
             .args([&port.to_string(), &STEPS.to_string(), "0.01", "1", "0.03"])
             .env("PYTHONPATH", &site)
             .env("PYTHONUNBUFFERED", "1")
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", "3")
+            .env("LLMDD_TEST_RANK", rank.to_string())
+            .env("LLMDD_TEST_WORLD", "3")
             .env("OMP_NUM_THREADS", "1");
         ranks.push(Proc::spawn(&format!("gloo rank {rank}"), cmd).expect("python starts"));
     }
@@ -99,5 +102,23 @@ fn gloo_straggler_is_named() {
         .unwrap_or_else(|| panic!("no straggler: {findings:#?}\n{}", llmdd.transcript()));
     assert_eq!(s["culprit"]["rank"], 1, "{s:#}");
     assert_eq!(s["culprit"]["pid"], pids[1], "{s:#}");
+    // Two process groups, told apart by their contexts, with ranks read through them.
+    let comms = doc["communicators"].as_array().expect("communicators");
+    let by_size = |n: u64| -> Vec<&Value> {
+        comms
+            .iter()
+            .filter(|c| c["backend"] == "gloo" && c["nranks"] == n)
+            .collect()
+    };
+    let (world, pair) = (by_size(3), by_size(2));
+    assert_eq!(world.len(), 1, "{comms:#?}");
+    assert_eq!(pair.len(), 1, "{comms:#?}");
+    assert!(pair[0]["ops"]
+        .as_array()
+        .is_some_and(|o| o.iter().any(|o| o["op"] == "gloo::broadcast")));
+    assert!(pair[0]["instances_finished"].as_u64() >= Some(u64::from(STEPS) - 1));
+    for c in comms.iter().filter(|c| c["backend"] == "gloo") {
+        assert_eq!(c["identity"]["rank_source"], "handle", "{c:#}");
+    }
     eprintln!("gloo straggler: {}", s["evidence"]);
 }

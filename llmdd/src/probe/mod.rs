@@ -20,7 +20,7 @@ use aya::{
 };
 use llmdd_common::{
     agg::{AggKey, AggVal},
-    call::{Cookie, LibCfg, C_AGG, C_ENTRY_ONLY, C_STACK, C_UID, C_USTACK, NO_SLOT},
+    call::{Cookie, LibCfg, C_AGG, C_COMM_DEREF, C_ENTRY_ONLY, C_STACK, C_UID, C_USTACK, NO_SLOT},
     counters,
     funcs::{self, Family, FuncId},
     sock::SockCfg,
@@ -204,6 +204,9 @@ pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
     }
     if on_stack {
         flags |= C_STACK;
+    }
+    if r.comm_is_deref {
+        flags |= C_COMM_DEREF;
     }
     Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, flags)
 }

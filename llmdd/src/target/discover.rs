@@ -14,6 +14,16 @@ use super::{
     procfs, ObjectIssue, Target, TargetError, TracedObject,
 };
 
+/// Where `gloo::Context` keeps `rank` and `size` (after its vtable pointer: `virtual
+/// ~Context(); const int rank; const int size;`), read through the context each Gloo
+/// entry point's options object holds first. Seen on PyTorch 2.5.1's libtorch_cpu; a
+/// build laid out otherwise gives ranks that fail the sanity check, and the environment's
+/// are used instead.
+pub const GLOO_CONTEXT: super::CommOffsets = super::CommOffsets {
+    rank_off: 8,
+    nranks_off: 12,
+};
+
 /// Why a PyTorch CPU library gives no Gloo probes (a `Target::issues` reason).
 pub const NO_GLOO: &str = "exports no gloo:: collective entry points (PyTorch built without \
      Gloo, or with its symbols hidden): Gloo collectives are not traced in this process";
@@ -83,10 +93,10 @@ fn traced_objects(file: &MappedFile, host_path: &Path, info: &LibraryInfo) -> Ve
                     .flatten()
                     .or_else(|| version_from_file_name(&file.path)),
                 points: fp.points.clone(),
-                comm_offsets: if nccl {
-                    info.comm_offsets.clone()
-                } else {
-                    None
+                comm_offsets: match fp.family {
+                    _ if nccl => info.comm_offsets.clone(),
+                    Family::Gloo => Some(Ok(GLOO_CONTEXT)),
+                    _ => None,
                 },
             }
         })

@@ -896,16 +896,24 @@ impl Engine {
         for (c, m) in self.comms.proc_exit(proc, t) {
             let (lane, lm, lifecycle) = {
                 let comm = &self.comms.list[c as usize];
-                // A communicator grouped from the environment (MPI's world, a collective
-                // user probe) has no traced teardown: a member exiting with nothing open
-                // is how such a job ends, not a finding.
-                let lifecycle = !matches!(
-                    comm.identity,
-                    comm::Identity::Inferred {
-                        rank_source: "environment",
-                        ..
-                    }
-                );
+                // Only NCCL's communicators have a traced teardown (ncclCommDestroy/Abort).
+                // For the others (MPI, Gloo, collective user probes) a member exiting with
+                // nothing open is how a job ends, not a finding.
+                let series = &self.lanes[comm.lane as usize].series;
+                let lifecycle = match comm.identity {
+                    comm::Identity::UniqueId { .. } => true,
+                    _ if series.is_empty() => !matches!(
+                        comm.identity,
+                        comm::Identity::Inferred {
+                            rank_source: "environment",
+                            ..
+                        }
+                    ),
+                    _ => series.iter().any(|s| {
+                        llmdd_common::funcs::spec(s.op)
+                            .is_some_and(|f| f.family == llmdd_common::funcs::Family::Nccl)
+                    }),
+                };
                 (comm.lane, comm.members[m as usize].lane_member, lifecycle)
             };
             let raise = if lifecycle {

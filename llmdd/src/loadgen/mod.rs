@@ -169,6 +169,8 @@ pub fn parse_tuning(line: &str) -> Option<(Op, u64, String)> {
 enum Msg {
     Line(usize, String),
     Tuning(Op, u64, String),
+    /// An NCCL tuning line this parser does not understand (kept as a sample).
+    Unparsed(String),
     Err(usize, String),
 }
 
@@ -237,26 +239,37 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
         let (Some(so), Some(se)) = (child.stdout.take(), child.stderr.take()) else {
             bail!("a loadgen worker has no output pipes");
         };
-        let t = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(so).lines().map_while(Result::ok) {
-                let _ = t.send(Msg::Line(rank, l));
-            }
-        });
-        let t = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(se).lines().map_while(Result::ok) {
-                match parse_tuning(&l) {
-                    Some((op, b, a)) => {
-                        let _ = t.send(Msg::Tuning(op, b, a));
+        // NCCL writes its log (NCCL_DEBUG) to stdout or stderr depending on the version and
+        // NCCL_DEBUG_FILE: both streams are read the same way, and only the worker's own
+        // lines (READY, DONE, JSON) are taken as results.
+        for (stream, is_out) in [
+            (Box::new(so) as Box<dyn std::io::Read + Send>, true),
+            (Box::new(se) as Box<dyn std::io::Read + Send>, false),
+        ] {
+            let t = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let msg = if is_out
+                        && (l.starts_with('{') || l.starts_with("READY ") || l == "DONE")
+                    {
+                        Msg::Line(rank, l)
+                    } else if let Some((op, b, a)) = parse_tuning(&l) {
+                        Msg::Tuning(op, b, a)
+                    } else if l.contains("NCCL INFO") {
+                        if l.contains(" Algo ") {
+                            Msg::Unparsed(l)
+                        } else {
+                            continue;
+                        }
+                    } else {
+                        Msg::Err(rank, l)
+                    };
+                    if t.send(msg).is_err() {
+                        break;
                     }
-                    None if !l.contains("NCCL INFO") => {
-                        let _ = t.send(Msg::Err(rank, l));
-                    }
-                    None => {}
                 }
-            }
-        });
+            });
+        }
         children.push(child);
     }
     drop(tx);
@@ -270,6 +283,7 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
     let mut algos: BTreeMap<(Op, u64), String> = BTreeMap::new();
     let mut points: Vec<Point> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    let mut unparsed: Vec<String> = Vec::new();
     let mut done = 0;
     let order = |op: Op| ops.iter().position(|o| *o == op).unwrap_or(0);
     println!(
@@ -282,6 +296,11 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
                 algos.entry((op, b)).or_insert(a);
             }
             Msg::Err(rank, l) => errors.push(format!("rank {rank}: {l}")),
+            Msg::Unparsed(l) => {
+                if unparsed.len() < 2 {
+                    unparsed.push(l);
+                }
+            }
             Msg::Line(rank, l) if l.starts_with("READY ") => {
                 eprintln!(
                     "llmdd loadgen: rank {rank} on GPU {rank} is pid {}",
@@ -361,10 +380,11 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
         let i = sweep::inflections(*op, &refs);
         let fmt = |b: Option<u64>| b.map_or("-".to_string(), crate::engine::util::fmt_bytes);
         println!(
-            "{}: latency-bound up to {}; bandwidth stops growing at {} (peak bus bandwidth {:.2} GB/s){}",
+            "{}: latency-bound up to {}; bandwidth stops growing at {} (peak {} bandwidth {:.2} GB/s){}",
             op.nccl_name(),
             fmt(i.latency_bound_until_bytes),
             fmt(i.bandwidth_plateau_bytes),
+            i.bandwidth,
             i.peak_busbw / 1e9,
             if i.jumps_at_bytes.is_empty() {
                 String::new()
@@ -379,6 +399,12 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
                 )
             }
         );
+    }
+    if algos.is_empty() && !unparsed.is_empty() {
+        notes.push(format!(
+            "NCCL's tuning lines were not understood, so no algorithm is shown; e.g. `{}`",
+            unparsed[0].trim()
+        ));
     }
     for n in &notes {
         println!("note: {n}");

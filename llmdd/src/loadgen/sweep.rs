@@ -132,14 +132,24 @@ pub struct Inflections {
     /// Sizes where time jumps more than the size grew (by 50% more): a protocol or
     /// algorithm switch, or a buffer that stops fitting.
     pub jumps_at_bytes: Vec<u64>,
+    /// The best bandwidth seen, of the kind `bandwidth` names.
     pub peak_busbw: f64,
+    /// "bus", or "algorithm" for a one-rank communicator (whose bus bandwidth is 0 by
+    /// definition: nothing crosses a link, and the curve is that of the local copy).
+    pub bandwidth: &'static str,
 }
 
 /// The inflection points of one op's points (sorted by size).
 pub fn inflections(op: Op, points: &[&Point]) -> Inflections {
     let mut pts: Vec<&&Point> = points.iter().filter(|p| p.op == op).collect();
     pts.sort_by_key(|p| p.bytes);
-    let bw: Vec<f64> = pts.iter().map(|p| p.busbw()).collect();
+    let one_rank = pts
+        .first()
+        .is_some_and(|p| p.op.busbw_factor(p.ranks) == 0.0);
+    let bw: Vec<f64> = pts
+        .iter()
+        .map(|p| if one_rank { p.algbw() } else { p.busbw() })
+        .collect();
     let t: Vec<u64> = pts.iter().map(|p| p.p50_ns()).collect();
     let peak = bw.iter().copied().fold(0.0, f64::max);
     let plateau = (0..pts.len().saturating_sub(1))
@@ -167,6 +177,7 @@ pub fn inflections(op: Op, points: &[&Point]) -> Inflections {
         latency_bound_until_bytes: latency_bound,
         jumps_at_bytes: jumps,
         peak_busbw: peak,
+        bandwidth: if one_rank { "algorithm" } else { "bus" },
     }
 }
 
@@ -276,6 +287,16 @@ mod tests {
         assert_eq!(i.jumps_at_bytes, vec![4 << 20], "{i:?}");
         assert_eq!(i.bandwidth_plateau_bytes, Some(64 << 20), "{i:?}");
         assert!(i.peak_busbw > 0.0);
+        assert_eq!(i.bandwidth, "bus");
+        // One rank: bus bandwidth is 0 throughout, the curve is read on algorithm bandwidth.
+        for p in &mut pts {
+            p.ranks = 1;
+        }
+        let refs: Vec<&Point> = pts.iter().collect();
+        let one = inflections(Op::AllReduce, &refs);
+        assert_eq!(one.bandwidth, "algorithm");
+        assert_eq!(one.bandwidth_plateau_bytes, i.bandwidth_plateau_bytes);
+        assert!(one.peak_busbw > 0.0);
     }
 
     #[test]

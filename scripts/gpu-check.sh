@@ -12,7 +12,9 @@
 # Prints a table of what was seen. Leaves the GPU's settings alone.
 #
 # Usage: scripts/gpu-check.sh [LLMDD_BINARY]   (default target/release/llmdd; OUT= sets the
-# folder for logs and outputs). Exit 0 when every check that could run passed.
+# folder for logs and outputs; LLMDD_ATTACH_ARGS= adds options to the attach, e.g.
+# "--mode cudart=aggregate" to compare the loop's overhead). Exit 0 when every check that
+# could run passed.
 set -u
 BIN=${1:-target/release/llmdd}
 OUT=${OUT:-/tmp/llmdd-gpu-check}
@@ -127,6 +129,7 @@ if [ -n "$JOBPIDS" ]; then
     for p in $JOBPIDS; do ARGS+=(--pid "$p"); done
     timeout 90 "$BIN" attach "${ARGS[@]}" --no-tui --duration 15s --report "$OUT/report.json" \
         --dump-events "$OUT/events.jsonl" --trace "$OUT/trace.json" --ras auto \
+        ${LLMDD_ATTACH_ARGS:-} \
         >"$OUT/attach.log" 2>&1 &
     APID=$!
     for ((i = 0; i < 60; i++)); do

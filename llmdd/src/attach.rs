@@ -146,7 +146,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         });
     }
-    let user_plans = place_user_probes(opts, &targets, follow.active())?;
+    // Symbol tables read to place user probes, kept for the processes --follow finds later.
+    let mut user_tables = std::collections::HashMap::new();
+    let user_plans = place_user_probes(opts, &targets, follow.active(), &mut user_tables)?;
 
     let sock_cfg = match kernel::sock_offsets() {
         Ok(cfg) => Some(cfg),
@@ -223,15 +225,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         stacks: None,
         recording: recorder.is_some(),
         named_stacks: Vec::new(),
-        gpu: crate::gpu::GpuMonitor::open(),
+        gpu: None,
         nic: crate::node::NicMonitor::default(),
         device_hints: Default::default(),
-        user_tables: Default::default(),
+        user_tables,
         swaps: std::sync::mpsc::channel(),
     };
-    if let Some(why) = &live.gpu.missing {
-        eprintln!("llmdd: note: no GPU context for findings: {why}; everything else works");
-    }
     if opts.walks_stacks() {
         live.tracer.set_stacks(true);
         live.stacks = Some(crate::stacks::StackWalker::new(live.tracer.take_stacks()?));
@@ -656,8 +655,10 @@ struct Live {
     /// Recording to a file: stacks named since the last chunk go to it too.
     recording: bool,
     named_stacks: Vec<crate::record::RecStack>,
-    /// The node's GPUs (NVML) and NICs, and what each target says about its device.
-    gpu: crate::gpu::GpuMonitor,
+    /// The node's GPUs (NVML) and NICs, and what each target says about its device. The
+    /// GPU library is opened at the first sampling, once tracing has started, so that
+    /// its start-up does not delay the attach.
+    gpu: Option<crate::gpu::GpuMonitor>,
     nic: crate::node::NicMonitor,
     device_hints: std::collections::BTreeMap<u32, crate::gpu::DeviceHints>,
     /// Symbol tables read for user probes, by file (kept for processes found later).
@@ -704,18 +705,30 @@ impl Live {
             .extend(self.host.latest.iter().map(|(p, s)| (*p, *s)));
         self.nic.sample();
         session.node.nics = self.nic.latest.clone();
-        let had_gpu = self.gpu.available();
-        self.gpu.sample();
-        if had_gpu && !self.gpu.available() {
-            if let Some(why) = &self.gpu.missing {
+        let gpu = match self.gpu.as_mut() {
+            Some(g) => g,
+            None => {
+                let g = crate::gpu::GpuMonitor::open();
+                if let Some(why) = &g.missing {
+                    self.console.say(format!(
+                        "llmdd: note: no GPU context for findings: {why}; everything else works"
+                    ));
+                }
+                self.gpu.insert(g)
+            }
+        };
+        let had_gpu = gpu.available();
+        gpu.sample();
+        if had_gpu && !gpu.available() {
+            if let Some(why) = &gpu.missing {
                 self.console
                     .say(format!("llmdd: warning: no more GPU context: {why}"));
             }
         }
-        if !self.gpu.latest.is_empty() {
-            session.node.gpus = self.gpu.latest.clone();
-            session.node.nvlink_new = self.gpu.nvlink_new.clone();
-            session.node.devices = crate::gpu::map_devices(&self.gpu.latest, &self.device_hints);
+        if !gpu.latest.is_empty() {
+            session.node.gpus = gpu.latest.clone();
+            session.node.nvlink_new = gpu.nvlink_new.clone();
+            session.node.devices = crate::gpu::map_devices(&gpu.latest, &self.device_hints);
         }
     }
 
@@ -959,17 +972,20 @@ fn place_user_probes(
     opts: &crate::cli::RunArgs,
     targets: &[target::Target],
     following: bool,
+    tables: &mut std::collections::HashMap<
+        std::path::PathBuf,
+        std::sync::Arc<target::symbols::SymbolTable>,
+    >,
 ) -> Result<std::collections::BTreeMap<u32, Vec<ObjectPlan>>> {
     let mut out = std::collections::BTreeMap::new();
     if opts.user_probes.is_empty() {
         return Ok(out);
     }
     crate::userprobe::register(&opts.user_probes)?;
-    let mut tables = std::collections::HashMap::new();
     let mut placed = vec![0usize; opts.user_probes.len()];
     let mut why: Vec<Vec<(u32, String)>> = vec![Vec::new(); opts.user_probes.len()];
     for t in targets {
-        let p = crate::userprobe::place(t.pid, &opts.user_probes, &mut tables);
+        let p = crate::userprobe::place(t.pid, &opts.user_probes, tables);
         for (i, o) in p.outcome.into_iter().enumerate() {
             match o {
                 Ok(n) => placed[i] += n,

@@ -362,22 +362,30 @@ pub struct RunArgs {
 /// Parses `--ring-size`: bytes with an optional K/M suffix, a power of two of at least 4 KiB
 /// and at most 1 GiB.
 pub fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1u64 << 20),
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size: use e.g. 4096, 64K, 8M"))?;
-    let bytes = n * mult;
+    let bytes =
+        parse_bytes(s).map_err(|_| format!("`{s}` is not a size: use e.g. 4096, 64K, 8M"))?;
     if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
         return Err(format!(
             "`{s}`: the ring buffer size must be a power of two between 4K and 1024M"
         ));
     }
     Ok(bytes as u32)
+}
+
+/// A size in bytes: `4096`, or with a K, M or G suffix (powers of 1024): `64K`, `8M`, `2G`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size (8, 64K, 1M, 2G)"))
 }
 
 impl RunArgs {

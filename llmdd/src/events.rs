@@ -136,7 +136,8 @@ pub struct CallEvent {
     pub args: [u64; 9],
 }
 
-/// The communicator handle every Gloo call carries (see `CallEvent::from_record`).
+/// The communicator handle of a Gloo call whose context could not be read (see
+/// `CallEvent::from_record`): one per job, ranks from the environment.
 pub const GLOO_HANDLE: u64 = 0x6c00_6c00_0000_0001;
 
 /// What an event of an unregistered function id claims to be (never reached: decoding

@@ -235,6 +235,7 @@ impl Session {
     /// outputs are still written.
     pub fn finish(mut self, end: &End, last_interval_s: f64) -> Result<()> {
         self.engine.flush();
+        let snap = self.engine.snapshot();
         if !self.quiet {
             println!("=== final summary ({}) ===", end.why);
             print!(
@@ -252,7 +253,6 @@ impl Session {
                 .filter(|l| l.family == "nccl" && l.label == "nccl")
                 .filter_map(|l| l.version.clone())
                 .collect();
-            let snap = self.engine.snapshot();
             if let Some(lines) = crate::ras::summary_block(&self.ras, &versions, &snap) {
                 for l in lines {
                     println!("{l}");
@@ -264,7 +264,6 @@ impl Session {
             std::io::stdout().flush().ok();
         }
 
-        let snap = self.engine.snapshot();
         let lost: u64 = llmdd_common::counters::LOSSES
             .iter()
             .filter_map(|&i| end.counters.get(i as usize))

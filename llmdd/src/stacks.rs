@@ -20,6 +20,7 @@ use crate::{
     events::Event,
     target::{
         maps::{parse_maps, Mapping, MappingName},
+        procfs,
         symbols::{without_params, SymbolTable},
     },
 };
@@ -39,22 +40,19 @@ pub struct Symbolizer {
     /// Symbol tables by (device, inode, path as the process sees it); `None` when the file
     /// could not be read (named by offset instead).
     tables: HashMap<FileId, Option<Arc<SymbolTable>>>,
-    /// Root under which `/proc` is read (tests point it elsewhere).
-    proc_root: PathBuf,
 }
 
 impl Symbolizer {
     pub fn new() -> Symbolizer {
-        Symbolizer {
-            proc_root: PathBuf::from("/proc"),
-            ..Default::default()
-        }
+        Symbolizer::default()
     }
 
     /// Reads (again) the mappings of `pid`; false when the process is gone.
     pub fn refresh(&mut self, pid: u32) -> bool {
-        let path = self.proc_root.join(pid.to_string()).join("maps");
-        match std::fs::read(&path).ok().and_then(|b| parse_maps(&b).ok()) {
+        match procfs::read(pid, "maps")
+            .ok()
+            .and_then(|b| parse_maps(&b).ok())
+        {
             Some(m) => {
                 self.maps.insert(pid, m);
                 true
@@ -83,12 +81,9 @@ impl Symbolizer {
         }
         // Through the process's root first (containers), then the mapped file itself
         // (deleted or replaced on disk), then the path as this process sees it.
-        let proc_dir = self.proc_root.join(pid.to_string());
         let candidates = [
-            proc_dir
-                .join("root")
-                .join(path.strip_prefix("/").unwrap_or(&path)),
-            proc_dir.join("map_files").join(m.map_files_name()),
+            procfs::host_path(pid, &path),
+            procfs::proc_path(pid, "map_files").join(m.map_files_name()),
             path.clone(),
         ];
         let table = candidates
@@ -246,18 +241,19 @@ mod tests {
 
     #[test]
     fn unknown_addresses_and_anonymous_memory_are_named_by_address() {
+        // A pid no process has: nothing is read from /proc for it.
+        const GONE: u32 = u32::MAX;
         let mut s = Symbolizer::new();
-        s.proc_root = PathBuf::from("/nonexistent-proc");
         let maps = parse_maps(
             b"7f0000000000-7f0000001000 r-xp 00000000 00:00 0 \n\
               7f0000002000-7f0000003000 r-xp 00001000 fd:01 42 /nonexistent/libgone.so\n\
               7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]\n",
         )
         .expect("maps");
-        s.set_maps(7, maps);
-        assert_eq!(s.name(7, 0x7f00_0000_0010, false), "0x7f0000000010");
-        assert_eq!(s.name(7, 0x7f00_0000_2010, false), "libgone.so+0x1010");
-        assert_eq!(s.name(7, 0x7ffd_0000_0011, true), "[vdso]+0x10");
-        assert_eq!(s.name(7, 0x1234, false), "0x1234");
+        s.set_maps(GONE, maps);
+        assert_eq!(s.name(GONE, 0x7f00_0000_0010, false), "0x7f0000000010");
+        assert_eq!(s.name(GONE, 0x7f00_0000_2010, false), "libgone.so+0x1010");
+        assert_eq!(s.name(GONE, 0x7ffd_0000_0011, true), "[vdso]+0x10");
+        assert_eq!(s.name(GONE, 0x1234, false), "0x1234");
     }
 }

@@ -23,6 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::cli::parse_bytes;
 use sweep::{Op, Point};
 
 /// Environment variable carrying a worker's plan (JSON).
@@ -68,21 +69,6 @@ pub struct LoadgenArgs {
     /// Write the sweep as a baseline document for `llmdd diff BASELINE CURRENT`.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
-}
-
-/// `64K`, `1M`, `2G` or plain bytes.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.trim()
-        .parse::<u64>()
-        .map(|n| n * mul)
-        .map_err(|_| format!("`{s}` is not a size (8, 64K, 1M, 2G)"))
 }
 
 /// Runs `f`, turning a panic into an error: cudarc resolves every symbol of a library when
@@ -436,6 +422,10 @@ mod tests {
         assert_eq!(parse_bytes("8"), Ok(8));
         assert_eq!(parse_bytes("2G"), Ok(2 << 30));
         assert!(parse_bytes("lots").is_err());
+        assert!(
+            parse_bytes("99999999999G").is_err(),
+            "too large for 64 bits"
+        );
         assert_eq!(
             parse_tuning(
                 "host:1:2 [0] NCCL INFO AllReduce: 4194304 Bytes -> Algo 1 proto 2 time 57.800003"

@@ -11,7 +11,7 @@ use std::{fs::File, path::Path};
 
 use object::{read::ReadCache, Object, ObjectSegment, ObjectSymbol, SymbolKind, SymbolSection};
 
-use super::elf::{bare_name, ElfError};
+use super::elf::{bare_name, vaddr_to_offset, ElfError, LoadSegment};
 
 /// One function.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,20 +99,20 @@ impl SymbolTable {
                 },
             }
         })?;
-        // Virtual address -> file offset through the loadable segments.
-        let segments: Vec<(u64, u64, u64)> = obj
+        // Virtual address -> file offset through the loadable segments, as the uprobe
+        // points are computed (`elf::vaddr_to_offset`).
+        let loads: Vec<LoadSegment> = obj
             .segments()
-            .filter_map(|s| {
-                let (off, len) = s.file_range();
-                (len > 0).then_some((s.address(), off, len))
+            .map(|s| {
+                let (offset, filesz) = s.file_range();
+                LoadSegment {
+                    vaddr: s.address(),
+                    offset,
+                    filesz,
+                }
             })
             .collect();
-        let to_offset = |vaddr: u64| {
-            segments
-                .iter()
-                .find(|(a, _, len)| vaddr >= *a && vaddr - a < *len)
-                .map(|(a, off, _)| vaddr - a + off)
-        };
+        let to_offset = |vaddr: u64| vaddr_to_offset(vaddr, &loads, &[]);
         let mut funcs: Vec<FuncSymbol> = Vec::new();
         for sym in obj.symbols().chain(obj.dynamic_symbols()) {
             if sym.kind() != SymbolKind::Text || !matches!(sym.section(), SymbolSection::Section(_))

@@ -29,6 +29,13 @@ pub enum Family {
 }
 
 impl Family {
+    /// Whether its collectives block the calling thread until every rank has arrived (MPI,
+    /// Gloo): a call's return then bounds when the instance completed, on every member.
+    /// NCCL's do not: they enqueue on a stream and return.
+    pub const fn collectives_block_host(self) -> bool {
+        matches!(self, Family::Mpi | Family::Gloo)
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Family::Nccl => "nccl",
@@ -75,6 +82,59 @@ pub enum CallKind {
     Other,
 }
 
+/// What a collective or point-to-point call does, across libraries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CommOp {
+    AllReduce,
+    AllGather,
+    ReduceScatter,
+    Broadcast,
+    Reduce,
+    AllToAll,
+    Gather,
+    Scatter,
+    Barrier,
+    Send,
+    Recv,
+}
+
+impl CommOp {
+    /// Short human name ("all-reduce").
+    pub const fn label(self) -> &'static str {
+        match self {
+            AllReduce => "all-reduce",
+            AllGather => "all-gather",
+            ReduceScatter => "reduce-scatter",
+            Broadcast => "broadcast",
+            Reduce => "reduce",
+            AllToAll => "all-to-all",
+            Gather => "gather",
+            Scatter => "scatter",
+            Barrier => "barrier",
+            Send => "send",
+            Recv => "recv",
+        }
+    }
+
+    /// Whether no member can return before every member has arrived (every member's
+    /// result depends on every member's input): all-reduce, all-gather, reduce-scatter,
+    /// all-to-all, barrier. Rooted ops and point-to-point can return early on some ranks.
+    pub const fn needs_every_rank(self) -> bool {
+        matches!(
+            self,
+            AllReduce | AllGather | ReduceScatter | AllToAll | Barrier
+        )
+    }
+}
+
+/// Which calls a synchronising call waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncScope {
+    Stream,
+    Event,
+    Device,
+}
+
 /// Where the interesting arguments are (slots, or `NO_SLOT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Roles {
@@ -108,6 +168,8 @@ pub struct Roles {
     /// The communicator is the word the deref argument points at (Gloo: the options object
     /// holds its `std::shared_ptr<gloo::Context>` first), not an argument.
     pub comm_is_deref: bool,
+    /// What a collective or point-to-point call does, whatever the library calls it.
+    pub comm_op: Option<CommOp>,
 }
 
 const R: Roles = Roles {
@@ -126,6 +188,7 @@ const R: Roles = Roles {
     rank_arg: N,
     unique_id: false,
     comm_is_deref: false,
+    comm_op: None,
 };
 
 /// One traced function.
@@ -146,7 +209,13 @@ pub struct FuncSpec {
 }
 
 macro_rules! funcs {
-    ($( $id:literal $name:literal $fam:ident $kind:ident [$($sym:literal),*] { $($role:ident : $v:expr),* } )*) => {
+    ($( $id:literal $const:ident $name:literal $fam:ident $kind:ident [$($sym:literal),*] { $($role:ident : $v:expr),* } )*) => {
+        /// The id of every built-in function by name, for the few places that must single
+        /// one out (prefer a role or kind of the table where one says the same).
+        pub mod id {
+            $( pub const $const: super::FuncId = $id; )*
+        }
+
         /// Every traced function, indexed by id.
         pub const FUNCS: &[FuncSpec] = &[
             $( FuncSpec {
@@ -162,111 +231,145 @@ macro_rules! funcs {
     };
 }
 
+use CommOp::*;
+
 funcs! {
     // ---- NCCL (and RCCL) ----
-    0 "ncclAllReduce" Nccl Collective ["ncclAllReduce", "pncclAllReduce"] { count: 2, dtype: 3, op: 4, comm: 5, stream: 6 }
-    1 "ncclAllGather" Nccl Collective ["ncclAllGather", "pncclAllGather"] { count: 2, dtype: 3, comm: 4, stream: 5 }
-    2 "ncclReduceScatter" Nccl Collective ["ncclReduceScatter", "pncclReduceScatter"] { count: 2, dtype: 3, op: 4, comm: 5, stream: 6 }
-    3 "ncclBroadcast" Nccl Collective ["ncclBroadcast", "pncclBroadcast"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6 }
-    4 "ncclBcast" Nccl Collective ["ncclBcast", "pncclBcast"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5 }
-    5 "ncclReduce" Nccl Collective ["ncclReduce", "pncclReduce"] { count: 2, dtype: 3, op: 4, peer: 5, comm: 6, stream: 7 }
-    6 "ncclAlltoAll" Nccl Collective ["ncclAlltoAll", "pncclAlltoAll"] { count: 2, dtype: 3, comm: 4, stream: 5 }
-    7 "ncclGather" Nccl Collective ["ncclGather", "pncclGather"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6 }
-    8 "ncclScatter" Nccl Collective ["ncclScatter", "pncclScatter"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6 }
-    9 "ncclSend" Nccl P2p ["ncclSend", "pncclSend"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5 }
-    10 "ncclRecv" Nccl P2p ["ncclRecv", "pncclRecv"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5 }
-    11 "ncclGroupStart" Nccl GroupStart ["ncclGroupStart", "pncclGroupStart"] {}
-    12 "ncclGroupEnd" Nccl GroupEnd ["ncclGroupEnd", "pncclGroupEnd"] {}
-    13 "ncclCommInitRank" Nccl CommInit ["ncclCommInitRank", "pncclCommInitRank"] { out: 0, nranks_arg: 1, rank_arg: 2, unique_id: true }
-    14 "ncclCommInitRankConfig" Nccl CommInit ["ncclCommInitRankConfig", "pncclCommInitRankConfig"] { out: 0, nranks_arg: 1, rank_arg: 2, unique_id: true }
-    15 "ncclCommInitAll" Nccl CommInitAll ["ncclCommInitAll", "pncclCommInitAll"] { out: 0, nranks_arg: 1 }
-    16 "ncclCommSplit" Nccl CommSplit ["ncclCommSplit", "pncclCommSplit"] { comm: 0, out: 3 }
-    17 "ncclCommDestroy" Nccl CommEnd ["ncclCommDestroy", "pncclCommDestroy"] { comm: 0 }
-    18 "ncclCommAbort" Nccl CommEnd ["ncclCommAbort", "pncclCommAbort"] { comm: 0 }
+    0 NCCL_ALL_REDUCE "ncclAllReduce" Nccl Collective ["ncclAllReduce", "pncclAllReduce"] { count: 2, dtype: 3, op: 4, comm: 5, stream: 6, comm_op: Some(AllReduce) }
+    1 NCCL_ALL_GATHER "ncclAllGather" Nccl Collective ["ncclAllGather", "pncclAllGather"] { count: 2, dtype: 3, comm: 4, stream: 5, comm_op: Some(AllGather) }
+    2 NCCL_REDUCE_SCATTER "ncclReduceScatter" Nccl Collective ["ncclReduceScatter", "pncclReduceScatter"] { count: 2, dtype: 3, op: 4, comm: 5, stream: 6, comm_op: Some(ReduceScatter) }
+    3 NCCL_BROADCAST "ncclBroadcast" Nccl Collective ["ncclBroadcast", "pncclBroadcast"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6, comm_op: Some(Broadcast) }
+    4 NCCL_BCAST "ncclBcast" Nccl Collective ["ncclBcast", "pncclBcast"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5, comm_op: Some(Broadcast) }
+    5 NCCL_REDUCE "ncclReduce" Nccl Collective ["ncclReduce", "pncclReduce"] { count: 2, dtype: 3, op: 4, peer: 5, comm: 6, stream: 7, comm_op: Some(Reduce) }
+    6 NCCL_ALL_TO_ALL "ncclAlltoAll" Nccl Collective ["ncclAlltoAll", "pncclAlltoAll"] { count: 2, dtype: 3, comm: 4, stream: 5, comm_op: Some(AllToAll) }
+    7 NCCL_GATHER "ncclGather" Nccl Collective ["ncclGather", "pncclGather"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6, comm_op: Some(Gather) }
+    8 NCCL_SCATTER "ncclScatter" Nccl Collective ["ncclScatter", "pncclScatter"] { count: 2, dtype: 3, peer: 4, comm: 5, stream: 6, comm_op: Some(Scatter) }
+    9 NCCL_SEND "ncclSend" Nccl P2p ["ncclSend", "pncclSend"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5, comm_op: Some(Send) }
+    10 NCCL_RECV "ncclRecv" Nccl P2p ["ncclRecv", "pncclRecv"] { count: 1, dtype: 2, peer: 3, comm: 4, stream: 5, comm_op: Some(Recv) }
+    11 NCCL_GROUP_START "ncclGroupStart" Nccl GroupStart ["ncclGroupStart", "pncclGroupStart"] {}
+    12 NCCL_GROUP_END "ncclGroupEnd" Nccl GroupEnd ["ncclGroupEnd", "pncclGroupEnd"] {}
+    13 NCCL_COMM_INIT_RANK "ncclCommInitRank" Nccl CommInit ["ncclCommInitRank", "pncclCommInitRank"] { out: 0, nranks_arg: 1, rank_arg: 2, unique_id: true }
+    14 NCCL_COMM_INIT_RANK_CONFIG "ncclCommInitRankConfig" Nccl CommInit ["ncclCommInitRankConfig", "pncclCommInitRankConfig"] { out: 0, nranks_arg: 1, rank_arg: 2, unique_id: true }
+    15 NCCL_COMM_INIT_ALL "ncclCommInitAll" Nccl CommInitAll ["ncclCommInitAll", "pncclCommInitAll"] { out: 0, nranks_arg: 1 }
+    16 NCCL_COMM_SPLIT "ncclCommSplit" Nccl CommSplit ["ncclCommSplit", "pncclCommSplit"] { comm: 0, out: 3 }
+    17 NCCL_COMM_DESTROY "ncclCommDestroy" Nccl CommEnd ["ncclCommDestroy", "pncclCommDestroy"] { comm: 0 }
+    18 NCCL_COMM_ABORT "ncclCommAbort" Nccl CommEnd ["ncclCommAbort", "pncclCommAbort"] { comm: 0 }
     // ---- CUDA runtime ----
     // cudaLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream): each dim3 takes two registers.
-    19 "cudaLaunchKernel" CudaRuntime Launch ["cudaLaunchKernel", "cudaLaunchKernel_ptsz"] { stream: 7 }
+    19 CUDA_LAUNCH_KERNEL "cudaLaunchKernel" CudaRuntime Launch ["cudaLaunchKernel", "cudaLaunchKernel_ptsz"] { stream: 7 }
     // cudaLaunchKernelExC(const cudaLaunchConfig_t*, func, args): stream at byte 32 of the config.
-    20 "cudaLaunchKernelExC" CudaRuntime Launch ["cudaLaunchKernelExC", "cudaLaunchKernelExC_ptsz"] { deref: 0, deref_word: 4 }
-    21 "cudaGraphLaunch" CudaRuntime GraphLaunch ["cudaGraphLaunch", "cudaGraphLaunch_ptsz"] { stream: 1 }
-    22 "cudaMemcpyAsync" CudaRuntime Memcpy ["cudaMemcpyAsync", "cudaMemcpyAsync_ptsz"] { count: 2, count_is_bytes: true, stream: 4 }
-    23 "cudaMemcpy" CudaRuntime Memcpy ["cudaMemcpy", "cudaMemcpy_ptds"] { count: 2, count_is_bytes: true }
-    24 "cudaStreamSynchronize" CudaRuntime Sync ["cudaStreamSynchronize", "cudaStreamSynchronize_ptsz"] { stream: 0 }
-    25 "cudaDeviceSynchronize" CudaRuntime Sync ["cudaDeviceSynchronize"] {}
-    26 "cudaEventSynchronize" CudaRuntime Sync ["cudaEventSynchronize"] { event: 0 }
-    27 "cudaEventRecord" CudaRuntime EventRecord ["cudaEventRecord", "cudaEventRecord_ptsz"] { event: 0, stream: 1 }
-    28 "cudaEventQuery" CudaRuntime EventQuery ["cudaEventQuery"] { event: 0 }
-    29 "cudaStreamWaitEvent" CudaRuntime StreamWait ["cudaStreamWaitEvent", "cudaStreamWaitEvent_ptsz"] { stream: 0, event: 1 }
-    30 "cudaMalloc" CudaRuntime Alloc ["cudaMalloc"] { out: 0, count: 1, count_is_bytes: true }
-    31 "cudaFree" CudaRuntime Free ["cudaFree"] {}
-    32 "cudaMallocAsync" CudaRuntime Alloc ["cudaMallocAsync", "cudaMallocAsync_ptsz"] { out: 0, count: 1, count_is_bytes: true, stream: 2 }
-    33 "cudaFreeAsync" CudaRuntime Free ["cudaFreeAsync", "cudaFreeAsync_ptsz"] { stream: 1 }
-    34 "cudaMallocHost" CudaRuntime Alloc ["cudaMallocHost"] { out: 0, count: 1, count_is_bytes: true }
+    20 CUDA_LAUNCH_KERNEL_EXC "cudaLaunchKernelExC" CudaRuntime Launch ["cudaLaunchKernelExC", "cudaLaunchKernelExC_ptsz"] { deref: 0, deref_word: 4 }
+    21 CUDA_GRAPH_LAUNCH "cudaGraphLaunch" CudaRuntime GraphLaunch ["cudaGraphLaunch", "cudaGraphLaunch_ptsz"] { stream: 1 }
+    22 CUDA_MEMCPY_ASYNC "cudaMemcpyAsync" CudaRuntime Memcpy ["cudaMemcpyAsync", "cudaMemcpyAsync_ptsz"] { count: 2, count_is_bytes: true, stream: 4 }
+    23 CUDA_MEMCPY "cudaMemcpy" CudaRuntime Memcpy ["cudaMemcpy", "cudaMemcpy_ptds"] { count: 2, count_is_bytes: true }
+    24 CUDA_STREAM_SYNCHRONIZE "cudaStreamSynchronize" CudaRuntime Sync ["cudaStreamSynchronize", "cudaStreamSynchronize_ptsz"] { stream: 0 }
+    25 CUDA_DEVICE_SYNCHRONIZE "cudaDeviceSynchronize" CudaRuntime Sync ["cudaDeviceSynchronize"] {}
+    26 CUDA_EVENT_SYNCHRONIZE "cudaEventSynchronize" CudaRuntime Sync ["cudaEventSynchronize"] { event: 0 }
+    27 CUDA_EVENT_RECORD "cudaEventRecord" CudaRuntime EventRecord ["cudaEventRecord", "cudaEventRecord_ptsz"] { event: 0, stream: 1 }
+    28 CUDA_EVENT_QUERY "cudaEventQuery" CudaRuntime EventQuery ["cudaEventQuery"] { event: 0 }
+    29 CUDA_STREAM_WAIT_EVENT "cudaStreamWaitEvent" CudaRuntime StreamWait ["cudaStreamWaitEvent", "cudaStreamWaitEvent_ptsz"] { stream: 0, event: 1 }
+    30 CUDA_MALLOC "cudaMalloc" CudaRuntime Alloc ["cudaMalloc"] { out: 0, count: 1, count_is_bytes: true }
+    31 CUDA_FREE "cudaFree" CudaRuntime Free ["cudaFree"] {}
+    32 CUDA_MALLOC_ASYNC "cudaMallocAsync" CudaRuntime Alloc ["cudaMallocAsync", "cudaMallocAsync_ptsz"] { out: 0, count: 1, count_is_bytes: true, stream: 2 }
+    33 CUDA_FREE_ASYNC "cudaFreeAsync" CudaRuntime Free ["cudaFreeAsync", "cudaFreeAsync_ptsz"] { stream: 1 }
+    34 CUDA_MALLOC_HOST "cudaMallocHost" CudaRuntime Alloc ["cudaMallocHost"] { out: 0, count: 1, count_is_bytes: true }
     // ---- CUDA driver ----
     // cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
-    35 "cuLaunchKernel" CudaDriver Launch ["cuLaunchKernel", "cuLaunchKernel_ptsz"] { stream: 8 }
+    35 CU_LAUNCH_KERNEL "cuLaunchKernel" CudaDriver Launch ["cuLaunchKernel", "cuLaunchKernel_ptsz"] { stream: 8 }
     // cuLaunchKernelEx(const CUlaunchConfig*, f, params, extra): stream at byte 32 of the config.
-    36 "cuLaunchKernelEx" CudaDriver Launch ["cuLaunchKernelEx", "cuLaunchKernelEx_ptsz"] { deref: 0, deref_word: 4 }
-    37 "cuGraphLaunch" CudaDriver GraphLaunch ["cuGraphLaunch", "cuGraphLaunch_ptsz"] { stream: 1 }
-    38 "cuStreamSynchronize" CudaDriver Sync ["cuStreamSynchronize", "cuStreamSynchronize_ptsz"] { stream: 0 }
-    39 "cuEventSynchronize" CudaDriver Sync ["cuEventSynchronize"] { event: 0 }
-    40 "cuEventQuery" CudaDriver EventQuery ["cuEventQuery"] { event: 0 }
-    41 "cuCtxSynchronize" CudaDriver Sync ["cuCtxSynchronize"] {}
-    42 "cuMemAlloc" CudaDriver Alloc ["cuMemAlloc_v2"] { out: 0, count: 1, count_is_bytes: true }
-    43 "cuMemFree" CudaDriver Free ["cuMemFree_v2"] {}
+    36 CU_LAUNCH_KERNEL_EX "cuLaunchKernelEx" CudaDriver Launch ["cuLaunchKernelEx", "cuLaunchKernelEx_ptsz"] { deref: 0, deref_word: 4 }
+    37 CU_GRAPH_LAUNCH "cuGraphLaunch" CudaDriver GraphLaunch ["cuGraphLaunch", "cuGraphLaunch_ptsz"] { stream: 1 }
+    38 CU_STREAM_SYNCHRONIZE "cuStreamSynchronize" CudaDriver Sync ["cuStreamSynchronize", "cuStreamSynchronize_ptsz"] { stream: 0 }
+    39 CU_EVENT_SYNCHRONIZE "cuEventSynchronize" CudaDriver Sync ["cuEventSynchronize"] { event: 0 }
+    40 CU_EVENT_QUERY "cuEventQuery" CudaDriver EventQuery ["cuEventQuery"] { event: 0 }
+    41 CU_CTX_SYNCHRONIZE "cuCtxSynchronize" CudaDriver Sync ["cuCtxSynchronize"] {}
+    42 CU_MEM_ALLOC "cuMemAlloc" CudaDriver Alloc ["cuMemAlloc_v2"] { out: 0, count: 1, count_is_bytes: true }
+    43 CU_MEM_FREE "cuMemFree" CudaDriver Free ["cuMemFree_v2"] {}
     // ---- HIP runtime (libamdhip64) ----
     // hipLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream), as CUDA's.
-    44 "hipLaunchKernel" Hip Launch ["hipLaunchKernel", "hipLaunchKernel_spt"] { stream: 7 }
+    44 HIP_LAUNCH_KERNEL "hipLaunchKernel" Hip Launch ["hipLaunchKernel", "hipLaunchKernel_spt"] { stream: 7 }
     // hipModuleLaunchKernel's stream is its 9th argument (the third stack word).
-    45 "hipModuleLaunchKernel" Hip Launch ["hipModuleLaunchKernel"] { stream: 8 }
-    46 "hipExtLaunchKernel" Hip Launch ["hipExtLaunchKernel"] { stream: 7 }
-    47 "hipGraphLaunch" Hip GraphLaunch ["hipGraphLaunch", "hipGraphLaunch_spt"] { stream: 1 }
-    48 "hipMemcpyAsync" Hip Memcpy ["hipMemcpyAsync", "hipMemcpyAsync_spt"] { count: 2, count_is_bytes: true, stream: 4 }
-    49 "hipStreamSynchronize" Hip Sync ["hipStreamSynchronize", "hipStreamSynchronize_spt"] { stream: 0 }
-    50 "hipDeviceSynchronize" Hip Sync ["hipDeviceSynchronize"] {}
-    51 "hipEventSynchronize" Hip Sync ["hipEventSynchronize"] { event: 0 }
-    52 "hipMalloc" Hip Alloc ["hipMalloc"] { out: 0, count: 1, count_is_bytes: true }
-    53 "hipFree" Hip Free ["hipFree"] {}
+    45 HIP_MODULE_LAUNCH_KERNEL "hipModuleLaunchKernel" Hip Launch ["hipModuleLaunchKernel"] { stream: 8 }
+    46 HIP_EXT_LAUNCH_KERNEL "hipExtLaunchKernel" Hip Launch ["hipExtLaunchKernel"] { stream: 7 }
+    47 HIP_GRAPH_LAUNCH "hipGraphLaunch" Hip GraphLaunch ["hipGraphLaunch", "hipGraphLaunch_spt"] { stream: 1 }
+    48 HIP_MEMCPY_ASYNC "hipMemcpyAsync" Hip Memcpy ["hipMemcpyAsync", "hipMemcpyAsync_spt"] { count: 2, count_is_bytes: true, stream: 4 }
+    49 HIP_STREAM_SYNCHRONIZE "hipStreamSynchronize" Hip Sync ["hipStreamSynchronize", "hipStreamSynchronize_spt"] { stream: 0 }
+    50 HIP_DEVICE_SYNCHRONIZE "hipDeviceSynchronize" Hip Sync ["hipDeviceSynchronize"] {}
+    51 HIP_EVENT_SYNCHRONIZE "hipEventSynchronize" Hip Sync ["hipEventSynchronize"] { event: 0 }
+    52 HIP_MALLOC "hipMalloc" Hip Alloc ["hipMalloc"] { out: 0, count: 1, count_is_bytes: true }
+    53 HIP_FREE "hipFree" Hip Free ["hipFree"] {}
     // ---- MPI (libmpi; the PMPI_ profiling names share the address and are probed once) ----
     // Datatypes and ops are handles here, not NCCL's enums: no dtype/op roles.
-    54 "MPI_Allreduce" Mpi Collective ["MPI_Allreduce", "PMPI_Allreduce"] { count: 2, comm: 5 }
-    55 "MPI_Allgather" Mpi Collective ["MPI_Allgather", "PMPI_Allgather"] { count: 1, comm: 6 }
-    56 "MPI_Reduce_scatter_block" Mpi Collective ["MPI_Reduce_scatter_block", "PMPI_Reduce_scatter_block"] { count: 2, comm: 5 }
-    57 "MPI_Reduce_scatter" Mpi Collective ["MPI_Reduce_scatter", "PMPI_Reduce_scatter"] { comm: 5 }
-    58 "MPI_Bcast" Mpi Collective ["MPI_Bcast", "PMPI_Bcast"] { count: 1, peer: 3, comm: 4 }
-    59 "MPI_Reduce" Mpi Collective ["MPI_Reduce", "PMPI_Reduce"] { count: 2, peer: 5, comm: 6 }
-    60 "MPI_Alltoall" Mpi Collective ["MPI_Alltoall", "PMPI_Alltoall"] { count: 1, comm: 6 }
-    61 "MPI_Barrier" Mpi Collective ["MPI_Barrier", "PMPI_Barrier"] { comm: 0 }
-    62 "MPI_Send" Mpi P2p ["MPI_Send", "PMPI_Send"] { count: 1, peer: 3, comm: 5 }
-    63 "MPI_Recv" Mpi P2p ["MPI_Recv", "PMPI_Recv"] { count: 1, peer: 3, comm: 5 }
+    54 MPI_ALLREDUCE "MPI_Allreduce" Mpi Collective ["MPI_Allreduce", "PMPI_Allreduce"] { count: 2, comm: 5, comm_op: Some(AllReduce) }
+    55 MPI_ALLGATHER "MPI_Allgather" Mpi Collective ["MPI_Allgather", "PMPI_Allgather"] { count: 1, comm: 6, comm_op: Some(AllGather) }
+    56 MPI_REDUCE_SCATTER_BLOCK "MPI_Reduce_scatter_block" Mpi Collective ["MPI_Reduce_scatter_block", "PMPI_Reduce_scatter_block"] { count: 2, comm: 5, comm_op: Some(ReduceScatter) }
+    57 MPI_REDUCE_SCATTER "MPI_Reduce_scatter" Mpi Collective ["MPI_Reduce_scatter", "PMPI_Reduce_scatter"] { comm: 5, comm_op: Some(ReduceScatter) }
+    58 MPI_BCAST "MPI_Bcast" Mpi Collective ["MPI_Bcast", "PMPI_Bcast"] { count: 1, peer: 3, comm: 4, comm_op: Some(Broadcast) }
+    59 MPI_REDUCE "MPI_Reduce" Mpi Collective ["MPI_Reduce", "PMPI_Reduce"] { count: 2, peer: 5, comm: 6, comm_op: Some(Reduce) }
+    60 MPI_ALLTOALL "MPI_Alltoall" Mpi Collective ["MPI_Alltoall", "PMPI_Alltoall"] { count: 1, comm: 6, comm_op: Some(AllToAll) }
+    61 MPI_BARRIER "MPI_Barrier" Mpi Collective ["MPI_Barrier", "PMPI_Barrier"] { comm: 0, comm_op: Some(Barrier) }
+    62 MPI_SEND "MPI_Send" Mpi P2p ["MPI_Send", "PMPI_Send"] { count: 1, peer: 3, comm: 5, comm_op: Some(Send) }
+    63 MPI_RECV "MPI_Recv" Mpi P2p ["MPI_Recv", "PMPI_Recv"] { count: 1, peer: 3, comm: 5, comm_op: Some(Recv) }
     // ---- Gloo (libtorch_cpu): C++ functions, matched by demangled name without parameters
     // (`gloo::allreduce(gloo::AllreduceOptions const&)` is `gloo::allreduce`). Each takes an
     // options object that holds its process group's `gloo::Context` first: that context is
     // the communicator, and its `rank` and `size` are read through it. ----
-    64 "gloo::allreduce" Gloo Collective ["gloo::allreduce"] { deref: 0, comm_is_deref: true }
-    65 "gloo::allgather" Gloo Collective ["gloo::allgather"] { deref: 0, comm_is_deref: true }
-    66 "gloo::allgatherv" Gloo Collective ["gloo::allgatherv"] { deref: 0, comm_is_deref: true }
-    67 "gloo::broadcast" Gloo Collective ["gloo::broadcast"] { deref: 0, comm_is_deref: true }
-    68 "gloo::reduce" Gloo Collective ["gloo::reduce"] { deref: 0, comm_is_deref: true }
-    69 "gloo::barrier" Gloo Collective ["gloo::barrier"] { deref: 0, comm_is_deref: true }
-    70 "gloo::alltoall" Gloo Collective ["gloo::alltoall"] { deref: 0, comm_is_deref: true }
-    71 "gloo::alltoallv" Gloo Collective ["gloo::alltoallv"] { deref: 0, comm_is_deref: true }
-    72 "gloo::gather" Gloo Collective ["gloo::gather"] { deref: 0, comm_is_deref: true }
-    73 "gloo::scatter" Gloo Collective ["gloo::scatter"] { deref: 0, comm_is_deref: true }
+    64 GLOO_ALLREDUCE "gloo::allreduce" Gloo Collective ["gloo::allreduce"] { deref: 0, comm_is_deref: true, comm_op: Some(AllReduce) }
+    65 GLOO_ALLGATHER "gloo::allgather" Gloo Collective ["gloo::allgather"] { deref: 0, comm_is_deref: true, comm_op: Some(AllGather) }
+    66 GLOO_ALLGATHERV "gloo::allgatherv" Gloo Collective ["gloo::allgatherv"] { deref: 0, comm_is_deref: true, comm_op: Some(AllGather) }
+    67 GLOO_BROADCAST "gloo::broadcast" Gloo Collective ["gloo::broadcast"] { deref: 0, comm_is_deref: true, comm_op: Some(Broadcast) }
+    68 GLOO_REDUCE "gloo::reduce" Gloo Collective ["gloo::reduce"] { deref: 0, comm_is_deref: true, comm_op: Some(Reduce) }
+    69 GLOO_BARRIER "gloo::barrier" Gloo Collective ["gloo::barrier"] { deref: 0, comm_is_deref: true, comm_op: Some(Barrier) }
+    70 GLOO_ALLTOALL "gloo::alltoall" Gloo Collective ["gloo::alltoall"] { deref: 0, comm_is_deref: true, comm_op: Some(AllToAll) }
+    71 GLOO_ALLTOALLV "gloo::alltoallv" Gloo Collective ["gloo::alltoallv"] { deref: 0, comm_is_deref: true, comm_op: Some(AllToAll) }
+    72 GLOO_GATHER "gloo::gather" Gloo Collective ["gloo::gather"] { deref: 0, comm_is_deref: true, comm_op: Some(Gather) }
+    73 GLOO_SCATTER "gloo::scatter" Gloo Collective ["gloo::scatter"] { deref: 0, comm_is_deref: true, comm_op: Some(Scatter) }
     // ---- MPI set-up, derived communicators and non-blocking point-to-point ----
-    74 "MPI_Init" Mpi Other ["MPI_Init", "PMPI_Init"] {}
-    75 "MPI_Init_thread" Mpi Other ["MPI_Init_thread", "PMPI_Init_thread"] {}
+    74 MPI_INIT "MPI_Init" Mpi Other ["MPI_Init", "PMPI_Init"] {}
+    75 MPI_INIT_THREAD "MPI_Init_thread" Mpi Other ["MPI_Init_thread", "PMPI_Init_thread"] {}
     // MPI_Comm_rank(comm, int *rank): the rank is read back through the out-pointer.
-    76 "MPI_Comm_rank" Mpi Other ["MPI_Comm_rank", "PMPI_Comm_rank"] { out: 1 }
-    77 "MPI_Comm_size" Mpi Other ["MPI_Comm_size", "PMPI_Comm_size"] { out: 1 }
+    76 MPI_COMM_RANK "MPI_Comm_rank" Mpi Other ["MPI_Comm_rank", "PMPI_Comm_rank"] { out: 1 }
+    77 MPI_COMM_SIZE "MPI_Comm_size" Mpi Other ["MPI_Comm_size", "PMPI_Comm_size"] { out: 1 }
     // MPI_Comm_split(comm, color, key, MPI_Comm *newcomm): as ncclCommSplit's arguments.
-    78 "MPI_Comm_split" Mpi CommSplit ["MPI_Comm_split", "PMPI_Comm_split"] { comm: 0, out: 3 }
+    78 MPI_COMM_SPLIT "MPI_Comm_split" Mpi CommSplit ["MPI_Comm_split", "PMPI_Comm_split"] { comm: 0, out: 3 }
     // MPI_Comm_dup(comm, MPI_Comm *newcomm): a split with one color for every rank.
-    79 "MPI_Comm_dup" Mpi CommSplit ["MPI_Comm_dup", "PMPI_Comm_dup"] { comm: 0, out: 1 }
-    80 "MPI_Isend" Mpi P2p ["MPI_Isend", "PMPI_Isend"] { count: 1, peer: 3, comm: 5 }
-    81 "MPI_Irecv" Mpi P2p ["MPI_Irecv", "PMPI_Irecv"] { count: 1, peer: 3, comm: 5 }
-    82 "MPI_Wait" Mpi Other ["MPI_Wait", "PMPI_Wait"] {}
-    83 "MPI_Waitall" Mpi Other ["MPI_Waitall", "PMPI_Waitall"] {}
+    79 MPI_COMM_DUP "MPI_Comm_dup" Mpi CommSplit ["MPI_Comm_dup", "PMPI_Comm_dup"] { comm: 0, out: 1 }
+    80 MPI_ISEND "MPI_Isend" Mpi P2p ["MPI_Isend", "PMPI_Isend"] { count: 1, peer: 3, comm: 5, comm_op: Some(Send) }
+    81 MPI_IRECV "MPI_Irecv" Mpi P2p ["MPI_Irecv", "PMPI_Irecv"] { count: 1, peer: 3, comm: 5, comm_op: Some(Recv) }
+    82 MPI_WAIT "MPI_Wait" Mpi Other ["MPI_Wait", "PMPI_Wait"] {}
+    83 MPI_WAITALL "MPI_Waitall" Mpi Other ["MPI_Waitall", "PMPI_Waitall"] {}
+}
+
+impl FuncSpec {
+    /// What a synchronising call waits for: its stream, its event, or the whole device.
+    pub fn sync_scope(&self) -> SyncScope {
+        if self.roles.stream != N {
+            SyncScope::Stream
+        } else if self.roles.event != N {
+            SyncScope::Event
+        } else {
+            SyncScope::Device
+        }
+    }
+
+    /// Whether the calling thread waits in this call for work on the device: syncs, event
+    /// queries, and copies that take no stream (synchronous copies).
+    pub fn waits_for_device(&self) -> bool {
+        match self.kind {
+            CallKind::Sync | CallKind::EventQuery => true,
+            CallKind::Memcpy => self.roles.stream == N,
+            _ => false,
+        }
+    }
+
+    /// The name ops of this call are shown under: NCCL's collectives by what they do
+    /// ("all-reduce"), every other library's by the function's own name ("MPI_Allreduce").
+    pub fn op_label(&self) -> &'static str {
+        match (self.family, self.roles.comm_op) {
+            (Family::Nccl, Some(op)) => op.label(),
+            _ => self.name,
+        }
+    }
 }
 
 /// A function id (index into [`FUNCS`]).

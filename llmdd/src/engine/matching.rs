@@ -1270,19 +1270,23 @@ pub fn busbw_mbps(op: u16, bytes: u64, n: u32, dur_ns: u64) -> Option<u64> {
     Some((algbw * factor).round().max(1.0) as u64)
 }
 
-/// nccl-tests' (message size, bus-bandwidth factor) for a collective: all-reduce 2(n-1)/n on
-/// the buffer size; all-gather, reduce-scatter, all-to-all, gather and scatter (n-1)/n on the
-/// total (per-rank count × n); broadcast and reduce 1.
+/// nccl-tests' (message size, bus-bandwidth factor) for a collective of any library: all-
+/// reduce 2(n-1)/n on the buffer size; all-gather, reduce-scatter, all-to-all, gather and
+/// scatter (n-1)/n on the total (per-rank count × n); broadcast and reduce 1. None for
+/// groups, graph steps, barriers and unknown sizes.
 pub fn bus_factor(op: u16, bytes: u64, n: u32) -> Option<(u64, f64)> {
+    use llmdd_common::funcs::CommOp::*;
     if bytes == 0 || n == 0 {
         return None;
     }
     let nf = n as f64;
-    match op {
-        0 => Some((bytes, 2.0 * (nf - 1.0) / nf)),
-        1 | 2 | 6 | 7 | 8 => Some((bytes * n as u64, (nf - 1.0) / nf)),
-        3..=5 => Some((bytes, 1.0)),
-        _ => None,
+    match llmdd_common::funcs::spec(op)?.roles.comm_op? {
+        AllReduce => Some((bytes, 2.0 * (nf - 1.0) / nf)),
+        AllGather | ReduceScatter | AllToAll | Gather | Scatter => {
+            Some((bytes.saturating_mul(n as u64), (nf - 1.0) / nf))
+        }
+        Broadcast | Reduce => Some((bytes, 1.0)),
+        Barrier | Send | Recv => None,
     }
 }
 

@@ -59,7 +59,7 @@ impl Memory {
         max_allocs: usize,
     ) -> Option<AllocFailure> {
         let m = self.procs.entry(proc).or_default();
-        let host = c.func == 34; // cudaMallocHost
+        let host = c.func == llmdd_common::funcs::id::CUDA_MALLOC_HOST;
         if is_alloc {
             let bytes = c.bytes.unwrap_or(0);
             match c.ret {

@@ -57,21 +57,9 @@ pub struct Matched {
 
 /// Short op name of a call, as the engine names ops (`all-reduce`, ...; else the function).
 pub fn op_name(func: u16) -> &'static str {
-    match llmdd_common::funcs::spec(func).map(|s| s.name) {
-        Some("ncclAllReduce") => "all-reduce",
-        Some("ncclAllGather") => "all-gather",
-        Some("ncclReduceScatter") => "reduce-scatter",
-        Some("ncclBroadcast") | Some("ncclBcast") => "broadcast",
-        Some("ncclReduce") => "reduce",
-        Some("ncclAlltoAll") => "all-to-all",
-        Some("ncclGather") => "gather",
-        Some("ncclScatter") => "scatter",
-        Some("ncclSend") => "send",
-        Some("ncclRecv") => "recv",
-        Some(n) if n.starts_with("cudaGraphLaunch") || n.starts_with("cuGraphLaunch") => {
-            "graph-launch"
-        }
-        Some(n) => n,
+    match llmdd_common::funcs::spec(func) {
+        Some(s) if s.kind == llmdd_common::funcs::CallKind::GraphLaunch => "graph-launch",
+        Some(s) => s.op_label(),
         None => "unknown",
     }
 }

@@ -2,6 +2,8 @@
 //! evidence changes (never duplicated). Each carries human evidence with numbers, a one-line
 //! suggestion, the time window it covers and a machine-readable magnitude.
 
+pub mod wording;
+
 use serde::Serialize;
 
 use super::util::FastMap;

@@ -1,0 +1,491 @@
+//! Every finding's words: evidence, suggestion, severity and magnitude, built from the plain
+//! facts a detector gathered (see `verdicts` and the other engine steps). Detectors decide;
+//! this file only says. Each figure says what it measures.
+
+use super::{Culprit, Draft, Magnitude, Severity};
+use crate::engine::{
+    matching::{Evidence, GRAPH_OP, GROUP_OP},
+    util::{fmt_bytes, fmt_id, fmt_ns},
+};
+
+/// "rank 2", or "member 3" while the rank is not known.
+pub fn rank_name(rank: u32, member: u32) -> String {
+    if rank == u32::MAX {
+        format!("member {member}")
+    } else {
+        format!("rank {rank}")
+    }
+}
+
+/// "rank 2 (pid 4242 on node1)".
+pub fn describe_member(rank: u32, pid: u32, host: Option<&str>) -> String {
+    let r = if rank == u32::MAX {
+        "a rank".to_string()
+    } else {
+        format!("rank {rank}")
+    };
+    match host {
+        Some(h) => format!("{r} (pid {pid} on {h})"),
+        None => format!("{r} (pid {pid})"),
+    }
+}
+
+/// "ranks 0, 1, 3" for rank names, else the names as they are.
+pub fn join_ranks(names: &[String]) -> String {
+    match names.len() {
+        0 => "no rank".into(),
+        1 => names[0].clone(),
+        _ => {
+            let nums: Vec<&str> = names
+                .iter()
+                .map(|n| n.trim_start_matches("rank "))
+                .collect();
+            if names.iter().all(|n| n.starts_with("rank ")) {
+                format!("ranks {}", nums.join(", "))
+            } else {
+                names.join(", ")
+            }
+        }
+    }
+}
+
+pub fn lane_label(e: Evidence) -> &'static str {
+    match e {
+        Evidence::Collectives => "communicator",
+        Evidence::GraphSteps => "graph group",
+    }
+}
+
+/// Human name of an instance's op (a function id, `GROUP_OP` or `GRAPH_OP`).
+pub fn op_label(op: u16) -> &'static str {
+    match op {
+        GROUP_OP => "grouped",
+        GRAPH_OP => "graph-launch",
+        x => llmdd_common::funcs::spec(x)
+            .map(|s| s.op_label())
+            .unwrap_or("unknown"),
+    }
+}
+
+pub fn fmt_time(ns: u64) -> String {
+    format!("t={:.3}s", ns as f64 / 1e9)
+}
+
+pub fn fmt_secs(ns: u64) -> String {
+    format!("{:.2} s", ns as f64 / 1e9)
+}
+
+pub fn lost_events(total: u64, latest: u64, window: (u64, u64), windows: usize) -> Draft {
+    Draft {
+        severity: Severity::Warning,
+        culprit: Culprit::default(),
+        evidence: format!(
+            "{total} events lost in total ({latest} in the latest report, between {} and {}; \
+             {windows} windows); stalls are not raised from arrivals that may be missing and \
+             straggler evidence pauses until each communicator's numbering is re-checked",
+            fmt_time(window.0),
+            fmt_time(window.1),
+        ),
+        source: "drop counters",
+        suggestion: "Enlarge the ring buffer or drain it more often; trace fewer functions if drops persist.".into(),
+        window,
+        magnitude: Magnitude {
+            name: "lost_events",
+            value: total as f64,
+        },
+    }
+}
+
+/// A member left its lane (`how`: "exited", "aborted the communicator") at `t`, leaving
+/// `left_open` instances the others had entered.
+#[allow(clippy::too_many_arguments)]
+pub fn member_left(
+    who: &str,
+    scope: &str,
+    id: u64,
+    how: &str,
+    t: u64,
+    left_open: usize,
+    culprit: Culprit,
+    source: &'static str,
+) -> Draft {
+    let waiting = if left_open > 0 {
+        format!("; the other ranks had entered {left_open} instance(s) it never reached, which cannot complete")
+    } else {
+        String::new()
+    };
+    Draft {
+        severity: if left_open > 0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        culprit,
+        evidence: format!("{who} of {scope} {} {how} at {}{waiting}", fmt_id(id), fmt_time(t)),
+        source,
+        suggestion: "A member left: look at why the process ended (exit code, OOM killer, crash log); the survivors will hang or abort in their next collective on this communicator.".into(),
+        window: (t, t),
+        magnitude: Magnitude {
+            name: "open_instances_left",
+            value: left_open as f64,
+        },
+    }
+}
+
+/// What a stall detector saw: who entered an instance and who has not.
+pub struct StallFacts<'a> {
+    /// "all-reduce #12 on communicator 1f…" or "graph-launch step #3 of group …".
+    pub what: String,
+    pub arrived: &'a [String],
+    pub missing: &'a [String],
+    /// The missing members described with pid and host.
+    pub missing_desc: &'a [String],
+    pub first_ns: u64,
+    pub now: u64,
+    /// Set for a stall seen only once it was over.
+    pub ended_ns: Option<u64>,
+    pub threshold_ns: u64,
+    pub first_missing_pid: u32,
+    pub culprit: Culprit,
+    pub source: &'static str,
+}
+
+pub fn stall(f: StallFacts<'_>) -> Draft {
+    let verb = if f.missing.len() == 1 { "has" } else { "have" };
+    let (arrived, missing) = (join_ranks(f.arrived), join_ranks(f.missing));
+    let desc = f.missing_desc.join(", ");
+    let what = &f.what;
+    let (evidence, window, age) = match f.ended_ns {
+        None => {
+            let age = f.now.saturating_sub(f.first_ns);
+            (
+                format!(
+                    "{arrived} entered {what} {} ago; {missing} {verb} not arrived ({desc}; stall threshold {})",
+                    fmt_ns(age),
+                    fmt_ns(f.threshold_ns)
+                ),
+                (f.first_ns, f.now),
+                age,
+            )
+        }
+        Some(end) => {
+            let lasted = end.saturating_sub(f.first_ns);
+            (
+                format!(
+                    "{arrived} entered {what} at {} and waited {} for {missing} ({desc}; stall threshold {}); \
+                     resolved after {} (seen once over: the waiting ranks' calls were \
+                     reported when they returned)",
+                    fmt_time(f.first_ns),
+                    fmt_ns(lasted),
+                    fmt_ns(f.threshold_ns),
+                    fmt_ns(lasted)
+                ),
+                (f.first_ns, end),
+                lasted,
+            )
+        }
+    };
+    Draft {
+        severity: Severity::Critical,
+        culprit: f.culprit,
+        evidence,
+        source: f.source,
+        suggestion: format!(
+            "Find what {} is doing instead of calling in (e.g. `py-spy dump --pid {}`): a hang, a crash in progress, or a diverged code path that skips this call.",
+            f.missing.first().map(String::as_str).unwrap_or("the missing rank"),
+            f.first_missing_pid
+        ),
+        window,
+        magnitude: Magnitude {
+            name: "stalled_ns",
+            value: age as f64,
+        },
+    }
+}
+
+/// What the straggler detector concluded about one rank.
+pub struct StragglerFacts {
+    pub who: String,
+    pub rank_name: String,
+    pub evidence: Evidence,
+    pub lane_id: u64,
+    pub op: u16,
+    pub late_count: u32,
+    pub total: u32,
+    pub threshold_ns: u64,
+    pub median_lag_ns: u64,
+    pub waited_ns: u64,
+    pub blame: f64,
+    /// The others' idle share blamed on it, when it is also the rank they idled for.
+    pub idle: Option<(f64, u64)>,
+    pub critical_lag_ns: u64,
+    pub window: (u64, u64),
+    pub culprit: Culprit,
+}
+
+pub fn straggler(f: StragglerFacts) -> Draft {
+    let what = match f.evidence {
+        Evidence::Collectives => format!(
+            "arrived last in {} of {} {} instances on communicator {}",
+            f.late_count,
+            f.total,
+            op_label(f.op),
+            fmt_id(f.lane_id)
+        ),
+        Evidence::GraphSteps => format!(
+            "launched its graph last in {} of {} graph-launch steps of group {}",
+            f.late_count,
+            f.total,
+            fmt_id(f.lane_id)
+        ),
+    };
+    let idle = f
+        .idle
+        .map(|(ratio, span)| {
+            format!(
+                "; waiting for it, the other ranks idled {:.0}% of the last {}",
+                ratio * 100.0,
+                fmt_ns(span)
+            )
+        })
+        .unwrap_or_default();
+    Draft {
+        severity: if f.median_lag_ns >= f.critical_lag_ns {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        culprit: f.culprit,
+        evidence: format!(
+            "{} {what} by {} or more (median lag then {}); the other ranks waited {} for it in those instances, {:.0}% of the waiting on late ranks{idle}",
+            f.who,
+            fmt_ns(f.threshold_ns),
+            fmt_ns(f.median_lag_ns),
+            fmt_secs(f.waited_ns),
+            f.blame * 100.0
+        ),
+        source: f.evidence.label(),
+        suggestion: format!(
+            "Look at what {} does before it calls in: host-side work (CPU contention, data loading, Python GC), a slower or throttled GPU, or more work than the other ranks.",
+            f.rank_name
+        ),
+        window: f.window,
+        magnitude: Magnitude {
+            name: "median_lag_ns",
+            value: f.median_lag_ns as f64,
+        },
+    }
+}
+
+/// Data-parallel idle blamed on one rank.
+pub struct IdleFacts {
+    pub who: String,
+    pub evidence: Evidence,
+    pub lane_id: u64,
+    pub ratio: f64,
+    pub span_ns: u64,
+    pub waited_ns: u64,
+    pub instances: u32,
+    pub now: u64,
+    pub culprit: Culprit,
+}
+
+pub fn data_parallel_idle(f: IdleFacts) -> Draft {
+    Draft {
+        severity: Severity::Warning,
+        culprit: f.culprit,
+        evidence: format!(
+            "the other ranks of {} {} idled {:.0}% of the last {} ({} in total over {} instances) waiting for {}",
+            lane_label(f.evidence),
+            fmt_id(f.lane_id),
+            f.ratio * 100.0,
+            fmt_ns(f.span_ns),
+            fmt_secs(f.waited_ns),
+            f.instances,
+            f.who
+        ),
+        source: f.evidence.label(),
+        suggestion: "Balance the work across ranks (batch composition, sequence lengths) or remove what slows the busy rank.".into(),
+        window: (f.now.saturating_sub(f.span_ns), f.now),
+        magnitude: Magnitude {
+            name: "bubble_ratio",
+            value: f.ratio,
+        },
+    }
+}
+
+/// A pipeline stage waiting for its upstream.
+pub struct PipelineFacts {
+    pub rank: u32,
+    pub pid: Option<u32>,
+    pub upstream: u32,
+    pub upstream_pid: Option<u32>,
+    pub ratio: f64,
+    pub transfers: u64,
+    pub comm_id: u64,
+    pub median_wait_ns: u64,
+    pub window: (u64, u64),
+    pub culprit: Culprit,
+}
+
+pub fn pipeline(f: PipelineFacts) -> Draft {
+    let pid = |p: Option<u32>| p.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    Draft {
+        severity: Severity::Warning,
+        culprit: f.culprit,
+        evidence: format!(
+            "pipeline stage rank {}{} waited for upstream rank {}{} {:.0}% of the window over {} transfers on communicator {} (median wait {})",
+            f.rank,
+            pid(f.pid),
+            f.upstream,
+            pid(f.upstream_pid),
+            f.ratio * 100.0,
+            f.transfers,
+            fmt_id(f.comm_id),
+            fmt_ns(f.median_wait_ns)
+        ),
+        source: "send/recv transfers",
+        suggestion: "Rebalance the layers between pipeline stages or use more micro-batches to fill the pipeline.".into(),
+        window: f.window,
+        // The wait per transfer: how much longer the upstream stage takes per micro-batch
+        // than this one.
+        magnitude: Magnitude {
+            name: "median_wait_ns",
+            value: f.median_wait_ns as f64,
+        },
+    }
+}
+
+/// A stream that went without submissions while its process was busy.
+pub struct SubmissionGapFacts {
+    pub stream: u64,
+    pub pid: u32,
+    pub threshold_ns: u64,
+    pub gaps: u64,
+    pub latest_ns: u64,
+    pub longest_ns: u64,
+    pub now: u64,
+    pub culprit: Culprit,
+}
+
+pub fn submission_gap(f: SubmissionGapFacts) -> Draft {
+    Draft {
+        severity: Severity::Info,
+        culprit: f.culprit,
+        evidence: format!(
+            "stream {:#x} of pid {} went without GPU submissions for more than {} {} times in the window while the process kept making other calls (latest {}, longest {})",
+            f.stream,
+            f.pid,
+            fmt_ns(f.threshold_ns),
+            f.gaps,
+            fmt_ns(f.latest_ns),
+            fmt_ns(f.longest_ns)
+        ),
+        source: "GPU submissions",
+        suggestion: "The host is busy with something else between launches (scheduling, sampling, tokenisation, Python overhead): profile the host side of this process.".into(),
+        window: (f.now.saturating_sub(f.latest_ns), f.now),
+        magnitude: Magnitude {
+            name: "longest_gap_ns",
+            value: f.longest_ns as f64,
+        },
+    }
+}
+
+/// Out-of-memory allocation failures of a process.
+pub struct AllocFacts<'a> {
+    pub func: &'a str,
+    pub bytes: u64,
+    pub pid: u32,
+    pub failures: u64,
+    pub first_failure_ns: u64,
+    pub outstanding: u64,
+    pub peak: u64,
+    pub at_ns: u64,
+    pub culprit: Culprit,
+}
+
+pub fn alloc_failure(f: AllocFacts<'_>) -> Draft {
+    Draft {
+        severity: if f.failures > 1 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        culprit: f.culprit,
+        evidence: format!(
+            "{} of {} failed with out-of-memory in pid {} ({} failure(s) since {}); {} of device memory outstanding from allocations traced since attach (peak {})",
+            f.func,
+            fmt_bytes(f.bytes),
+            f.pid,
+            f.failures,
+            fmt_time(f.first_failure_ns),
+            fmt_bytes(f.outstanding),
+            fmt_bytes(f.peak)
+        ),
+        source: "allocation calls",
+        suggestion: "Lower the memory footprint (gpu-memory-utilization, max batch/sequence length, KV-cache size) or look for a leak in outstanding allocations.".into(),
+        window: (f.first_failure_ns, f.at_ns),
+        magnitude: Magnitude {
+            name: "failed_bytes",
+            value: f.bytes as f64,
+        },
+    }
+}
+
+/// What a connection showed.
+pub enum LinkFacts {
+    Retransmits {
+        in_window: u64,
+        rate: f64,
+        assumed_mss: u64,
+        sent: u64,
+        recvd: u64,
+    },
+    Reset {
+        resets: u64,
+    },
+}
+
+pub fn link(
+    f: LinkFacts,
+    label: String,
+    pid: u32,
+    window: (u64, u64),
+    mut culprit: Culprit,
+) -> Draft {
+    let (evidence, severity, name, value) = match f {
+        LinkFacts::Retransmits {
+            in_window,
+            rate,
+            assumed_mss,
+            sent,
+            recvd,
+        } => (
+            format!(
+                "{in_window} retransmits in the window on {label} (pid {pid}), {:.2}% of the segments it sent (estimated at {assumed_mss} B each; {} sent, {} received)",
+                rate * 100.0,
+                fmt_bytes(sent),
+                fmt_bytes(recvd)
+            ),
+            Severity::Warning,
+            "retransmit_rate",
+            rate,
+        ),
+        LinkFacts::Reset { resets } => (
+            format!("connection {label} of pid {pid} was reset ({resets} resets)"),
+            Severity::Info,
+            "resets",
+            resets as f64,
+        ),
+    };
+    culprit.connection = Some(label);
+    Draft {
+        severity,
+        culprit,
+        evidence,
+        source: "socket events",
+        suggestion: "Check the network path between these endpoints (NIC errors, congestion, MTU) and the peer's health.".into(),
+        window,
+        magnitude: Magnitude { name, value },
+    }
+}

@@ -1,0 +1,399 @@
+//! From evidence to findings: each detector's verdict (a stalled instance, a lane's
+//! straggler evaluation, a bubble, an allocation failure, a link alert) is given its culprit
+//! and scope here and worded by `findings::wording`.
+
+use super::{
+    bubbles::{self, BubbleAlert},
+    findings::{wording, Culprit, FindingBook, FindingKey, FindingKind},
+    links::LinkAlert,
+    matching::{Evidence, StallInfo},
+    memory,
+    procs::ProcId,
+    stragglers,
+    util::{self, fmt_id, mix, FastMap},
+    Engine,
+};
+use crate::events::CallEvent;
+
+impl Engine {
+    /// Raises (or updates) the stall finding of an open instance, or records a stall that is
+    /// already over (`s.ended_ns`).
+    pub(super) fn stall(&mut self, lane: u32, s: StallInfo, now: u64) {
+        let mut s = s;
+        let l = &self.lanes[lane as usize];
+        // Said in rank order.
+        for v in [&mut s.arrived, &mut s.missing] {
+            v.sort_by_key(|&m| (l.members[m as usize].rank, m));
+        }
+        let Some(&m0) = s.missing.first() else {
+            return;
+        };
+        let names = |ms: &[u32]| -> Vec<String> {
+            ms.iter()
+                .map(|&m| wording::rank_name(l.members[m as usize].rank, m))
+                .collect()
+        };
+        let missing = names(&s.missing);
+        let arrived = names(&s.arrived);
+        let missing_desc: Vec<String> = s
+            .missing
+            .iter()
+            .map(|&m| {
+                let x = &l.members[m as usize];
+                wording::describe_member(x.rank, x.pid, self.procs.host(x.proc))
+            })
+            .collect();
+        let what = match l.evidence {
+            Evidence::Collectives => format!(
+                "{} #{} on communicator {}",
+                wording::op_label(s.op),
+                s.seq,
+                fmt_id(l.id)
+            ),
+            Evidence::GraphSteps => {
+                format!("graph-launch step #{} of group {}", s.seq, fmt_id(l.id))
+            }
+        };
+        let mm = &l.members[m0 as usize];
+        let d = wording::stall(wording::StallFacts {
+            what,
+            arrived: &arrived,
+            missing: &missing,
+            missing_desc: &missing_desc,
+            first_ns: s.first_ns,
+            now,
+            ended_ns: s.ended_ns,
+            threshold_ns: s.threshold_ns,
+            first_missing_pid: mm.pid,
+            culprit: self.member_culprit(mm.rank, mm.pid, mm.proc, l.id),
+            source: l.evidence.label(),
+        });
+        // One finding per stalled instance, updated in place while it lasts.
+        let key = FindingKey {
+            kind: FindingKind::Stall,
+            scope: l.id,
+            culprit: mix(&[m0 as u64, s.seq]),
+        };
+        match s.ended_ns {
+            None => {
+                self.open_stalls.insert((l.id, s.seq), key);
+                self.raise(key, d);
+            }
+            Some(end) => {
+                self.raise(key, d);
+                self.findings.deactivate(&key, now.max(end));
+            }
+        }
+    }
+
+    /// The culprit fields of a lane member.
+    fn member_culprit(&self, rank: u32, pid: u32, proc: ProcId, comm: u64) -> Culprit {
+        Culprit {
+            pid: Some(pid),
+            rank: (rank != u32::MAX).then_some(rank),
+            comm: Some(comm),
+            host: self.procs.host(proc).map(str::to_owned),
+            connection: None,
+        }
+    }
+
+    /// Re-evaluates a lane's straggler evidence: raises, updates or withdraws its straggler
+    /// and data-parallel idle findings.
+    pub(super) fn evaluate(&mut self, lane: u32, now: u64) {
+        let li = lane as usize;
+        if let Some(d) = self.dirty.get_mut(li) {
+            *d = false;
+        }
+        let ev = {
+            let l = &mut self.lanes[li];
+            l.last_eval_ns = now;
+            let n = l.members.len();
+            stragglers::evaluate(
+                &mut l.evidence_ring,
+                now,
+                n,
+                l.period_ns,
+                &self.cfg,
+                &mut self.scratch,
+            )
+        };
+        // Idle blamed on the straggler is the straggler's cost, said in its finding rather
+        // than as a second finding.
+        let folded_idle = match (&ev.straggler, &ev.idle) {
+            (Some(v), Some(i)) if v.member == i.member => Some(i.clone()),
+            _ => None,
+        };
+        let idle = if folded_idle.is_some() { None } else { ev.idle };
+        let id = self.lanes[li].id;
+        let culprit = ev.straggler.as_ref().map(|v| v.member);
+        shift_blame(
+            &mut self.stragglers,
+            &mut self.findings,
+            lane,
+            culprit,
+            FindingKind::Straggler,
+            id,
+            now,
+        );
+        if let Some(v) = ev.straggler {
+            let folded = folded_idle.map(|i| (i.ratio, i.span_ns));
+            self.raise_straggler(lane, v, folded);
+        }
+        let culprit = idle.as_ref().map(|v| v.member);
+        shift_blame(
+            &mut self.idle_blame,
+            &mut self.findings,
+            lane,
+            culprit,
+            FindingKind::Bubble,
+            id,
+            now,
+        );
+        if let Some(v) = idle {
+            self.raise_idle(lane, v, now);
+        }
+    }
+
+    fn raise_straggler(
+        &mut self,
+        lane: u32,
+        v: stragglers::StragglerVerdict,
+        idle: Option<(f64, u64)>,
+    ) {
+        let l = &self.lanes[lane as usize];
+        let mm = &l.members[v.member as usize];
+        let host = self.procs.host(mm.proc);
+        let d = wording::straggler(wording::StragglerFacts {
+            who: wording::describe_member(mm.rank, mm.pid, host),
+            rank_name: wording::rank_name(mm.rank, v.member),
+            evidence: l.evidence,
+            lane_id: l.id,
+            op: v.op,
+            late_count: v.late_count,
+            total: v.total,
+            threshold_ns: v.threshold_ns,
+            median_lag_ns: v.median_lag_ns,
+            waited_ns: v.waited_ns,
+            blame: v.blame,
+            idle,
+            critical_lag_ns: self.cfg.straggler_critical_lag_ns,
+            window: v.window,
+            culprit: self.member_culprit(mm.rank, mm.pid, mm.proc, l.id),
+        });
+        let key = FindingKey {
+            kind: FindingKind::Straggler,
+            scope: l.id,
+            culprit: v.member as u64,
+        };
+        self.raise(key, d);
+    }
+
+    fn raise_idle(&mut self, lane: u32, v: stragglers::IdleVerdict, now: u64) {
+        let l = &self.lanes[lane as usize];
+        let mm = &l.members[v.member as usize];
+        let host = self.procs.host(mm.proc);
+        let d = wording::data_parallel_idle(wording::IdleFacts {
+            who: wording::describe_member(mm.rank, mm.pid, host),
+            evidence: l.evidence,
+            lane_id: l.id,
+            ratio: v.ratio,
+            span_ns: v.span_ns,
+            waited_ns: v.waited_ns,
+            instances: v.instances,
+            now,
+            culprit: self.member_culprit(mm.rank, mm.pid, mm.proc, l.id),
+        });
+        let key = FindingKey {
+            kind: FindingKind::Bubble,
+            scope: l.id,
+            culprit: v.member as u64,
+        };
+        self.raise(key, d);
+    }
+
+    pub(super) fn bubble_alert(&mut self, a: BubbleAlert) {
+        match a {
+            BubbleAlert::Pipeline { comm, rank } => self.pipeline_bubble(comm, rank),
+            BubbleAlert::Submission {
+                proc,
+                stream,
+                gap_ns,
+            } => self.submission_gap(proc, stream, gap_ns),
+        }
+    }
+
+    fn pipeline_bubble(&mut self, comm: u32, rank: u32) {
+        let now = self.t;
+        let Some(stage) = self.bubbles.stages.get(&(comm, rank)) else {
+            return;
+        };
+        let (ratio, n) = bubbles::stage_ratio(stage, now, &self.cfg);
+        let mut waits: Vec<u64> = stage.waits.iter().map(|(_, w)| *w).collect();
+        let med = util::median(&mut waits);
+        let upstream = stage.upstream;
+        let window = (
+            now.saturating_sub(self.cfg.window_ns).max(stage.first_ns),
+            now,
+        );
+        let c = &self.comms.list[comm as usize];
+        // The member holding the rank now, else the latest that held it (it may have left
+        // since: the stage's last transfers come after its upstream's).
+        let holder = |r: u32| {
+            c.members
+                .iter()
+                .filter(|m| m.rank == Some(r))
+                .max_by_key(|m| (m.left_ns.is_none(), m.left_ns))
+        };
+        let member = holder(rank);
+        let up = holder(upstream);
+        let host = member
+            .and_then(|m| self.procs.host(m.proc))
+            .map(str::to_owned);
+        let d = wording::pipeline(wording::PipelineFacts {
+            rank,
+            pid: member.map(|m| m.pid),
+            upstream,
+            upstream_pid: up.map(|m| m.pid),
+            ratio,
+            transfers: n,
+            comm_id: c.id,
+            median_wait_ns: med,
+            window,
+            culprit: Culprit {
+                pid: up.map(|m| m.pid),
+                rank: Some(upstream),
+                comm: Some(c.id),
+                host,
+                connection: None,
+            },
+        });
+        let key = FindingKey {
+            kind: FindingKind::Bubble,
+            scope: c.id,
+            culprit: 0x1_0000_0000 | rank as u64,
+        };
+        self.raise(key, d);
+    }
+
+    fn submission_gap(&mut self, proc: ProcId, stream: u64, gap_ns: u64) {
+        let now = self.t;
+        let Some(g) = self.bubbles.streams.get(&(proc, stream)) else {
+            return;
+        };
+        let p = self.procs.proc(proc);
+        let d = wording::submission_gap(wording::SubmissionGapFacts {
+            stream,
+            pid: p.pid,
+            threshold_ns: self.cfg.submission_gap_ns,
+            gaps: g.busy_gaps.sum(now),
+            latest_ns: gap_ns,
+            longest_ns: g.longest_ns,
+            now,
+            culprit: self.proc_culprit(proc),
+        });
+        let key = FindingKey {
+            kind: FindingKind::Bubble,
+            scope: mix(&[proc as u64, stream]),
+            culprit: 0x2_0000_0000,
+        };
+        self.raise(key, d);
+    }
+
+    /// The culprit fields of a process (rank and host from its hints).
+    fn proc_culprit(&self, proc: ProcId) -> Culprit {
+        let p = self.procs.proc(proc);
+        Culprit {
+            pid: Some(p.pid),
+            rank: p.hints.rank,
+            comm: None,
+            host: p.hints.host.clone(),
+            connection: None,
+        }
+    }
+
+    pub(super) fn alloc_failure(&mut self, proc: ProcId, c: &CallEvent, f: memory::AllocFailure) {
+        let Some(m) = self.memory.get(proc) else {
+            return;
+        };
+        let d = wording::alloc_failure(wording::AllocFacts {
+            func: f.func,
+            bytes: f.bytes,
+            pid: self.procs.proc(proc).pid,
+            failures: m.failures,
+            first_failure_ns: m.first_failure_ns,
+            outstanding: m.outstanding,
+            peak: m.peak,
+            at_ns: c.entry_ns,
+            culprit: self.proc_culprit(proc),
+        });
+        let key = FindingKey {
+            kind: FindingKind::MemoryPressure,
+            scope: proc as u64,
+            culprit: 0,
+        };
+        self.raise(key, d);
+    }
+
+    pub(super) fn link_alert(&mut self, proc: ProcId, a: LinkAlert) {
+        let now = self.t;
+        let sk = match a {
+            LinkAlert::Retransmits { sk, .. } | LinkAlert::Reset { sk } => sk,
+        };
+        let Some(l) = self.links.conns.get(&sk) else {
+            return;
+        };
+        let facts = match a {
+            LinkAlert::Retransmits {
+                in_window, rate, ..
+            } => wording::LinkFacts::Retransmits {
+                in_window,
+                rate,
+                assumed_mss: self.cfg.link_assumed_mss,
+                sent: l.sent,
+                recvd: l.recvd,
+            },
+            LinkAlert::Reset { .. } => wording::LinkFacts::Reset { resets: l.resets },
+        };
+        let pid = self.procs.proc(proc).pid;
+        let d = wording::link(
+            facts,
+            l.label(),
+            pid,
+            (l.first_ns, now),
+            self.proc_culprit(proc),
+        );
+        let key = FindingKey {
+            kind: FindingKind::Link,
+            scope: sk,
+            culprit: matches!(a, LinkAlert::Reset { .. }) as u64,
+        };
+        self.raise(key, d);
+    }
+}
+
+/// Records `culprit` (or nobody) as the member of `lane` blamed for `kind`, and withdraws
+/// the finding of a previously blamed, different member.
+fn shift_blame(
+    blamed: &mut FastMap<u32, u32>,
+    findings: &mut FindingBook,
+    lane: u32,
+    culprit: Option<u32>,
+    kind: FindingKind,
+    scope: u64,
+    now: u64,
+) {
+    let prev = match culprit {
+        Some(member) => blamed.insert(lane, member).filter(|p| *p != member),
+        None => blamed.remove(&lane),
+    };
+    if let Some(prev) = prev {
+        findings.deactivate(
+            &FindingKey {
+                kind,
+                scope,
+                culprit: prev as u64,
+            },
+            now,
+        );
+    }
+}

@@ -46,42 +46,12 @@ pub enum ConfigError {
     Set(String, String),
 }
 
-/// Alarm thresholds (the engine's); durations as `250ms`, `2s`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Thresholds {
-    /// Fewest finished instances before a straggler can be named.
-    pub straggler_min_instances: Option<u32>,
-    /// Fewest late instances of the rank.
-    pub straggler_min_late: Option<u32>,
-    /// Smallest share of instances the rank must be late in (0-1).
-    pub straggler_min_share: Option<f64>,
-    /// Smallest lag that makes an arrival late.
-    pub straggler_min_lag: Option<String>,
-    /// Lag from which a straggler is critical.
-    pub straggler_critical_lag: Option<String>,
-    /// Longest a collective may wait for a rank before it is a stall.
-    pub stall_threshold: Option<String>,
-    /// Shortest stall threshold, however fast the collective's period.
-    pub stall_min: Option<String>,
-    /// Retransmits on one connection that make it a bad link.
-    pub link_retransmits: Option<u32>,
-    /// Retransmit rate (per segment, 0-1) that makes a connection a bad link.
-    pub link_retransmit_rate: Option<f64>,
-    /// Smallest idle share of a pipeline stage that is a bubble (0-1).
-    pub bubble_min_ratio: Option<f64>,
-    /// Serving ports to build request timelines for (empty: detect).
-    pub serving_ports: Option<Vec<u16>>,
-}
-
 /// Intervals.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Intervals {
     /// Between plain summary blocks / live view refreshes (`--interval`).
     pub refresh: Option<String>,
-    /// Between evaluations of the findings.
-    pub evaluate: Option<String>,
 }
 
 /// The overhead budget.
@@ -125,8 +95,10 @@ pub struct ProbesSection {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// The engine's thresholds and bounds, declared (with their defaults and documentation)
+    /// in `engine::Config`.
     #[serde(default)]
-    pub thresholds: Thresholds,
+    pub thresholds: Config,
     #[serde(default)]
     pub intervals: Intervals,
     /// Probe family -> mode (`full`, `entry`, `aggregate`), as `--mode FAMILY=MODE`.
@@ -156,7 +128,6 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     // Values are checked now, so `config check` finds them too.
     let mut run = RunArgs::defaults();
     apply_run(&cfg, path, &mut run, &|_| false)?;
-    engine_config(&cfg, path, &[])?;
     Ok(cfg)
 }
 
@@ -178,16 +149,6 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
     (line, column)
-}
-
-fn ns(path: &Path, key: &str, v: &str) -> Result<u64, ConfigError> {
-    parse_duration(v)
-        .map(|d| d.as_nanos() as u64)
-        .map_err(|message| ConfigError::Value {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        })
 }
 
 /// Applies the file to the run options, except where `on_command_line(flag)` says the flag
@@ -255,86 +216,35 @@ pub fn apply_run(
     Ok(())
 }
 
-/// The engine configuration: defaults, then the file, then `--set` overrides
-/// (`thresholds.KEY=VALUE` or `intervals.evaluate=VALUE`).
-pub fn engine_config(
-    cfg: &FileConfig,
-    path: &Path,
-    sets: &[String],
-) -> Result<Config, ConfigError> {
-    let mut t = cfg.thresholds.clone();
-    let mut evaluate = cfg.intervals.evaluate.clone();
+/// The engine configuration: defaults, then the file's `[thresholds]`, then `--set
+/// thresholds.KEY=VALUE` overrides, in that order.
+pub fn engine_config(cfg: &FileConfig, sets: &[String]) -> Result<Config, ConfigError> {
+    if sets.is_empty() {
+        return Ok(cfg.thresholds.clone());
+    }
+    let mut table = toml::Table::try_from(&cfg.thresholds)
+        .map_err(|e| ConfigError::Set(String::new(), e.to_string()))?;
     for s in sets {
+        let bad = |m: &str| ConfigError::Set(s.clone(), m.to_string());
         let (key, value) = s
             .split_once('=')
-            .ok_or_else(|| ConfigError::Set(s.clone(), "use KEY=VALUE".into()))?;
-        let doc = match key.split_once('.') {
-            Some((section, k)) => format!("[{section}]\n{k} = {}", toml_value(value)),
-            None => {
-                return Err(ConfigError::Set(
-                    s.clone(),
-                    "use SECTION.KEY=VALUE, e.g. thresholds.stall_threshold=5s".into(),
-                ))
-            }
+            .ok_or_else(|| bad("use SECTION.KEY=VALUE, e.g. thresholds.stall_threshold=5s"))?;
+        let Some(("thresholds", key)) = key.trim().split_once('.') else {
+            return Err(bad(
+                "only thresholds can be set this way (thresholds.KEY=VALUE, e.g. \
+                 thresholds.stall_threshold=5s); run options have their own flags",
+            ));
         };
-        let one = parse(Path::new("--set"), &doc)
-            .map_err(|e| ConfigError::Set(s.clone(), e.to_string()))?;
-        merge_thresholds(&mut t, one.thresholds);
-        if one.intervals.evaluate.is_some() {
-            evaluate = one.intervals.evaluate;
-        }
+        let doc = format!("v = {}", toml_value(value));
+        let v = toml::from_str::<toml::Table>(&doc)
+            .map_err(|e| bad(e.message()))?
+            .remove("v")
+            .ok_or_else(|| bad("no value"))?;
+        table.insert(key.to_string(), v);
     }
-    let mut c = Config::default();
-    let p = path;
-    if let Some(v) = t.straggler_min_instances {
-        c.straggler_min_instances = v;
-    }
-    if let Some(v) = t.straggler_min_late {
-        c.straggler_min_late = v;
-    }
-    if let Some(v) = t.straggler_min_share {
-        c.straggler_min_share = share(p, "thresholds.straggler_min_share", v)?;
-    }
-    if let Some(v) = &t.straggler_min_lag {
-        c.straggler_min_lag_ns = ns(p, "thresholds.straggler_min_lag", v)?;
-    }
-    if let Some(v) = &t.straggler_critical_lag {
-        c.straggler_critical_lag_ns = ns(p, "thresholds.straggler_critical_lag", v)?;
-    }
-    if let Some(v) = &t.stall_threshold {
-        c.stall_threshold_ns = ns(p, "thresholds.stall_threshold", v)?;
-    }
-    if let Some(v) = &t.stall_min {
-        c.stall_min_ns = ns(p, "thresholds.stall_min", v)?;
-    }
-    if let Some(v) = t.link_retransmits {
-        c.link_retransmits = v;
-    }
-    if let Some(v) = t.link_retransmit_rate {
-        c.link_retransmit_rate = share(p, "thresholds.link_retransmit_rate", v)?;
-    }
-    if let Some(v) = t.bubble_min_ratio {
-        c.bubble_min_ratio = share(p, "thresholds.bubble_min_ratio", v)?;
-    }
-    if let Some(v) = &t.serving_ports {
-        c.serving_ports = v.clone();
-    }
-    if let Some(v) = &evaluate {
-        c.eval_interval_ns = ns(p, "intervals.evaluate", v)?;
-    }
-    Ok(c)
-}
-
-fn share(path: &Path, key: &str, v: f64) -> Result<f64, ConfigError> {
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(ConfigError::Value {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message: format!("{v} is not a share between 0 and 1"),
-        })
-    }
+    let one = sets.join(" ");
+    <Config as serde::Deserialize>::deserialize(table)
+        .map_err(|e| ConfigError::Set(one, e.message().to_string()))
 }
 
 /// A `--set` value as TOML: numbers, booleans and arrays as they are, anything else quoted.
@@ -352,55 +262,38 @@ fn toml_value(v: &str) -> String {
     }
 }
 
-fn merge_thresholds(into: &mut Thresholds, from: Thresholds) {
-    macro_rules! take {
-        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f; } )* };
+/// Every threshold as TOML, each with its documentation as a comment above it: the
+/// `[thresholds]` part of `llmdd config show`, and the reference in docs/config.md.
+pub fn thresholds_toml(c: &Config) -> String {
+    use documented::DocumentedFields;
+    let table = toml::Table::try_from(c).unwrap_or_default();
+    let mut out = String::from("[thresholds]\n");
+    for (key, value) in &table {
+        let doc = Config::get_field_docs(key)
+            .or_else(|_| Config::get_field_docs(format!("{key}_ns")))
+            .unwrap_or("");
+        for line in doc.lines() {
+            out.push_str(&format!("# {}\n", line.trim()).replace("# \n", "#\n"));
+        }
+        out.push_str(&format!("{key} = {value}\n"));
     }
-    take!(
-        straggler_min_instances,
-        straggler_min_late,
-        straggler_min_share,
-        straggler_min_lag,
-        straggler_critical_lag,
-        stall_threshold,
-        stall_min,
-        link_retransmits,
-        link_retransmit_rate,
-        bubble_min_ratio,
-        serving_ports
-    );
+    out
 }
 
-/// The effective configuration as TOML (`llmdd config show`): the file's settings, and
-/// the built-in value of every threshold the file leaves out.
+/// The effective configuration as TOML (`llmdd config show`): the file's settings with the
+/// built-in value of everything the file leaves out, thresholds documented.
 pub fn show(cfg: &FileConfig) -> String {
     let mut full = cfg.clone();
-    let c = engine_config(cfg, Path::new("llmdd.toml"), &[]).unwrap_or_default();
-    let t = &mut full.thresholds;
-    let dur = |ns: u64| format!("{}ms", ns as f64 / 1e6);
-    t.straggler_min_instances
-        .get_or_insert(c.straggler_min_instances);
-    t.straggler_min_late.get_or_insert(c.straggler_min_late);
-    t.straggler_min_share.get_or_insert(c.straggler_min_share);
-    t.straggler_min_lag
-        .get_or_insert_with(|| dur(c.straggler_min_lag_ns));
-    t.straggler_critical_lag
-        .get_or_insert_with(|| dur(c.straggler_critical_lag_ns));
-    t.stall_threshold
-        .get_or_insert_with(|| dur(c.stall_threshold_ns));
-    t.stall_min.get_or_insert_with(|| dur(c.stall_min_ns));
-    t.link_retransmits.get_or_insert(c.link_retransmits);
-    t.link_retransmit_rate.get_or_insert(c.link_retransmit_rate);
-    t.bubble_min_ratio.get_or_insert(c.bubble_min_ratio);
-    t.serving_ports
-        .get_or_insert_with(|| c.serving_ports.clone());
-    full.intervals
-        .evaluate
-        .get_or_insert_with(|| dur(c.eval_interval_ns));
     full.intervals.refresh.get_or_insert_with(|| "1s".into());
     full.budget.overhead.get_or_insert_with(|| "1%".into());
     full.budget.enforce.get_or_insert(false);
-    toml::to_string_pretty(&full).unwrap_or_default()
+    let mut rest = toml::Table::try_from(&full).unwrap_or_default();
+    rest.remove("thresholds");
+    format!(
+        "{}\n{}",
+        thresholds_toml(&full.thresholds),
+        toml::to_string_pretty(&rest).unwrap_or_default()
+    )
 }
 
 #[cfg(test)]
@@ -458,7 +351,7 @@ prometheus = "9400"
         );
         assert_eq!(run.report.as_deref(), Some(Path::new("/tmp/r.json")));
         assert_eq!(run.prometheus.map(|a| a.port()), Some(9400));
-        let c = engine_config(&cfg, p, &[]).expect("engine");
+        let c = engine_config(&cfg, &[]).expect("engine");
         assert_eq!(c.straggler_min_late, 3);
         assert_eq!(c.stall_threshold_ns, 5_000_000_000);
         assert_eq!(c.link_retransmit_rate, 0.02);
@@ -475,7 +368,6 @@ prometheus = "9400"
         assert_eq!(run.report, None);
         let c = engine_config(
             &cfg,
-            p,
             &[
                 "thresholds.stall_threshold=9s".into(),
                 "thresholds.straggler_min_late=8".into(),
@@ -513,14 +405,58 @@ prometheus = "9400"
     #[test]
     fn bad_values_name_their_key() {
         let p = Path::new("v.toml");
-        let cfg = parse(p, "[thresholds]\nstall_threshold = \"soon\"\n").expect("parses");
-        let e = engine_config(&cfg, p, &[]).expect_err("bad duration");
-        assert!(e.to_string().contains("thresholds.stall_threshold"), "{e}");
+        let e = parse(p, "[thresholds]\nstall_threshold = \"soon\"\n").expect_err("bad duration");
+        assert!(e.to_string().starts_with("v.toml:2:"), "{e}");
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        let e = parse(p, "[thresholds]\nstraggler_min_blame = 2\n").expect_err("bad share");
+        assert!(e.to_string().contains("not a share"), "{e}");
+        let e = engine_config(
+            &FileConfig::default(),
+            &["thresholds.stall_min=never".into()],
+        )
+        .expect_err("bad --set duration");
+        assert!(e.to_string().contains("never"), "{e}");
         let cfg = parse(p, "[probes]\ngpu = \"full\"\n").expect("parses");
         let mut run = RunArgs::defaults();
         let e = apply_run(&cfg, p, &mut run, &|_| false).expect_err("bad family");
         assert!(e.to_string().contains("probes.gpu"), "{e}");
-        let e = engine_config(&FileConfig::default(), p, &["nokey".into()]).expect_err("set");
+        let e = engine_config(&FileConfig::default(), &["nokey".into()]).expect_err("set");
         assert!(e.to_string().contains("--set nokey"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod docs {
+    use super::*;
+
+    const BEGIN: &str = "<!-- thresholds: generated from engine::Config (LLMDD_BLESS=1 cargo test -p llmdd config_file) -->\n```toml\n";
+    const END: &str = "```\n<!-- end of thresholds -->";
+
+    /// docs/config.md lists every threshold with its default and documentation exactly as
+    /// `engine::Config` declares them (`LLMDD_BLESS=1` rewrites the block).
+    #[test]
+    fn docs_list_every_threshold_as_declared() {
+        let block = format!("{BEGIN}{}{END}", thresholds_toml(&Config::default()));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/config.md");
+        if std::env::var_os("LLMDD_BLESS").is_some() {
+            let (a, b) = (doc.find(BEGIN), doc.find(END));
+            let new = match (a, b) {
+                (Some(a), Some(b)) => format!("{}{block}{}", &doc[..a], &doc[b + END.len()..]),
+                _ => format!("{doc}\n{block}\n"),
+            };
+            std::fs::write(&path, new).expect("writes docs/config.md");
+            return;
+        }
+        assert!(
+            doc.contains(&block),
+            "docs/config.md's thresholds are out of date: run LLMDD_BLESS=1 cargo test -p llmdd config_file"
+        );
+        // And the file's own reference parses back to the defaults.
+        let parsed = parse(Path::new("x"), &thresholds_toml(&Config::default())).expect("parses");
+        assert_eq!(
+            toml::Table::try_from(&parsed.thresholds).ok(),
+            toml::Table::try_from(Config::default()).ok()
+        );
     }
 }

@@ -25,7 +25,7 @@ fn configure(
         })
     };
     config_file::apply_run(&file, &shown, run, &given)?;
-    run.engine_config = Some(config_file::engine_config(&file, &shown, sets)?);
+    run.engine_config = Some(config_file::engine_config(&file, sets)?);
     Ok(())
 }
 

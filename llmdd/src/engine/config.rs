@@ -1,20 +1,27 @@
-//! Thresholds and bounds of the engine. Every number the engine decides with lives here, with a
-//! default; callers (CLI flags, a config file) override fields.
+//! Thresholds and bounds of the engine. Every number the engine decides with is declared here,
+//! once, with its documentation and default: `llmdd.toml`'s `[thresholds]` section and `--set
+//! thresholds.KEY=VALUE` deserialize into this struct (durations as `250ms`, `2s`), and
+//! `llmdd config show` and docs/config.md list every key from these declarations.
 
-use serde::Serialize;
+use documented::DocumentedFields;
+use serde::{Deserialize, Serialize};
 
-/// Engine configuration. All times are nanoseconds of event time (CLOCK_MONOTONIC).
-#[derive(Clone, Debug, Serialize)]
+/// Engine configuration. All times are nanoseconds of event time (CLOCK_MONOTONIC); in the
+/// configuration file they are durations without the `_ns` suffix in their key.
+#[derive(Clone, Debug, Serialize, Deserialize, DocumentedFields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     // ---- ordering ----
     /// How far event time may run ahead of an event before it is processed: events are held
     /// and released in time order once the newest time seen (or `advance(now)`) is this far
     /// past them. Covers records arriving in batches from several CPUs and the reader's drain
     /// interval.
+    #[serde(rename = "reorder_window", with = "duration")]
     pub reorder_window_ns: u64,
 
     // ---- rolling window and bounds ----
     /// Length of the rolling window for distributions, straggler evidence and bubble ratios.
+    #[serde(rename = "window", with = "duration")]
     pub window_ns: u64,
     /// Number of slices the rolling window is cut into (older slices are dropped whole).
     pub window_slices: usize,
@@ -43,6 +50,7 @@ pub struct Config {
     /// aligned with the others'.
     pub align_min_calls: usize,
     /// Align with what is buffered once a member has waited this long.
+    #[serde(rename = "align_timeout", with = "duration")]
     pub align_timeout_ns: u64,
     /// Largest sequence shift tried either way when aligning.
     pub align_max_shift: usize,
@@ -62,28 +70,38 @@ pub struct Config {
     /// Share of the window's instances the rank must have been late in (an intermittent
     /// straggler late every 5th step is at 0.2; a burst of CPU contention on one rank of a
     /// busy 2-core machine was seen at 0.1).
+    #[serde(deserialize_with = "share")]
     pub straggler_min_share: f64,
     /// Share of the waiting caused by all late instances in the window that must be the
     /// rank's (one rank dominates; random scheduling noise spreads over every rank).
+    #[serde(deserialize_with = "share")]
     pub straggler_min_blame: f64,
     /// Smallest lag that makes an instance late.
+    #[serde(rename = "straggler_min_lag", with = "duration")]
     pub straggler_min_lag_ns: u64,
     /// Smallest lag that makes an instance late, as a share of the lane's typical period
     /// (median time between consecutive instances).
+    #[serde(deserialize_with = "share")]
     pub straggler_min_lag_period_frac: f64,
     /// Median lag (over its late instances) from which a straggler is critical rather than a
     /// warning.
+    #[serde(rename = "straggler_critical_lag", with = "duration")]
     pub straggler_critical_lag_ns: u64,
     /// Straggler and bubble evidence is re-evaluated at most this often per group.
+    #[serde(rename = "eval_interval", with = "duration")]
     pub eval_interval_ns: u64,
 
     // ---- stalls ----
-    /// An instance that some ranks entered and others have not for this long is a stall: the
-    /// lane's typical period (median time between consecutive instances) times
-    /// `stall_period_factor`, bounded to `[stall_min_ns, stall_threshold_ns]`
-    /// (`stall_threshold_ns` until the period is known).
+    /// Longest an instance that some ranks entered may wait for the others before it is a
+    /// stall. A lane whose typical period (median time between consecutive instances) is
+    /// known uses `stall_period_factor` periods instead, within `[stall_min,
+    /// stall_threshold]`.
+    #[serde(rename = "stall_threshold", with = "duration")]
     pub stall_threshold_ns: u64,
+    /// Shortest stall threshold, however fast a lane's period.
+    #[serde(rename = "stall_min", with = "duration")]
     pub stall_min_ns: u64,
+    /// Periods of its lane an instance may wait before it is a stall.
     pub stall_period_factor: u64,
 
     // ---- requests ----
@@ -93,22 +111,27 @@ pub struct Config {
     /// is taken as the serving port.
     pub serving_port_min_connections: u32,
     /// A request whose connection has been quiet this long after sending is over.
+    #[serde(rename = "request_idle", with = "duration")]
     pub request_idle_ns: u64,
     /// Sends closer than this to the previous one are one token (chunk framing).
+    #[serde(rename = "token_coalesce", with = "duration")]
     pub token_coalesce_ns: u64,
 
     // ---- bubbles ----
     /// Gap between GPU submissions on a stream, while the process keeps making other calls,
     /// from which it counts.
+    #[serde(rename = "submission_gap", with = "duration")]
     pub submission_gap_ns: u64,
     /// Gaps needed in the window before a submission-gap bubble is raised.
     pub submission_gap_min_count: u32,
     /// Share of the window a stage or rank must idle before a bubble is raised.
+    #[serde(deserialize_with = "share")]
     pub bubble_min_ratio: f64,
     /// Fewest matched transfers or instances behind a bubble finding.
     pub bubble_min_events: u32,
     /// Shortest span of instances or transfers behind a data-parallel idle or pipeline
     /// bubble finding (a share of a shorter span is a burst of noise, or a pipeline filling).
+    #[serde(rename = "bubble_min_span", with = "duration")]
     pub bubble_min_span_ns: u64,
 
     // ---- links ----
@@ -119,14 +142,72 @@ pub struct Config {
     /// upper bound for any path whose MSS is at least that (loopback's is 64 KiB), so the
     /// rate is a lower bound of the true one: a few spurious retransmits (tail-loss probes
     /// on a busy host) over a bulk transfer stay far below it.
+    #[serde(deserialize_with = "share")]
     pub link_retransmit_rate: f64,
+    /// Bytes per segment assumed when sends are counted as segments (see
+    /// `link_retransmit_rate`).
     pub link_assumed_mss: u64,
     /// A retransmit this long after the connection's last send, and sooner than
     /// `link_tail_probe_max_ns` (the shortest retransmission timeout, 200 ms on Linux), is a
     /// tail-loss probe (the probe timeout is twice the smoothed RTT, at least 10 ms less
     /// timer slack on Linux), not evidence of loss.
+    #[serde(rename = "link_tail_probe_min", with = "duration")]
     pub link_tail_probe_min_ns: u64,
+    /// See `link_tail_probe_min`.
+    #[serde(rename = "link_tail_probe_max", with = "duration")]
     pub link_tail_probe_max_ns: u64,
+}
+
+/// Durations as humantime text (`250ms`, `2s`, `1h 30m`) or plain seconds (`5`, `0.5`).
+mod duration {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ns: &u64, s: S) -> Result<S::Ok, S::Error> {
+        let d = std::time::Duration::from_nanos(*ns);
+        s.serialize_str(&humantime::format_duration(d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Secs(f64),
+            Text(String),
+        }
+        let secs = match Text::deserialize(d)? {
+            Text::Secs(s) => s,
+            Text::Text(t) => match t.trim().parse::<f64>() {
+                Ok(s) => s,
+                Err(_) => {
+                    let d = humantime::parse_duration(t.trim()).map_err(|e| {
+                        D::Error::custom(format!(
+                            "`{t}` is not a duration ({e}): use e.g. 250ms, 2s, 1m"
+                        ))
+                    })?;
+                    return u64::try_from(d.as_nanos())
+                        .map_err(|_| D::Error::custom(format!("`{t}` is too long")));
+                }
+            },
+        };
+        if !(0.0..1e9).contains(&secs) {
+            return Err(D::Error::custom(format!(
+                "{secs} is not a duration in seconds between 0 and 1e9"
+            )));
+        }
+        Ok((secs * 1e9).round() as u64)
+    }
+}
+
+/// A share between 0 and 1.
+fn share<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{v} is not a share between 0 and 1"
+        )))
+    }
 }
 
 impl Default for Config {

@@ -564,11 +564,7 @@ fn record_procs(session: &Session) -> Vec<crate::record::RecProc> {
         .procs
         .values()
         .map(|p| {
-            let hints = ProcessHints {
-                rank: p.env_rank,
-                world_size: p.env_world_size,
-                ..ProcessHints::default()
-            };
+            let hints = session.hints.get(&p.pid).cloned().unwrap_or_default();
             crate::record::RecProc::from_info(p, &hints)
         })
         .collect()
@@ -913,7 +909,9 @@ fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
         local_rank: t.rank_hints.local_rank,
         world_size: t.rank_hints.world_size,
         host,
-        job: None,
+        job: t.rank_hints.job.clone(),
+        parent: t.ppid,
+        world_comm: t.mpi_world_handle,
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Session {
     /// `--ras`: where NCCL's RAS service is asked for its view when the session ends
     /// (live sessions only; `off` offline).
     pub ras: String,
+    /// The hints each process was registered with (for the record file).
+    pub hints: std::collections::BTreeMap<u32, ProcessHints>,
 }
 
 impl Session {
@@ -180,6 +182,7 @@ impl Session {
             quiet: false,
             node: Default::default(),
             ras: "off".to_string(),
+            hints: Default::default(),
             entry_only: opts
                 .modes
                 .iter()
@@ -196,6 +199,7 @@ impl Session {
 
     /// A traced process: what the engine should assume about it and what the views show.
     pub fn register_process(&mut self, hints: ProcessHints, info: ProcInfo) {
+        self.hints.insert(info.pid, hints.clone());
         self.engine.register_process(info.pid, hints);
         self.outputs.run.add_process(info);
     }

@@ -247,7 +247,6 @@ impl Engine {
         for c in std::mem::take(&mut self.comms.recycled) {
             let lane = self.comms.list[c as usize].lane;
             self.stragglers.remove(&lane);
-            self.idle_blame.remove(&lane);
             if let Some(d) = self.dirty.get_mut(lane as usize) {
                 *d = false;
             }
@@ -293,6 +292,11 @@ impl Engine {
                 continue;
             };
             self.comms_recycled();
+            let exit_bounds = same.iter().all(|o| {
+                let spec = o.spec();
+                spec.family.collectives_block_host()
+                    && spec.roles.comm_op.is_some_and(|c| c.needs_every_rank())
+            });
             let a = Arrival {
                 entry_ns: entry,
                 exit_ns: exit,
@@ -300,6 +304,7 @@ impl Engine {
                 bytes,
                 op: fop,
                 sync_ns: 0,
+                exit_bounds,
             };
             self.arrive(r.lane, r.lane_member, a, proc, op.stream);
         }

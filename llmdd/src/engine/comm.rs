@@ -13,8 +13,10 @@
 //!   `RANK`/`WORLD_SIZE` hints): it joins an existing inferred communicator with the same
 //!   rank count that has no live member of that rank, no other handle of this process (unless
 //!   all its members are this process, as with `ncclCommInitAll`) and no conflicting job key;
-//!   among several, it prefers the same job, the same host, the same last call signature, and
-//!   the most recent activity, in that order. Otherwise it starts a new one. Its position in
+//!   among several, it prefers the same job, the same parent process (launcher), the same
+//!   host, the same last call signature, and the most recent activity, in that order. The
+//!   environment's ranks describe the world communicator only: when the process's world
+//!   handle is known (MPI), its other handles are not grouped by them. Otherwise it starts a new one. Its position in
 //!   the call sequence is then aligned with the other members' (see `matching`).
 //!   Limitation: two communicators of the same size with the same rank numbers in one job,
 //!   created before tracing, whose processes give no distinguishing hint, can be mixed up.
@@ -339,10 +341,14 @@ impl Comms {
             });
         }
         let hints = &procs.proc(f.proc).hints;
+        // The environment's ranks describe the world communicator: not another handle of a
+        // process whose world handle is known (an MPI communicator split off before
+        // tracing began).
+        let world = hints.world_comm.is_none_or(|w| w == f.handle);
         let (rn, source) = match valid(f.rank, f.nranks) {
             Some(rn) => (Some(rn), "handle"),
             None => match (hints.rank, hints.world_size) {
-                (Some(r), Some(n)) if r < n => (Some((r, n)), "environment"),
+                (Some(r), Some(n)) if r < n && world => (Some((r, n)), "environment"),
                 _ => (None, "unknown"),
             },
         };
@@ -365,7 +371,10 @@ impl Comms {
             return Some(self.join(c, f.proc, f.pid, f.handle, None, false, f.t, lanes));
         };
         let host = hints.host.as_deref();
-        let mut best: Option<((u8, u8, u8, u64), u32)> = None;
+        let parent = hints.parent;
+        // (same job, same parent, same host, same last signature, recency), communicator.
+        type Score = (u8, u8, u8, u8, u64);
+        let mut best: Option<(Score, u32)> = None;
         for (ci, c) in self.list.iter().enumerate() {
             if c.nranks != Some(n) || matches!(c.identity, Identity::Split { .. }) {
                 continue;
@@ -386,11 +395,17 @@ impl Comms {
                 }
             }
             let same_job = u8::from(c.job.is_some() && c.job == job);
+            let same_parent = u8::from(
+                parent.is_some()
+                    && c.members
+                        .iter()
+                        .any(|m| procs.proc(m.proc).hints.parent == parent),
+            );
             let same_host =
                 u8::from(host.is_some() && c.members.iter().any(|m| procs.host(m.proc) == host));
             let same_sig = u8::from(c.last_sig != 0 && c.last_sig == f.sig);
             let recency = u64::MAX - lanes[c.lane as usize].last_ns.abs_diff(f.t);
-            let score = (same_job, same_host, same_sig, recency);
+            let score = (same_job, same_parent, same_host, same_sig, recency);
             if best.as_ref().is_none_or(|(b, _)| score > *b) {
                 best = Some((score, ci as u32));
             }

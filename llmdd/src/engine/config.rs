@@ -67,11 +67,21 @@ pub struct Config {
     pub straggler_min_instances: u32,
     /// Fewest late instances of the rank in the window.
     pub straggler_min_late: u32,
-    /// Share of the window's instances the rank must have been late in (an intermittent
-    /// straggler late every 5th step is at 0.2; a burst of CPU contention on one rank of a
-    /// busy 2-core machine was seen at 0.1).
+    /// Largest chance that the rank's share of the late instances is luck. Were no rank
+    /// slow, the rank arriving that late would be last as often as it is last in the
+    /// instances nobody is late in; the binomial tail of its count among the instances as
+    /// late as it typically is must be at most this (5 of 5 on 4 ranks in a uniform order:
+    /// 0.001).
     #[serde(deserialize_with = "share")]
-    pub straggler_min_share: f64,
+    pub straggler_max_chance: f64,
+    /// A straggler's lateness must stand out from the job's own arrival noise: its lag must
+    /// be at least this many times the 95th percentile of the lags of the instances other
+    /// ranks were last in. On a loaded host every rank is late by a millisecond or more now
+    /// and then, most often the one most exposed to the contention; that is noise, not a
+    /// rank to page about.
+    pub straggler_noise_factor: f64,
+    /// Instances other ranks were last in needed before their lags set the noise floor.
+    pub straggler_noise_min_instances: u32,
     /// Share of the waiting caused by all late instances in the window that must be the
     /// rank's (one rank dominates; random scheduling noise spreads over every rank).
     #[serde(deserialize_with = "share")]
@@ -230,7 +240,9 @@ impl Default for Config {
             align_max_shift: 64,
             straggler_min_instances: 8,
             straggler_min_late: 3,
-            straggler_min_share: 0.15,
+            straggler_max_chance: 0.001,
+            straggler_noise_factor: 3.0,
+            straggler_noise_min_instances: 20,
             straggler_min_blame: 0.5,
             straggler_min_lag_ns: 1_000_000,
             straggler_min_lag_period_frac: 0.05,

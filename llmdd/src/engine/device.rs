@@ -60,6 +60,7 @@ impl Engine {
                 bytes: 0,
                 op: GRAPH_OP,
                 sync_ns: 0,
+                exit_bounds: false,
             };
             self.arrive(lane, m, a, proc, stream);
         }
@@ -133,8 +134,11 @@ impl Engine {
                 .filter(|l| l.id == w.lane_id)
             {
                 l.set_ub(w.member, w.call, ub);
+                // A bound that contradicts the numbering re-checks it now.
+                l.repair_if_due(&self.cfg, &mut self.out);
             }
         }
         self.counts.completions_bounded += self.bounds.len() as u64;
+        self.drain_out();
     }
 }

@@ -4,9 +4,12 @@
 //! the same alignment, skew and straggler logic as collective instances).
 //!
 //! A process's group is, in order of preference: the largest communicator it is a member of
-//! (ranks from that communicator); the job and world size from its environment hints (ranks
-//! from `RANK`); or all graph-launching processes of its host (ranks in order of first launch).
-//! The group is fixed at the process's first graph launch.
+//! (ranks from that communicator); else the job and world size (2 or more) from its
+//! environment hints, ranks from `RANK` (a job without a key is named by its launcher, the
+//! processes' parent). A process in neither is in no group: independent processes (two
+//! single-GPU replicas on one node) launch graphs at their own pace, and matching their
+//! launches as steps would name one as the other's straggler. The group is fixed at the
+//! process's first graph launch.
 
 use serde::Serialize;
 
@@ -28,8 +31,6 @@ pub enum GroupBasis {
         job: Option<String>,
         world_size: u32,
     },
-    /// Same host (or no host known).
-    Host { host: Option<String> },
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +45,9 @@ pub struct Graphs {
     by_id: FastMap<u64, u32>,
     members: FastMap<ProcId, (u32, u32)>,
     pub refused: u64,
+    /// Graph launches of processes in no group (no communicator, no job in their
+    /// environment): counted, not matched.
+    pub ungrouped: u64,
 }
 
 impl Graphs {
@@ -74,19 +78,21 @@ impl Graphs {
                 c.members[m as usize].rank,
             ),
             None => match (p.hints.rank, p.hints.world_size) {
-                (Some(r), Some(w)) => (
+                (Some(r), Some(w)) if w >= 2 && r < w => (
                     GroupBasis::Environment {
-                        job: p.hints.job.clone(),
+                        job: p
+                            .hints
+                            .job
+                            .clone()
+                            .or_else(|| p.hints.parent.map(|pp| format!("parent:{pp}"))),
                         world_size: w,
                     },
                     Some(r),
                 ),
-                _ => (
-                    GroupBasis::Host {
-                        host: p.hints.host.clone(),
-                    },
-                    None,
-                ),
+                _ => {
+                    self.ungrouped += 1;
+                    return None;
+                }
             },
         };
         let id = match &basis {
@@ -99,15 +105,6 @@ impl Graphs {
                     .map(u64::from)
                     .collect();
                 mix(&[0x6b, *world_size as u64, mix(&jb)])
-            }
-            GroupBasis::Host { host } => {
-                let hb: Vec<u64> = host
-                    .as_deref()
-                    .unwrap_or("")
-                    .bytes()
-                    .map(u64::from)
-                    .collect();
-                mix(&[0x6c, mix(&hb)])
             }
         };
         let g = match self.by_id.get(&id) {

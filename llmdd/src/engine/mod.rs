@@ -62,7 +62,7 @@ pub use graphs::GroupBasis;
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;
-pub use procs::ProcessHints;
+pub use procs::{job_key, ProcessHints};
 pub use requests::{RequestRecord, RequestsView};
 pub use snapshot::{
     CommView, Counts, GroupView, LaneView, MemberView, OpView, Snapshot, StageView,
@@ -115,9 +115,8 @@ pub struct Engine {
     lost_total: u64,
     last_lost_report: Option<u64>,
     counts: Counts,
-    /// Lane -> member currently named straggler / blamed for idle.
+    /// Lane -> member currently named straggler.
     stragglers: FastMap<u32, u32>,
-    idle_blame: FastMap<u32, u32>,
     /// Lanes with new evidence since their last evaluation.
     dirty: Vec<bool>,
     out: LaneOut,
@@ -152,7 +151,6 @@ impl Engine {
             last_lost_report: None,
             counts: Counts::default(),
             stragglers: FastMap::default(),
-            idle_blame: FastMap::default(),
             dirty: Vec::new(),
             out: LaneOut::default(),
             bounds: Vec::new(),

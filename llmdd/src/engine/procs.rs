@@ -19,8 +19,15 @@ pub struct ProcessHints {
     /// Host name.
     pub host: Option<String>,
     /// Anything that names the job the process belongs to, e.g. `MASTER_ADDR:MASTER_PORT`.
-    /// Processes with different job keys are never put in one inferred communicator.
+    /// Processes with different job keys are never put in one inferred communicator or
+    /// graph-launch group.
     pub job: Option<String>,
+    /// The parent process (the launcher of most jobs' ranks): ranks with a common parent are
+    /// preferred when a communicator is grouped without a job key.
+    pub parent: Option<u32>,
+    /// The handle of the MPI world communicator, when known: the environment's rank and
+    /// world size describe that communicator only, never another handle of the process.
+    pub world_comm: Option<u64>,
 }
 
 impl ProcessHints {
@@ -34,26 +41,49 @@ impl ProcessHints {
             host: host.map(str::to_owned),
             ..Default::default()
         };
-        let (mut addr, mut port) = (None, None);
-        for (k, v) in vars {
-            match k {
-                "RANK" => h.rank = v.trim().parse().ok(),
-                "LOCAL_RANK" => h.local_rank = v.trim().parse().ok(),
-                "WORLD_SIZE" => h.world_size = v.trim().parse().ok(),
-                "MASTER_ADDR" => addr = Some(v.to_owned()),
-                "MASTER_PORT" => port = Some(v.to_owned()),
-                _ => {}
-            }
-        }
-        if addr.is_some() || port.is_some() {
-            h.job = Some(format!(
-                "{}:{}",
-                addr.unwrap_or_default(),
-                port.unwrap_or_default()
-            ));
-        }
+        let vars: Vec<(&str, &str)> = vars.into_iter().collect();
+        let get = |key: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        };
+        let num = |key: &str| get(key).and_then(|v| v.trim().parse().ok());
+        h.rank = num("RANK");
+        h.local_rank = num("LOCAL_RANK");
+        h.world_size = num("WORLD_SIZE");
+        h.job = job_key(&get);
         h
     }
+}
+
+/// The job a process belongs to, from what its launcher set: torchrun's elastic run id,
+/// else the rendezvous address every rank of a torch.distributed job shares
+/// (`MASTER_ADDR:MASTER_PORT`: two live jobs cannot share it), else Open MPI's job id or
+/// PMIx namespace, else Slurm's job and step. Processes with different keys are never put
+/// in one communicator or graph-launch group.
+pub fn job_key(get: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let nonempty = |k: &str| {
+        get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(id) = nonempty("TORCHELASTIC_RUN_ID") {
+        return Some(format!("torchelastic:{id}"));
+    }
+    if let (Some(a), Some(p)) = (nonempty("MASTER_ADDR"), nonempty("MASTER_PORT")) {
+        return Some(format!("master:{a}:{p}"));
+    }
+    if let Some(id) = nonempty("OMPI_MCA_ess_base_jobid") {
+        return Some(format!("ompi:{id}"));
+    }
+    if let Some(ns) = nonempty("PMIX_NAMESPACE") {
+        return Some(format!("pmix:{ns}"));
+    }
+    if let Some(j) = nonempty("SLURM_JOB_ID") {
+        let step = nonempty("SLURM_STEP_ID").unwrap_or_default();
+        return Some(format!("slurm:{j}.{step}"));
+    }
+    None
 }
 
 /// Index of a process incarnation.
@@ -181,7 +211,7 @@ mod tests {
             (h.rank, h.world_size, h.local_rank),
             (Some(3), Some(8), Some(3))
         );
-        assert_eq!(h.job.as_deref(), Some("10.0.0.1:29500"));
+        assert_eq!(h.job.as_deref(), Some("master:10.0.0.1:29500"));
         assert_eq!(h.host.as_deref(), Some("node-a"));
     }
 }

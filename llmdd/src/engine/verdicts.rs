@@ -117,13 +117,6 @@ impl Engine {
                 &mut self.scratch,
             )
         };
-        // Idle blamed on the straggler is the straggler's cost, said in its finding rather
-        // than as a second finding.
-        let folded_idle = match (&ev.straggler, &ev.idle) {
-            (Some(v), Some(i)) if v.member == i.member => Some(i.clone()),
-            _ => None,
-        };
-        let idle = if folded_idle.is_some() { None } else { ev.idle };
         let id = self.lanes[li].id;
         let culprit = ev.straggler.as_ref().map(|v| v.member);
         shift_blame(
@@ -136,30 +129,11 @@ impl Engine {
             now,
         );
         if let Some(v) = ev.straggler {
-            let folded = folded_idle.map(|i| (i.ratio, i.span_ns));
-            self.raise_straggler(lane, v, folded);
-        }
-        let culprit = idle.as_ref().map(|v| v.member);
-        shift_blame(
-            &mut self.idle_blame,
-            &mut self.findings,
-            lane,
-            culprit,
-            FindingKind::Bubble,
-            id,
-            now,
-        );
-        if let Some(v) = idle {
-            self.raise_idle(lane, v, now);
+            self.raise_straggler(lane, v);
         }
     }
 
-    fn raise_straggler(
-        &mut self,
-        lane: u32,
-        v: stragglers::StragglerVerdict,
-        idle: Option<(f64, u64)>,
-    ) {
+    fn raise_straggler(&mut self, lane: u32, v: stragglers::StragglerVerdict) {
         let l = &self.lanes[lane as usize];
         let mm = &l.members[v.member as usize];
         let host = self.procs.host(mm.proc);
@@ -168,47 +142,16 @@ impl Engine {
             rank_name: wording::rank_name(mm.rank, v.member),
             evidence: l.evidence,
             lane_id: l.id,
-            op: v.op,
-            late_count: v.late_count,
-            total: v.total,
-            threshold_ns: v.threshold_ns,
-            median_lag_ns: v.median_lag_ns,
-            waited_ns: v.waited_ns,
-            blame: v.blame,
-            idle,
             critical_lag_ns: self.cfg.straggler_critical_lag_ns,
-            window: v.window,
             culprit: self.member_culprit(mm.rank, mm.pid, mm.proc, l.id),
+            verdict: v,
         });
         let key = FindingKey {
             kind: FindingKind::Straggler,
             scope: l.id,
-            culprit: v.member as u64,
+            culprit: d.1 as u64,
         };
-        self.raise(key, d);
-    }
-
-    fn raise_idle(&mut self, lane: u32, v: stragglers::IdleVerdict, now: u64) {
-        let l = &self.lanes[lane as usize];
-        let mm = &l.members[v.member as usize];
-        let host = self.procs.host(mm.proc);
-        let d = wording::data_parallel_idle(wording::IdleFacts {
-            who: wording::describe_member(mm.rank, mm.pid, host),
-            evidence: l.evidence,
-            lane_id: l.id,
-            ratio: v.ratio,
-            span_ns: v.span_ns,
-            waited_ns: v.waited_ns,
-            instances: v.instances,
-            now,
-            culprit: self.member_culprit(mm.rank, mm.pid, mm.proc, l.id),
-        });
-        let key = FindingKey {
-            kind: FindingKind::Bubble,
-            scope: l.id,
-            culprit: v.member as u64,
-        };
-        self.raise(key, d);
+        self.raise(key, d.0);
     }
 
     pub(super) fn bubble_alert(&mut self, a: BubbleAlert) {

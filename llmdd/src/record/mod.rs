@@ -132,6 +132,12 @@ pub struct RecProc {
     pub world_size: Option<u32>,
     pub job: Option<String>,
     pub libraries: Vec<RecLib>,
+    /// The parent process and the MPI world communicator's handle (recorded since layout
+    /// 2's first extension; absent in older files).
+    #[serde(default)]
+    pub parent: Option<u32>,
+    #[serde(default)]
+    pub world_comm: Option<u64>,
 }
 
 /// The start metadata.
@@ -190,6 +196,8 @@ impl RecProc {
             local_rank: hints.local_rank,
             world_size: hints.world_size,
             job: hints.job.clone(),
+            parent: hints.parent,
+            world_comm: hints.world_comm,
             libraries: info
                 .libraries
                 .iter()
@@ -214,6 +222,8 @@ impl RecProc {
             world_size: self.world_size,
             host,
             job: self.job.clone(),
+            parent: self.parent,
+            world_comm: self.world_comm,
         }
     }
 

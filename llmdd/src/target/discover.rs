@@ -117,6 +117,7 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
 
     let mut objects = Vec::new();
     let mut issues = Vec::new();
+    let mut mpi_world_handle = None;
     for file in &files {
         let (host_path, meta) = match open_path(pid, file) {
             Ok(found) => found,
@@ -149,6 +150,9 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
                         reason: NO_GLOO.to_string(),
                     });
                 }
+                if let Some(w) = &info.mpi_world {
+                    mpi_world_handle = mpi_world_handle.or_else(|| w.handle(pid, &file.mappings));
+                }
                 objects.extend(traced_objects(file, &host_path, &info))
             }
             Err(e) => match &*e {
@@ -167,7 +171,9 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
         });
     }
 
-    Ok(describe(pid, status, objects, issues))
+    let mut t = describe(pid, status, objects, issues);
+    t.mpi_world_handle = mpi_world_handle;
+    Ok(t)
 }
 
 /// The process's status, refusing a thread id.
@@ -201,6 +207,8 @@ fn describe(
         .unwrap_or_default();
     Target {
         pid,
+        ppid: status.ppid,
+        mpi_world_handle: None,
         ns_pid: status.ns_pid(),
         comm: status.name,
         exe: procfs::exe(pid),

@@ -80,6 +80,11 @@ pub struct ElfScan {
     pub build_id: Option<Vec<u8>>,
     /// The exported functions accepted by the filter, in symbol-table order.
     pub symbols: Vec<ElfSymbol>,
+    /// The exported data objects accepted by the filter (`file_offset` 0: they may live in
+    /// `.bss`, with no file contents).
+    pub data: Vec<ElfSymbol>,
+    /// The loadable segments (to turn a symbol's address into a process address).
+    pub loads: Vec<LoadSegment>,
 }
 
 /// A loadable segment, as needed to turn addresses into file offsets.
@@ -193,6 +198,8 @@ pub fn scan(path: &Path, wanted: impl Fn(&str) -> bool) -> Result<ElfScan, ElfEr
         machine: header.e_machine(endian),
         build_id: build_id(header, endian, data, &sections).map_err(malformed)?,
         symbols: Vec::new(),
+        data: Vec::new(),
+        loads: loads.clone(),
     };
 
     // The dynamic symbol table and its strings, each read in one piece.
@@ -210,7 +217,8 @@ pub fn scan(path: &Path, wanted: impl Fn(&str) -> bool) -> Result<ElfScan, ElfEr
     let strings = StringTable::new(str_bytes, 0, str_bytes.len() as u64);
 
     for sym in syms {
-        if sym.st_type() != elf::STT_FUNC
+        let object = sym.st_type() == elf::STT_OBJECT;
+        if !(sym.st_type() == elf::STT_FUNC || object)
             || sym.st_shndx(endian) == elf::SHN_UNDEF
             || !matches!(sym.st_bind(), elf::STB_GLOBAL | elf::STB_WEAK)
         {
@@ -227,6 +235,16 @@ pub fn scan(path: &Path, wanted: impl Fn(&str) -> bool) -> Result<ElfScan, ElfEr
             continue;
         }
         let vaddr = sym.st_value(endian);
+        if object {
+            out.data.push(ElfSymbol {
+                name: name.to_string(),
+                vaddr,
+                size: sym.st_size(endian),
+                file_offset: 0,
+                weak: sym.st_bind() == elf::STB_WEAK,
+            });
+            continue;
+        }
         let file_offset = vaddr_to_offset(vaddr, &loads, &file_sections).ok_or_else(|| {
             ElfError::UnmappedAddress {
                 path: path.to_path_buf(),

@@ -61,6 +61,44 @@ pub struct LibraryInfo {
     pub nccl_version: Option<String>,
     /// Communicator field offsets, for objects exporting NCCL functions.
     pub comm_offsets: Option<Result<CommOffsets, String>>,
+    /// Where this MPI library keeps `MPI_COMM_WORLD`, for objects exporting MPI functions.
+    pub mpi_world: Option<MpiWorld>,
+}
+
+/// How an MPI library names its world communicator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MpiWorld {
+    /// Open MPI: `MPI_COMM_WORLD` is the address of the global `ompi_mpi_comm_world`, which
+    /// an application built as a position-independent executable copies into its own data
+    /// (a copy relocation). The library's `ompi_mpi_comm_world_addr` holds the address the
+    /// dynamic linker settled on: a pointer `rel` bytes past the start of the mapping of file
+    /// offset `file_offset` (the object's first loadable segment).
+    Pointer { rel: u64, file_offset: u64 },
+    /// MPICH and its ABI (Intel MPI, MVAPICH): `MPI_COMM_WORLD` is the integer handle
+    /// 0x44000000.
+    Handle(u64),
+}
+
+/// Open MPI's pointer to its world communicator object.
+const OMPI_COMM_WORLD_ADDR: &str = "ompi_mpi_comm_world_addr";
+/// A global every MPICH-derived library defines.
+const MPICH_MARKER: &str = "MPIR_Process";
+/// MPICH's `MPI_COMM_WORLD` handle (mpi.h: `#define MPI_COMM_WORLD ((MPI_Comm)0x44000000)`).
+const MPICH_COMM_WORLD: u64 = 0x4400_0000;
+
+impl MpiWorld {
+    /// `MPI_COMM_WORLD` in process `pid`, which maps the object as `mappings`.
+    pub fn handle(&self, pid: u32, mappings: &[super::maps::Mapping]) -> Option<u64> {
+        match *self {
+            MpiWorld::Handle(h) => Some(h),
+            MpiWorld::Pointer { rel, file_offset } => {
+                let m = mappings.iter().find(|m| m.offset == file_offset)?;
+                super::procfs::read_word(pid, m.start + rel)
+                    .ok()
+                    .filter(|&h| h != 0)
+            }
+        }
+    }
 }
 
 impl LibraryInfo {
@@ -99,6 +137,8 @@ pub fn func_of_symbol(name: &str) -> Option<FuncId> {
 
 fn wanted(name: &str) -> bool {
     func_of_symbol(name).is_some()
+        || name == OMPI_COMM_WORLD_ADDR
+        || name == MPICH_MARKER
         || USER_RANK.contains(&name)
         || COUNT.contains(&name)
         || GET_VERSION.contains(&name)
@@ -221,8 +261,29 @@ pub fn analyze(path: &Path) -> Result<LibraryInfo, ElfError> {
             None
         },
         comm_offsets: has_nccl.then(|| comm_offsets(path, &scan)),
+        mpi_world: families
+            .iter()
+            .any(|f| f.family == Family::Mpi)
+            .then(|| mpi_world(&scan))
+            .flatten(),
         families,
     })
+}
+
+/// Where the MPI library of `scan` keeps its world communicator.
+fn mpi_world(scan: &ElfScan) -> Option<MpiWorld> {
+    if let Some(s) = scan.data.iter().find(|s| s.name == OMPI_COMM_WORLD_ADDR) {
+        const PAGE: u64 = !0xfff;
+        let first = scan.loads.iter().min_by_key(|l| l.vaddr)?;
+        return Some(MpiWorld::Pointer {
+            rel: s.vaddr.checked_sub(first.vaddr & PAGE)?,
+            file_offset: first.offset & PAGE,
+        });
+    }
+    scan.data
+        .iter()
+        .any(|s| s.name == MPICH_MARKER)
+        .then_some(MpiWorld::Handle(MPICH_COMM_WORLD))
 }
 
 /// The version in a file name such as `libnccl.so.2.21.5` (`2.21.5`) or `libcudart.so.12`.

@@ -48,8 +48,14 @@ pub struct Target {
     pub exe: Option<PathBuf>,
     /// Command line arguments (empty when unreadable).
     pub cmdline: Vec<String>,
-    /// Rank, local rank, world size and visible devices from the start-up environment.
+    /// Rank, local rank, world size, job and visible devices from the start-up environment.
     pub rank_hints: RankHints,
+    /// The parent process (its launcher, for the ranks of most jobs).
+    pub ppid: Option<u32>,
+    /// The handle of the MPI world communicator (`MPI_COMM_WORLD`) in this process, when its
+    /// MPI library says where it is: the one MPI communicator the environment's ranks
+    /// describe.
+    pub mpi_world_handle: Option<u64>,
     /// Objects to probe: one per (mapped file, library family).
     pub objects: Vec<TracedObject>,
     /// Mapped executable objects that could not be examined, with the reason.

@@ -3,6 +3,7 @@
 
 use std::{
     ffi::OsStr,
+    io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -30,6 +31,8 @@ pub struct Status {
     /// `NSpid:`: the pid in each pid namespace, outermost first. The last one is the pid as
     /// the process sees itself (inside its container).
     pub ns_pids: Vec<u32>,
+    /// `PPid:` (the parent, in llmdd's pid namespace).
+    pub ppid: Option<u32>,
 }
 
 impl Status {
@@ -50,6 +53,7 @@ pub fn parse_status(text: &str) -> Status {
         match key {
             "Name" => st.name = value.to_string(),
             "Tgid" => st.tgid = value.parse().ok(),
+            "PPid" => st.ppid = value.parse().ok().filter(|&p| p != 0),
             "NSpid" => {
                 st.ns_pids = value
                     .split_whitespace()
@@ -83,6 +87,9 @@ pub struct RankHints {
     pub world_size: Option<u32>,
     /// `CUDA_VISIBLE_DEVICES` (else `HIP_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`), verbatim.
     pub cuda_visible_devices: Option<String>,
+    /// What names the job the process belongs to, from its launcher's variables (see
+    /// [`crate::engine::job_key`]).
+    pub job: Option<String>,
 }
 
 impl RankHints {
@@ -124,7 +131,39 @@ pub fn rank_hints<S: AsRef<str>>(environ: &[S]) -> RankHints {
         cuda_visible_devices: get("CUDA_VISIBLE_DEVICES")
             .or_else(|| get("HIP_VISIBLE_DEVICES"))
             .or_else(|| get("ROCR_VISIBLE_DEVICES")),
+        job: crate::engine::job_key(&get),
     }
+}
+
+/// Reads `len` bytes of process `pid`'s memory at `addr` (`/proc/PID/mem`, which needs the
+/// same right as ptrace: root, or CAP_SYS_PTRACE). Fewer bytes come back when the range runs
+/// into unmapped memory.
+pub fn read_mem(pid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(proc_path(pid, "mem"))?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut buf[got..], addr.saturating_add(got as u64)) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if got == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Reads one little-endian word of process `pid`'s memory.
+pub fn read_word(pid: u32, addr: u64) -> io::Result<u64> {
+    let b = read_mem(pid, addr, 8)?;
+    let arr: [u8; 8] = b
+        .as_slice()
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::UnexpectedEof, "short read"))?;
+    Ok(u64::from_le_bytes(arr))
 }
 
 /// The executable of a process (as a path inside its mount namespace), when readable.

@@ -205,7 +205,7 @@ pub struct Communicator {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct GraphGroup {
-    /// "communicator", "environment" or "host".
+    /// "communicator" or "environment".
     pub basis: &'static str,
     #[serde(flatten)]
     pub lane: Lane,
@@ -568,7 +568,6 @@ pub fn build(i: &Inputs) -> Report {
                 basis: match g.basis {
                     GroupBasis::Communicator { .. } => "communicator",
                     GroupBasis::Environment { .. } => "environment",
-                    GroupBasis::Host { .. } => "host",
                 },
                 lane: lane(&g.lane),
             })

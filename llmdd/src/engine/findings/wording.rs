@@ -5,6 +5,7 @@
 use super::{Culprit, Draft, Magnitude, Severity};
 use crate::engine::{
     matching::{Evidence, GRAPH_OP, GROUP_OP},
+    stragglers::StragglerVerdict,
     util::{fmt_bytes, fmt_id, fmt_ns},
 };
 
@@ -209,108 +210,75 @@ pub struct StragglerFacts {
     pub rank_name: String,
     pub evidence: Evidence,
     pub lane_id: u64,
-    pub op: u16,
-    pub late_count: u32,
-    pub total: u32,
-    pub threshold_ns: u64,
-    pub median_lag_ns: u64,
-    pub waited_ns: u64,
-    pub blame: f64,
-    /// The others' idle share blamed on it, when it is also the rank they idled for.
-    pub idle: Option<(f64, u64)>,
     pub critical_lag_ns: u64,
-    pub window: (u64, u64),
     pub culprit: Culprit,
+    pub verdict: StragglerVerdict,
 }
 
-pub fn straggler(f: StragglerFacts) -> Draft {
+/// The straggler finding, and the lane member it names.
+pub fn straggler(f: StragglerFacts) -> (Draft, u32) {
+    let v = &f.verdict;
     let what = match f.evidence {
         Evidence::Collectives => format!(
-            "arrived last in {} of {} {} instances on communicator {}",
-            f.late_count,
-            f.total,
-            op_label(f.op),
+            "arrived last by {} or more in {} of {} {} instances on communicator {}",
+            fmt_ns(v.threshold_ns),
+            v.late_count,
+            v.total,
+            op_label(v.op),
             fmt_id(f.lane_id)
         ),
         Evidence::GraphSteps => format!(
-            "launched its graph last in {} of {} graph-launch steps of group {}",
-            f.late_count,
-            f.total,
+            "launched its graph last by {} or more in {} of {} graph-launch steps of group {}",
+            fmt_ns(v.threshold_ns),
+            v.late_count,
+            v.total,
             fmt_id(f.lane_id)
         ),
     };
-    let idle = f
-        .idle
-        .map(|(ratio, span)| {
-            format!(
-                "; waiting for it, the other ranks idled {:.0}% of the last {}",
-                ratio * 100.0,
-                fmt_ns(span)
-            )
-        })
-        .unwrap_or_default();
-    Draft {
-        severity: if f.median_lag_ns >= f.critical_lag_ns {
+    let (k, n) = v.as_late;
+    let evidence = format!(
+        "{} {what}; its median lag in those instances was {} (its call's entry after the \
+         other ranks' median entry, host time); the other ranks waited {} for it there, {:.0}% \
+         of the waiting on late ranks, and {:.1}% of their time over the last {} was spent \
+         waiting for it; {k} of the {n} instances in which any rank was {} or more late were \
+         its own (chance {} were which rank is late luck)",
+        f.who,
+        fmt_ns(v.median_lag_ns),
+        fmt_secs(v.waited_ns),
+        v.blame * 100.0,
+        v.idle_ratio * 100.0,
+        fmt_ns(v.span_ns),
+        fmt_ns((v.median_lag_ns / 2).max(v.threshold_ns)),
+        fmt_chance(v.chance),
+    );
+    let d = Draft {
+        severity: if v.median_lag_ns >= f.critical_lag_ns {
             Severity::Critical
         } else {
             Severity::Warning
         },
         culprit: f.culprit,
-        evidence: format!(
-            "{} {what} by {} or more (median lag then {}); the other ranks waited {} for it in those instances, {:.0}% of the waiting on late ranks{idle}",
-            f.who,
-            fmt_ns(f.threshold_ns),
-            fmt_ns(f.median_lag_ns),
-            fmt_secs(f.waited_ns),
-            f.blame * 100.0
-        ),
+        evidence,
         source: f.evidence.label(),
         suggestion: format!(
-            "Look at what {} does before it calls in: host-side work (CPU contention, data loading, Python GC), a slower or throttled GPU, or more work than the other ranks.",
+            "Look at what {} does before it calls in: host-side work (CPU contention, data loading, Python GC, checkpoints), a slower or throttled GPU, or more work than the other ranks.",
             f.rank_name
         ),
-        window: f.window,
+        window: v.window,
         magnitude: Magnitude {
             name: "median_lag_ns",
-            value: f.median_lag_ns as f64,
+            value: v.median_lag_ns as f64,
         },
-    }
+    };
+    (d, v.member)
 }
 
-/// Data-parallel idle blamed on one rank.
-pub struct IdleFacts {
-    pub who: String,
-    pub evidence: Evidence,
-    pub lane_id: u64,
-    pub ratio: f64,
-    pub span_ns: u64,
-    pub waited_ns: u64,
-    pub instances: u32,
-    pub now: u64,
-    pub culprit: Culprit,
-}
-
-pub fn data_parallel_idle(f: IdleFacts) -> Draft {
-    Draft {
-        severity: Severity::Warning,
-        culprit: f.culprit,
-        evidence: format!(
-            "the other ranks of {} {} idled {:.0}% of the last {} ({} in total over {} instances) waiting for {}",
-            lane_label(f.evidence),
-            fmt_id(f.lane_id),
-            f.ratio * 100.0,
-            fmt_ns(f.span_ns),
-            fmt_secs(f.waited_ns),
-            f.instances,
-            f.who
-        ),
-        source: f.evidence.label(),
-        suggestion: "Balance the work across ranks (batch composition, sequence lengths) or remove what slows the busy rank.".into(),
-        window: (f.now.saturating_sub(f.span_ns), f.now),
-        magnitude: Magnitude {
-            name: "bubble_ratio",
-            value: f.ratio,
-        },
+/// A small probability, readably ("1e-12", "0.003").
+fn fmt_chance(p: f64) -> String {
+    if p >= 0.001 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.0e}")
     }
 }
 

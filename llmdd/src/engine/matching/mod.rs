@@ -24,6 +24,8 @@
 //! stall, the behind members are assumed to have lost calls and are shifted forward (the
 //! instances they skipped are excused), which makes the lane verified again.
 
+mod alignment;
+
 use std::collections::VecDeque;
 
 use serde::Serialize;
@@ -84,6 +86,11 @@ pub struct Arrival {
     /// Time the process had spent waiting in synchronising calls (stream, event, device
     /// syncs) in total, as of this call.
     pub sync_ns: u64,
+    /// The call's return bounds the instance's completion on every member: a collective that
+    /// blocks the calling thread (MPI, Gloo) and whose every member needs every member's
+    /// input (all-reduce, all-gather, reduce-scatter, all-to-all, barrier), so no member can
+    /// return before the last one has arrived.
+    pub exit_bounds: bool,
 }
 
 /// Sync time before a call not known.
@@ -159,6 +166,9 @@ struct Instance {
     exits: Vec<u64>,
     /// Time waited in syncs before the call per member (`NO_SYNC`: not known).
     synced: Vec<u64>,
+    /// Completion upper bound per member's call (0 = none): its return, for calls that
+    /// block until every member arrived, or a later sync that covered it.
+    ubs: Vec<u64>,
     arrived: u32,
     /// Real (not excused) arrivals.
     real: u32,
@@ -188,6 +198,8 @@ impl Instance {
         self.exits.resize(n, 0);
         self.synced.clear();
         self.synced.resize(n, NO_SYNC);
+        self.ubs.clear();
+        self.ubs.resize(n, 0);
         self.arrived = 0;
         self.real = 0;
         self.first_ns = u64::MAX;
@@ -295,6 +307,10 @@ pub struct Lane {
     pub period_ns: u64,
     /// Event time of a member leaving, while the instances it no longer holds up finish.
     leaving_ns: u64,
+    /// An instance's arrivals contradicted each other: re-check the numbering (`repair`).
+    repair_due: bool,
+    /// Instances found inconsistent (kept out of the evidence; the numbering re-checked).
+    pub inconsistent: u64,
 }
 
 impl Lane {
@@ -328,6 +344,8 @@ impl Lane {
             prev_finished: None,
             period_ns: 0,
             leaving_ns: 0,
+            repair_due: false,
+            inconsistent: 0,
         }
     }
 
@@ -462,7 +480,11 @@ impl Lane {
             sig: a.sig,
             bytes: a.bytes,
             op: a.op,
-            ub: 0,
+            ub: if a.exit_bounds {
+                a.exit_ns.unwrap_or(0)
+            } else {
+                0
+            },
         };
         let idx = {
             let mm = &mut self.members[mi];
@@ -492,6 +514,7 @@ impl Lane {
                 }
             }
         }
+        self.repair_if_due(cfg, out);
         idx
     }
 
@@ -542,6 +565,7 @@ impl Lane {
             slots: Vec::new(),
             exits: Vec::new(),
             synced: Vec::new(),
+            ubs: Vec::new(),
             arrived: 0,
             real: 0,
             first_ns: 0,
@@ -603,8 +627,12 @@ impl Lane {
             inst.exits.resize(n, 0);
             inst.synced.resize(n, NO_SYNC);
         }
+        if inst.ubs.len() < n {
+            inst.ubs.resize(n, 0);
+        }
         inst.exits[m as usize] = c.exit_ns;
         inst.synced[m as usize] = c.synced_ns;
+        inst.ubs[m as usize] = c.ub;
         let slot = &mut inst.slots[m as usize];
         if *slot != ABSENT {
             return; // duplicate (cannot happen with a consistent stream)
@@ -642,7 +670,13 @@ impl Lane {
     }
 
     fn finish(&mut self, i: usize, cfg: &Config, out: &mut LaneOut) {
-        let unverified = self.unverified_since.is_some();
+        // Arrivals that contradict each other are a numbering error, not evidence.
+        let inconsistent = !consistent(&self.instances[i]);
+        if inconsistent {
+            self.inconsistent += 1;
+            self.repair_due = true;
+        }
+        let unverified = self.unverified_since.is_some() || inconsistent;
         let threshold = self.stall_threshold(cfg);
         let inst = &mut self.instances[i];
         inst.finished = true;
@@ -811,7 +845,15 @@ impl Lane {
                 inst.ub = ub;
                 inst.ub_by = m;
             }
+            if let Some(u) = inst.ubs.get_mut(m as usize) {
+                if *u == 0 || ub < *u {
+                    *u = ub;
+                }
+            }
             if inst.finished {
+                if !consistent(inst) {
+                    self.repair_due = true;
+                }
                 self.record_completion(i);
             }
         }
@@ -836,85 +878,6 @@ impl Lane {
                 self.pool.push(f);
             }
         }
-    }
-
-    /// Aligns a pending member against the instances the aligned members have built.
-    fn align(&mut self, m: u32, cfg: &Config, out: &mut LaneOut) {
-        let mi = m as usize;
-        let buf: Vec<MemberCall> = self.members[mi].calls.iter().copied().collect();
-        let base_idx = self.members[mi].calls_base;
-        let have_history = self.instances.iter().any(|i| i.real > 0);
-        let start_seq = if buf.is_empty() || !have_history {
-            self.end_seq()
-        } else {
-            self.best_start(&buf, mi, cfg)
-        };
-        let offset = start_seq as i64 - base_idx as i64;
-        {
-            let mm = &mut self.members[mi];
-            mm.offset = Some(offset);
-            mm.first_seq = start_seq.max(self.base_seq);
-        }
-        self.pending -= 1;
-        self.recompute_expected();
-        for (j, c) in buf.iter().enumerate() {
-            let seq = start_seq + j as u64;
-            if seq < self.base_seq {
-                out.dropped_calls += 1;
-                continue;
-            }
-            self.place(m, seq, *c, cfg, out);
-        }
-        // Instances before this member's first call may be complete now.
-        self.recheck_all(cfg, out);
-    }
-
-    /// The instance the first buffered call belongs to.
-    fn best_start(&self, buf: &[MemberCall], mi: usize, cfg: &Config) -> u64 {
-        // Centre: the kept instance whose first arrival is closest to the first call.
-        let e0 = buf[0].entry_ns;
-        let centre = self
-            .instances
-            .iter()
-            .filter(|i| i.real > 0)
-            .min_by_key(|i| i.first_ns.abs_diff(e0))
-            .map(|i| i.seq)
-            .unwrap_or(self.end_seq());
-        let k = cfg.align_max_shift as u64;
-        let lo = centre.saturating_sub(k);
-        let hi = centre + k;
-        let mut best: Option<((u64, u64, u64), u64)> = None;
-        let mut dists: Vec<u64> = Vec::with_capacity(buf.len());
-        for s0 in lo..=hi {
-            let mut bad = 0u64;
-            let mut pairs = 0u64;
-            dists.clear();
-            for (j, c) in buf.iter().enumerate() {
-                let seq = s0 + j as u64;
-                if seq < self.base_seq {
-                    continue;
-                }
-                let Some(inst) = self.instances.get((seq - self.base_seq) as usize) else {
-                    break;
-                };
-                if let Some(k) = contradictions(c, inst, mi) {
-                    pairs += 1;
-                    bad += k.bad;
-                    dists.push(k.dist);
-                }
-            }
-            let need = (buf.len().min(self.instances.len()) as u64 / 2).max(1);
-            if pairs < need {
-                continue;
-            }
-            let d = super::util::median(&mut dists);
-            // Fewest contradictions, then most overlap, then closest in time.
-            let score = (bad, u64::MAX - pairs, d);
-            if best.as_ref().is_none_or(|(b, _)| score < *b) {
-                best = Some((score, s0));
-            }
-        }
-        best.map(|(_, s)| s).unwrap_or(self.end_seq())
     }
 
     fn recheck_all(&mut self, cfg: &Config, out: &mut LaneOut) {
@@ -964,6 +927,7 @@ impl Lane {
     /// Periodic work at safe event time `now`: align members that waited long enough, resolve
     /// unverified lanes, and return the oldest open instance when it has stalled.
     pub fn tick(&mut self, now: u64, cfg: &Config, out: &mut LaneOut) -> Option<StallInfo> {
+        self.repair_if_due(cfg, out);
         if self.pending > 0 {
             for m in 0..self.members.len() {
                 let mm = &self.members[m];
@@ -1033,131 +997,6 @@ impl Lane {
         })
     }
 
-    fn furthest_next(&self) -> Option<u64> {
-        self.members
-            .iter()
-            .filter(|m| m.left_ns.is_none())
-            .filter_map(|m| m.next_seq())
-            .max()
-    }
-
-    /// Shifts members that lag behind the lane's furthest instance forward, excusing the
-    /// instances they skipped (their records were presumably lost).
-    fn realign_behind(&mut self, missing: &[u32], cfg: &Config, out: &mut LaneOut) {
-        let Some(furthest) = self.furthest_next() else {
-            return;
-        };
-        for &m in missing {
-            let Some(next) = self.members[m as usize].next_seq() else {
-                continue;
-            };
-            if next < furthest {
-                self.shift_member(m, furthest - next, out);
-            }
-        }
-        self.recheck_all(cfg, out);
-        if self.open == 0 {
-            self.suspect_since = None;
-            self.unverified_since = None;
-        }
-    }
-
-    /// Moves a member's numbering `skip` instances forward; the instances it skipped are
-    /// excused for it.
-    fn shift_member(&mut self, m: u32, skip: u64, out: &mut LaneOut) {
-        let n = self.members.len();
-        let mm = &mut self.members[m as usize];
-        let Some(next) = mm.next_seq() else { return };
-        mm.offset = mm.offset.map(|o| o + skip as i64);
-        mm.excused += skip;
-        self.realignments += 1;
-        out.realigned.push((m, skip));
-        for seq in next..next + skip {
-            if seq < self.base_seq {
-                continue;
-            }
-            if let Some(inst) = self.instances.get_mut((seq - self.base_seq) as usize) {
-                if inst.slots.len() < n {
-                    inst.slots.resize(n, ABSENT);
-                }
-                if inst.slots[m as usize] == ABSENT {
-                    inst.slots[m as usize] = EXCUSED;
-                    inst.arrived += 1;
-                }
-            }
-        }
-    }
-
-    /// After lost events: re-checks each member that is behind the furthest one against the
-    /// others' arrivals, and shifts it forward when a shift removes contradictions (signature
-    /// or causality). With such evidence confirming the numbering the lane is no longer
-    /// suspect; without any, it stays suspect until it is seen complete and quiet.
-    fn verify(&mut self, cfg: &Config, out: &mut LaneOut) {
-        let Some(furthest) = self.furthest_next() else {
-            self.unverified_since = None;
-            return;
-        };
-        let window = (2 * cfg.align_min_calls).max(4);
-        let mut conclusive = true;
-        for m in 0..self.members.len() {
-            let mm = &self.members[m];
-            if mm.left_ns.is_some() {
-                continue;
-            }
-            let (Some(o), Some(next)) = (mm.offset, mm.next_seq()) else {
-                continue;
-            };
-            let maxd = furthest
-                .saturating_sub(next)
-                .min(cfg.align_max_shift as u64);
-            let skip = mm.calls.len().saturating_sub(window);
-            let calls: Vec<(i64, MemberCall)> = mm
-                .calls
-                .iter()
-                .enumerate()
-                .skip(skip)
-                .map(|(j, c)| ((mm.calls_base + j as u64) as i64 + o, *c))
-                .collect();
-            let score = |d: u64| -> (u64, u64) {
-                let (mut bad, mut pairs) = (0, 0);
-                for (seq, c) in &calls {
-                    let s = *seq + d as i64;
-                    if s < self.base_seq as i64 {
-                        continue;
-                    }
-                    let Some(inst) = self.instances.get((s as u64 - self.base_seq) as usize) else {
-                        break;
-                    };
-                    if let Some(k) = contradictions(c, inst, m) {
-                        bad += k.bad;
-                        pairs += 1;
-                    }
-                }
-                (bad, pairs)
-            };
-            let (bad0, _) = score(0);
-            if bad0 == 0 {
-                // Confirmed only when every shift it could have suffered contradicts.
-                let ambiguous = (1..=maxd).any(|d| matches!(score(d), (0, p) if p > 0));
-                conclusive &= !ambiguous;
-                continue;
-            }
-            let best = (1..=maxd)
-                .map(|d| (score(d), d))
-                .filter(|((_, p), _)| *p > 0)
-                .min_by_key(|((b, _), d)| (*b, *d));
-            match best {
-                Some(((b, _), d)) if b < bad0 => self.shift_member(m as u32, d, out),
-                _ => conclusive = false,
-            }
-        }
-        self.unverified_since = None;
-        if conclusive {
-            self.suspect_since = None;
-        }
-        self.recheck_all(cfg, out);
-    }
-
     // ---- views ----
 
     pub fn open_instances(&self) -> usize {
@@ -1197,6 +1036,33 @@ impl Lane {
     }
 }
 
+/// Whether an instance's arrivals agree with its completion bounds: no member arrived after
+/// another member's call was seen complete (for the calls whose completion needs every
+/// member: see `Arrival::exit_bounds` and the syncs of `completion`).
+fn consistent(inst: &Instance) -> bool {
+    // The tightest bound, and the tightest of any other member.
+    let (mut b1, mut by1, mut b2) = (u64::MAX, usize::MAX, u64::MAX);
+    for (m, &u) in inst.ubs.iter().enumerate() {
+        if u == 0 {
+            continue;
+        }
+        if u < b1 {
+            b2 = b1;
+            b1 = u;
+            by1 = m;
+        } else if u < b2 {
+            b2 = u;
+        }
+    }
+    if b1 == u64::MAX {
+        return true;
+    }
+    inst.slots.iter().enumerate().all(|(m, &e)| {
+        let bound = if m == by1 { b2 } else { b1 };
+        e >= EXCUSED || e <= bound
+    })
+}
+
 /// How much more than the other members (their median) member `m` has of what `of` measures
 /// at an instance (`slots` tell who took part): 0 when not more or not known.
 fn excess(slots: &[u64], m: usize, of: impl Fn(usize) -> Option<u64>) -> u64 {
@@ -1224,41 +1090,6 @@ fn excess(slots: &[u64], m: usize, of: impl Fn(usize) -> Option<u64>) -> u64 {
         return 0;
     }
     mine.saturating_sub(median_i64(&mut others[..k]) as u64)
-}
-
-/// Compares a member's call with the other members' arrivals at an instance: the number of
-/// contradictions (different signature; the call came after the instance was seen complete;
-/// the others arrived after the call was seen complete) and the distance to the others' first
-/// arrival. None when no other member arrived there.
-fn contradictions(c: &MemberCall, inst: &Instance, exclude: usize) -> Option<Check> {
-    let mut first = u64::MAX;
-    for (mi, &e) in inst.slots.iter().enumerate() {
-        if mi != exclude && e < EXCUSED {
-            first = first.min(e);
-        }
-    }
-    if first == u64::MAX {
-        return None;
-    }
-    let mut k = Check {
-        bad: 0,
-        dist: c.entry_ns.abs_diff(first),
-    };
-    if inst.sig_by as usize != exclude && inst.sig != 0 && c.sig != 0 && inst.sig != c.sig {
-        k.bad += 1;
-    }
-    if inst.ub_by as usize != exclude && inst.ub != 0 && c.entry_ns > inst.ub {
-        k.bad += 1;
-    }
-    if c.ub != 0 && first > c.ub {
-        k.bad += 1;
-    }
-    Some(k)
-}
-
-struct Check {
-    bad: u64,
-    dist: u64,
 }
 
 /// Bus bandwidth in MB/s with the nccl-tests factors, from the per-rank byte count of the call
@@ -1309,6 +1140,7 @@ mod tests {
             bytes: 1024,
             op: 0,
             sync_ns: 0,
+            exit_bounds: false,
         }
     }
 
@@ -1423,6 +1255,48 @@ mod tests {
         assert_eq!(out.realigned, vec![(b, 1)]);
         assert_eq!(l.open_instances(), 0);
         assert!(l.suspect_since.is_none());
+    }
+
+    /// Calls that block until every member arrived (MPI's all-reduce): a call's return
+    /// bounds its instance. Member b's first call was never seen (no loss was reported), so
+    /// its calls are numbered one instance early: each then arrives after a's call of that
+    /// instance returned, which cannot be. The numbering is repaired at the first such
+    /// instance, and b's lag is measured against the right instance from then on.
+    #[test]
+    fn contradicting_arrivals_repair_the_numbering() {
+        let c = cfg();
+        let mut l = Lane::new(1, Evidence::Collectives, 0, &c);
+        let mut out = LaneOut::default();
+        let a = l.add_member(0, 10, Some(0), true, 0);
+        let b = l.add_member(1, 11, Some(1), true, 0);
+        let blocking = |entry: u64, exit: u64| Arrival {
+            entry_ns: entry,
+            exit_ns: Some(exit),
+            exit_bounds: true,
+            ..arr(entry)
+        };
+        // Period 1000; b arrives 800 after a, and both return at b's arrival.
+        for k in 0..20u64 {
+            l.arrive(a, blocking(1000 * k, 1000 * k + 801), &c, &mut out);
+            if k > 0 {
+                l.arrive(b, blocking(1000 * k + 800, 1000 * k + 801), &c, &mut out);
+            }
+        }
+        assert!(l.inconsistent >= 1);
+        assert_eq!(l.realignments, 1);
+        assert_eq!(out.realigned, vec![(b, 1)]);
+        for (seq, slots, finished, _) in l.instances() {
+            if seq >= 1 {
+                assert_eq!(slots[1], Some(1000 * seq + 800), "seq {seq}");
+            }
+            assert!(finished || seq == 19, "seq {seq} open");
+        }
+        // Every evidence entry is the right instance: b 800 late.
+        assert!(l.evidence_ring.len() >= 17);
+        assert!(l
+            .evidence_ring
+            .iter()
+            .all(|e| e.late == b && e.lag_ns == 800));
     }
 
     #[test]

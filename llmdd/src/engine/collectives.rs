@@ -3,7 +3,7 @@
 //! an instance of its communicator's lane (see `matching`); sends and receives feed the
 //! pipeline-stage evidence (see `bubbles`).
 
-use llmdd_common::funcs::{self, CallKind, CommOp, FuncSpec};
+use llmdd_common::funcs::{self, CallKind, FuncSpec};
 
 use super::{
     comm::CallFacts,
@@ -247,6 +247,7 @@ impl Engine {
         for c in std::mem::take(&mut self.comms.recycled) {
             let lane = self.comms.list[c as usize].lane;
             self.stragglers.remove(&lane);
+            self.pipeline_blame.remove(&lane);
             if let Some(d) = self.dirty.get_mut(lane as usize) {
                 *d = false;
             }
@@ -328,21 +329,15 @@ impl Engine {
             };
             self.comms_recycled();
             let rank = self.comms.list[r.comm as usize].members[r.member as usize].rank;
-            let (Some(me), Some(peer)) = (rank, op.peer.filter(|&p| p >= 0)) else {
-                continue;
-            };
-            let peer = peer as u32;
-            let send = op.spec().roles.comm_op == Some(CommOp::Send);
-            let (src, dst) = if send { (me, peer) } else { (peer, me) };
-            if let Some(a) = self.bubbles.p2p(r.comm, src, dst, send, entry, &self.cfg) {
-                self.bubble_alert(a);
+            if let (Some(me), true) = (rank, op.peer.is_some_and(|p| p >= 0)) {
+                self.bubbles.transfer(r.comm, me, proc, entry, &self.cfg);
             }
         }
     }
 
     pub(super) fn arrive(&mut self, lane: u32, m: u32, mut a: Arrival, proc: ProcId, stream: u64) {
         let entry = a.entry_ns;
-        a.sync_ns = self.procs.proc(proc).sync_ns;
+        a.sync_ns = self.procs.proc(proc).waited_ns;
         let l = &mut self.lanes[lane as usize];
         let lane_id = l.id;
         let call = l.arrive(m, a, &self.cfg, &mut self.out);

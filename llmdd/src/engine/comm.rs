@@ -54,7 +54,6 @@ pub enum Identity {
 #[derive(Clone, Debug)]
 pub struct CommMember {
     pub proc: ProcId,
-    pub pid: u32,
     pub handle: u64,
     pub rank: Option<u32>,
     pub lane_member: u32,
@@ -190,7 +189,6 @@ impl Comms {
         let lm = lanes[lane as usize].add_member(proc, pid, rank, at_start, t);
         comm.members.push(CommMember {
             proc,
-            pid,
             handle,
             rank,
             lane_member: lm,

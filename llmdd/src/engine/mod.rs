@@ -117,6 +117,8 @@ pub struct Engine {
     counts: Counts,
     /// Lane -> member currently named straggler.
     stragglers: FastMap<u32, u32>,
+    /// Lane (of a pipeline's communicator) -> stage rank currently named the slow stage.
+    pipeline_blame: FastMap<u32, u32>,
     /// Lanes with new evidence since their last evaluation.
     dirty: Vec<bool>,
     out: LaneOut,
@@ -151,6 +153,7 @@ impl Engine {
             last_lost_report: None,
             counts: Counts::default(),
             stragglers: FastMap::default(),
+            pipeline_blame: FastMap::default(),
             dirty: Vec::new(),
             out: LaneOut::default(),
             bounds: Vec::new(),
@@ -273,6 +276,22 @@ impl Engine {
             // User probes without a role: counted and timed by the summary and views only.
             CallKind::Other => {}
         }
+        self.note_wait(proc, c);
+    }
+
+    /// Time spent in a call that waits for other ranks or for the device: sends and
+    /// receives (or the group end that runs them), collectives, syncs and synchronous
+    /// copies. A pipeline stage's share of it is what names the stage the others wait for.
+    fn note_wait(&mut self, proc: ProcId, c: &CallEvent) {
+        let spec = c.spec();
+        let waits = matches!(
+            spec.kind,
+            CallKind::Collective | CallKind::P2p | CallKind::GroupEnd
+        ) || spec.waits_for_device();
+        if let (true, Some(exit)) = (waits, c.exit_ns) {
+            self.procs.proc_mut(proc).waited_ns += exit.saturating_sub(c.entry_ns);
+            self.bubbles.waited(proc, c.entry_ns, exit, &self.cfg);
+        }
     }
 
     /// Counts the call as host work or as waiting for the device (syncs, event queries,
@@ -357,6 +376,7 @@ impl Engine {
                 self.evaluate(lane as u32, now.max(self.t));
             }
         }
+        self.evaluate_pipelines(now.max(self.t));
         self.requests.tick(now, &self.cfg);
     }
 

@@ -99,6 +99,10 @@ pub struct Proc {
     pub busy_calls: u64,
     /// Time spent in synchronising calls (waiting for the GPU), summed.
     pub sync_ns: u64,
+    /// Time spent in any call that waits for other ranks or the device (sends, receives,
+    /// group ends, collectives, syncs), summed: what a rank arriving late spent waiting
+    /// for someone else rather than working.
+    pub waited_ns: u64,
 }
 
 #[derive(Default)]
@@ -135,6 +139,7 @@ impl Procs {
             exited_ns: None,
             busy_calls: 0,
             sync_ns: 0,
+            waited_ns: 0,
         });
         self.live.insert(pid, id);
         id

@@ -50,7 +50,8 @@ pub struct Counts {
     pub graph_groups_refused: u64,
     pub findings_evicted: u64,
     pub connections_evicted: u64,
-    pub p2p_unmatched_dropped: u64,
+    /// Graph launches of processes in no graph-launch group (no communicator, no job).
+    pub graph_launches_ungrouped: u64,
     pub processes_live: u64,
     pub pids_reused: u64,
     /// Calls reported while still in flight (processed as arrivals before they returned).
@@ -122,9 +123,11 @@ pub struct GroupView {
 pub struct StageView {
     pub comm: String,
     pub rank: u32,
-    pub upstream: u32,
-    pub transfers: u64,
-    pub bubble_ratio: f64,
+    pub pid: u32,
+    /// Share of the window its process spent waiting for other ranks or the device.
+    pub wait_share: f64,
+    /// Waiting per send/receive it made.
+    pub wait_per_transfer_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -235,17 +238,20 @@ pub fn build(e: &Engine) -> Snapshot {
     memory.sort_by_key(|m| m.pid);
     let mut stages: Vec<StageView> = e
         .bubbles
-        .stages
-        .values()
-        .map(|s| {
-            let (ratio, n) = super::bubbles::stage_ratio(s, now, &e.cfg);
-            StageView {
-                comm: fmt_id(e.comms.list[s.comm as usize].id),
-                rank: s.rank,
-                upstream: s.upstream,
-                transfers: n,
-                bubble_ratio: ratio,
-            }
+        .pipelines
+        .keys()
+        .flat_map(|&c| {
+            let comm = fmt_id(e.comms.list[c as usize].id);
+            e.bubbles
+                .stage_waits(c, now, &e.cfg)
+                .into_iter()
+                .map(move |w| StageView {
+                    comm: comm.clone(),
+                    rank: w.rank,
+                    pid: e.procs.proc(w.proc).pid,
+                    wait_share: w.share,
+                    wait_per_transfer_ns: w.per_transfer_ns,
+                })
         })
         .collect();
     stages.sort_by(|a, b| (&a.comm, a.rank).cmp(&(&b.comm, b.rank)));
@@ -261,7 +267,7 @@ pub fn build(e: &Engine) -> Snapshot {
     counts.graph_groups_refused = e.graphs.refused;
     counts.findings_evicted = e.findings.evicted;
     counts.connections_evicted = e.links.evicted + e.requests.evicted;
-    counts.p2p_unmatched_dropped = e.bubbles.unmatched_dropped;
+    counts.graph_launches_ungrouped = e.graphs.ungrouped;
     counts.processes_live = e.procs.live_count() as u64;
     counts.pids_reused = e.procs.reused_pids;
     Snapshot {

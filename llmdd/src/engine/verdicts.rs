@@ -10,7 +10,7 @@ use super::{
     memory,
     procs::ProcId,
     stragglers,
-    util::{self, fmt_id, mix, FastMap},
+    util::{fmt_id, mix, FastMap},
     Engine,
 };
 use crate::events::CallEvent;
@@ -156,7 +156,6 @@ impl Engine {
 
     pub(super) fn bubble_alert(&mut self, a: BubbleAlert) {
         match a {
-            BubbleAlert::Pipeline { comm, rank } => self.pipeline_bubble(comm, rank),
             BubbleAlert::Submission {
                 proc,
                 stream,
@@ -165,57 +164,59 @@ impl Engine {
         }
     }
 
-    fn pipeline_bubble(&mut self, comm: u32, rank: u32) {
-        let now = self.t;
-        let Some(stage) = self.bubbles.stages.get(&(comm, rank)) else {
-            return;
-        };
-        let (ratio, n) = bubbles::stage_ratio(stage, now, &self.cfg);
-        let mut waits: Vec<u64> = stage.waits.iter().map(|(_, w)| *w).collect();
-        let med = util::median(&mut waits);
-        let upstream = stage.upstream;
-        let window = (
-            now.saturating_sub(self.cfg.window_ns).max(stage.first_ns),
-            now,
-        );
+    /// Evaluates the pipelines that moved since they were last evaluated: names the stage
+    /// the others wait for, or withdraws the finding of one no longer waited for.
+    pub(super) fn evaluate_pipelines(&mut self, now: u64) {
+        let due: Vec<u32> = self
+            .bubbles
+            .pipelines
+            .values()
+            .filter(|p| !p.evaluated)
+            .map(|p| p.comm)
+            .collect();
+        for comm in due {
+            let verdict = self.bubbles.evaluate(comm, now, &self.cfg);
+            let id = self.comms.list[comm as usize].id;
+            let named = verdict.as_ref().map(|v| v.slow.rank);
+            let lane = self.comms.list[comm as usize].lane;
+            shift_blame(
+                &mut self.pipeline_blame,
+                &mut self.findings,
+                lane,
+                named,
+                FindingKind::Bubble,
+                id,
+                now,
+            );
+            if let Some(v) = verdict {
+                self.pipeline_bubble(comm, v, now);
+            }
+        }
+    }
+
+    fn pipeline_bubble(&mut self, comm: u32, v: bubbles::PipelineVerdict, now: u64) {
         let c = &self.comms.list[comm as usize];
-        // The member holding the rank now, else the latest that held it (it may have left
-        // since: the stage's last transfers come after its upstream's).
-        let holder = |r: u32| {
-            c.members
-                .iter()
-                .filter(|m| m.rank == Some(r))
-                .max_by_key(|m| (m.left_ns.is_none(), m.left_ns))
-        };
-        let member = holder(rank);
-        let up = holder(upstream);
-        let host = member
-            .and_then(|m| self.procs.host(m.proc))
-            .map(str::to_owned);
+        let pid = |proc: ProcId| self.procs.proc(proc).pid;
         let d = wording::pipeline(wording::PipelineFacts {
-            rank,
-            pid: member.map(|m| m.pid),
-            upstream,
-            upstream_pid: up.map(|m| m.pid),
-            ratio,
-            transfers: n,
             comm_id: c.id,
-            median_wait_ns: med,
-            window,
+            slow_pid: pid(v.slow.proc),
+            others_pids: v.others.iter().map(|w| pid(w.proc)).collect(),
+            window: (now.saturating_sub(v.slow.span_ns), now),
             culprit: Culprit {
-                pid: up.map(|m| m.pid),
-                rank: Some(upstream),
+                pid: Some(pid(v.slow.proc)),
+                rank: Some(v.slow.rank),
                 comm: Some(c.id),
-                host,
+                host: self.procs.host(v.slow.proc).map(str::to_owned),
                 connection: None,
             },
+            verdict: v,
         });
         let key = FindingKey {
             kind: FindingKind::Bubble,
             scope: c.id,
-            culprit: 0x1_0000_0000 | rank as u64,
+            culprit: d.1 as u64,
         };
-        self.raise(key, d);
+        self.raise(key, d.0);
     }
 
     fn submission_gap(&mut self, proc: ProcId, stream: u64, gap_ns: u64) {

@@ -4,6 +4,7 @@
 
 use super::{Culprit, Draft, Magnitude, Severity};
 use crate::engine::{
+    bubbles::PipelineVerdict,
     matching::{Evidence, GRAPH_OP, GROUP_OP},
     stragglers::StragglerVerdict,
     util::{fmt_bytes, fmt_id, fmt_ns},
@@ -282,46 +283,64 @@ fn fmt_chance(p: f64) -> String {
     }
 }
 
-/// A pipeline stage waiting for its upstream.
+/// The stage of a pipeline the others wait for.
 pub struct PipelineFacts {
-    pub rank: u32,
-    pub pid: Option<u32>,
-    pub upstream: u32,
-    pub upstream_pid: Option<u32>,
-    pub ratio: f64,
-    pub transfers: u64,
     pub comm_id: u64,
-    pub median_wait_ns: u64,
+    pub slow_pid: u32,
+    /// Pids of `verdict.others`, in their order.
+    pub others_pids: Vec<u32>,
     pub window: (u64, u64),
     pub culprit: Culprit,
+    pub verdict: PipelineVerdict,
 }
 
-pub fn pipeline(f: PipelineFacts) -> Draft {
-    let pid = |p: Option<u32>| p.map(|p| format!(" (pid {p})")).unwrap_or_default();
-    Draft {
+/// The pipeline finding, and the stage rank it names.
+pub fn pipeline(f: PipelineFacts) -> (Draft, u32) {
+    let v = &f.verdict;
+    let others: Vec<String> = v
+        .others
+        .iter()
+        .zip(&f.others_pids)
+        .map(|(w, pid)| format!("rank {} (pid {pid}) {:.0}%", w.rank, w.share * 100.0))
+        .collect();
+    let per_transfer = {
+        let mut w: Vec<u64> = v.others.iter().map(|w| w.per_transfer_ns).collect();
+        crate::engine::util::median(&mut w)
+    };
+    let evidence = format!(
+        "pipeline stage rank {} (pid {}) of communicator {} spent {:.0}% of the last {} waiting \
+         (in sends, receives, collectives and syncs: time its process spent in calls that wait \
+         for other ranks or the device), while the other stages spent {:.0}% on average: {}; \
+         with bounded send buffers the stages before it wait to send to it and the stages \
+         after it wait to receive from it, {} per send/receive (median over the other \
+         stages), over {} transfers",
+        v.slow.rank,
+        f.slow_pid,
+        fmt_id(f.comm_id),
+        v.slow.share * 100.0,
+        fmt_ns(v.slow.span_ns),
+        v.others_share * 100.0,
+        others.join(", "),
+        fmt_ns(per_transfer),
+        v.transfers
+    );
+    let d = Draft {
         severity: Severity::Warning,
         culprit: f.culprit,
-        evidence: format!(
-            "pipeline stage rank {}{} waited for upstream rank {}{} {:.0}% of the window over {} transfers on communicator {} (median wait {})",
-            f.rank,
-            pid(f.pid),
-            f.upstream,
-            pid(f.upstream_pid),
-            f.ratio * 100.0,
-            f.transfers,
-            fmt_id(f.comm_id),
-            fmt_ns(f.median_wait_ns)
-        ),
+        evidence,
         source: "send/recv transfers",
-        suggestion: "Rebalance the layers between pipeline stages or use more micro-batches to fill the pipeline.".into(),
+        suggestion: format!(
+            "Stage rank {} is the pipeline's bottleneck: give it fewer layers (or faster hardware), or look at what slows its host (CPU contention, data loading) if its work matches the others'.",
+            v.slow.rank
+        ),
         window: f.window,
-        // The wait per transfer: how much longer the upstream stage takes per micro-batch
-        // than this one.
+        // The share of their time the other stages lose to it, beyond its own waiting.
         magnitude: Magnitude {
-            name: "median_wait_ns",
-            value: f.median_wait_ns as f64,
+            name: "others_wait_share",
+            value: v.others_share - v.slow.share,
         },
-    }
+    };
+    (d, v.slow.rank)
 }
 
 /// A stream that went without submissions while its process was busy.

@@ -83,8 +83,8 @@ pub struct Arrival {
     pub bytes: u64,
     /// Function id, `GROUP_OP` or `GRAPH_OP`.
     pub op: u16,
-    /// Time the process had spent waiting in synchronising calls (stream, event, device
-    /// syncs) in total, as of this call.
+    /// Time the process had spent waiting for other ranks or the device (sends, receives,
+    /// collectives, syncs) in total, as of this call.
     pub sync_ns: u64,
     /// The call's return bounds the instance's completion on every member: a collective that
     /// blocks the calling thread (MPI, Gloo) and whose every member needs every member's
@@ -470,7 +470,13 @@ impl Lane {
                 NO_SYNC
             };
             mm.last_exit_ns = a.exit_ns.unwrap_or(0);
-            mm.last_sync_ns = a.sync_ns;
+            // As of its return: a collective's own time counts as waiting too (the engine
+            // adds it once the call is processed), and is no waiting since it returned.
+            let own = match (a.op, a.exit_ns) {
+                (GRAPH_OP, _) | (_, None) => 0,
+                (_, Some(x)) => x.saturating_sub(a.entry_ns),
+            };
+            mm.last_sync_ns = a.sync_ns + own;
             synced
         };
         let call = MemberCall {
@@ -749,8 +755,10 @@ impl Lane {
         let med_others = median_i64(&mut others[..k]) as u64;
         // Less what is not its own doing: being held longer than the others in the previous
         // call once that was complete (the root of a star returns after serving everyone),
-        // and waiting longer than them in syncs since (for its GPU, having had no slack left
-        // to hide its work behind the wait for the others).
+        // and waiting longer than them since, for other ranks or the device (a pipeline's
+        // last stage reaches the step's collective after waiting for its upstream's last
+        // micro-batch; a rank waits for its GPU, having had no slack left to hide its work
+        // behind the wait for the others): the rank it waited for made everyone late.
         let held = match i.checked_sub(1).map(|p| &self.instances[p]) {
             Some(prev) if prev.finished && prev.seq + 1 == seq => {
                 excess(&prev.slots, late as usize, |mi| {

@@ -235,7 +235,7 @@ impl Engine {
         if c.func == funcs::id::NCCL_COMM_ABORT {
             self.member_left(lane, lm, t, "aborted the communicator", Raise::Always);
         } else {
-            self.member_left(lane, lm, t, "destroyed the communicator", Raise::Never);
+            self.member_left(lane, lm, t, "destroyed the communicator", Raise::IfWaitedOn);
         }
     }
 
@@ -367,10 +367,14 @@ impl Engine {
         if self.out.resolved_stalls.is_empty()
             && self.out.past_stalls.is_empty()
             && self.out.realigned.is_empty()
+            && self.out.called_after_leaving.is_empty()
             && self.out.dropped_calls == 0
             && self.out.evicted_open == 0
         {
             return;
+        }
+        for c in std::mem::take(&mut self.out.called_after_leaving) {
+            self.called_after_leaving(c);
         }
         self.counts.calls_dropped_aligning += self.out.dropped_calls;
         self.counts.evicted_open_instances += self.out.evicted_open;

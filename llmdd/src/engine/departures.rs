@@ -1,10 +1,15 @@
 //! Members leaving: a process exiting ends every membership it held; a communicator
 //! destroyed or aborted ends one. The lanes stop expecting the member after its last call,
-//! the findings of its communicators say it left, and a member-left finding is raised as the
-//! teardown's kind says (see `Raise`).
+//! and the findings of its communicators say it left.
+//!
+//! Leaving is how jobs end: many never destroy their communicators, and ranks exit a little
+//! apart. So a member leaving is a finding only when the survivors are left waiting on it:
+//! when it left instances open that the others had entered (they cannot complete), or when
+//! a survivor calls on that communicator after it left (a collective that cannot complete
+//! without it; reported by the lane, see `LaneOut::called_after_leaving`). An abort is
+//! always one: the process said something went wrong.
 
 use super::{
-    comm,
     findings::{wording, Culprit, FindingKey, FindingKind},
     Engine, Raise,
 };
@@ -15,37 +20,14 @@ impl Engine {
             return;
         };
         for (c, m) in self.comms.proc_exit(proc, t) {
-            let (lane, lm, lifecycle) = {
+            let (lane, lm) = {
                 let comm = &self.comms.list[c as usize];
-                // Only NCCL's communicators have a traced teardown (ncclCommDestroy/Abort).
-                // For the others (MPI, Gloo, collective user probes) a member exiting with
-                // nothing open is how a job ends, not a finding.
-                let series = &self.lanes[comm.lane as usize].series;
-                let lifecycle = match comm.identity {
-                    comm::Identity::UniqueId { .. } => true,
-                    _ if series.is_empty() => !matches!(
-                        comm.identity,
-                        comm::Identity::Inferred {
-                            rank_source: "environment",
-                            ..
-                        }
-                    ),
-                    _ => series.iter().any(|s| {
-                        llmdd_common::funcs::spec(s.op)
-                            .is_some_and(|f| f.family == llmdd_common::funcs::Family::Nccl)
-                    }),
-                };
-                (comm.lane, comm.members[m as usize].lane_member, lifecycle)
+                (comm.lane, comm.members[m as usize].lane_member)
             };
-            let raise = if lifecycle {
-                Raise::Always
-            } else {
-                Raise::IfOpen
-            };
-            self.member_left(lane, lm, t, "exited", raise);
+            self.member_left(lane, lm, t, "exited", Raise::IfWaitedOn);
         }
         if let Some((lane, m)) = self.graphs.proc_exit(proc) {
-            self.member_left(lane, m, t, "exited", Raise::Never);
+            self.member_left(lane, m, t, "exited", Raise::IfWaitedOn);
         }
         self.sync.forget_proc(proc);
         self.bubbles.forget_proc(proc);
@@ -87,10 +69,8 @@ impl Engine {
                 f.evidence.push_str(&note);
             }
         }
-        match raise {
-            Raise::Never => return,
-            Raise::IfOpen if left_open == 0 => return,
-            _ => {}
+        if raise == Raise::IfWaitedOn && left_open == 0 {
+            return;
         }
         let culprit = Culprit {
             pid: Some(pid),
@@ -99,11 +79,57 @@ impl Engine {
             host,
             connection: None,
         };
-        let d = wording::member_left(&who, scope, id, how, t, left_open, culprit, label.label());
+        let waiting = wording::LeftWaiting::Open(left_open);
+        let d = wording::member_left(&who, scope, id, how, t, waiting, culprit, label.label());
         let key = FindingKey {
             kind: FindingKind::MemberLeft,
             scope: id,
             culprit: m as u64,
+        };
+        self.raise(key, d);
+    }
+
+    /// A survivor called on a lane after member `departed` had left it: an instance that
+    /// cannot complete without it.
+    pub(super) fn called_after_leaving(&mut self, c: super::matching::CalledAfterLeaving) {
+        let Some(lane) = self.lanes.iter().position(|l| l.id == c.lane_id) else {
+            return;
+        };
+        let l = &self.lanes[lane];
+        let (d, s) = (
+            &l.members[c.departed as usize],
+            &l.members[c.survivor as usize],
+        );
+        let host = self.procs.host(d.proc).map(str::to_owned);
+        let who = wording::describe_member(d.rank, d.pid, host.as_deref());
+        let survivor = wording::describe_member(s.rank, s.pid, self.procs.host(s.proc));
+        let left = d.left_ns.unwrap_or(c.at_ns);
+        let culprit = Culprit {
+            pid: Some(d.pid),
+            rank: (d.rank != u32::MAX).then_some(d.rank),
+            comm: Some(l.id),
+            host,
+            connection: None,
+        };
+        let waiting = wording::LeftWaiting::CalledAfter {
+            survivor,
+            seq: c.seq,
+            at_ns: c.at_ns,
+        };
+        let d = wording::member_left(
+            &who,
+            wording::lane_label(l.evidence),
+            l.id,
+            "left",
+            left,
+            waiting,
+            culprit,
+            l.evidence.label(),
+        );
+        let key = FindingKey {
+            kind: FindingKind::MemberLeft,
+            scope: l.id,
+            culprit: c.departed as u64,
         };
         self.raise(key, d);
     }

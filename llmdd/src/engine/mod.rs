@@ -438,11 +438,12 @@ fn arrives_in_flight(kind: CallKind) -> bool {
     )
 }
 
-/// When a member leaving a lane is a finding of its own.
+/// When a member leaving a lane is a finding of its own (see `departures`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Raise {
+    /// Always (an abort).
     Always,
-    /// Only when it left instances open that the others entered.
-    IfOpen,
-    Never,
+    /// Only when it left instances open that the others entered (the lane reports later
+    /// calls of survivors on its own).
+    IfWaitedOn,
 }

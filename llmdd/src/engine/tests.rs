@@ -411,6 +411,58 @@ fn process_dying_inside_a_call_is_a_member_leaving_not_a_stall() {
     assert!(of_kind(&e, FindingKind::Stall).is_empty());
 }
 
+/// Ranks that finish their work and exit without destroying their communicator, a little
+/// apart, are how jobs end: no finding. A survivor calling on the communicator after a rank
+/// left is one: that collective cannot complete without it.
+#[test]
+fn leaving_is_a_finding_only_when_the_others_wait_on_it() {
+    let job = Job::new(4);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 30));
+    let end = T0 + 30 * job.period;
+    for r in 0..4usize {
+        e.ingest(exit(job.pid(r), end + r as u64 * 7 * MS));
+    }
+    e.advance(end + 5_000 * MS);
+    assert!(e.findings().is_empty(), "{:#?}", e.findings());
+
+    // Rank 3 exits after 30 steps; the others call a 31st all-reduce.
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 30));
+    e.ingest(exit(job.pid(3), end));
+    let t = end + 5 * MS;
+    for r in 0..3usize {
+        e.ingest(coll(
+            ALL_REDUCE,
+            job.pid(r),
+            HANDLE,
+            Some(r as i32),
+            4,
+            MIB,
+            STREAM,
+            t,
+            t + 20_000,
+        ));
+    }
+    e.advance(t + 5_000 * MS);
+    let f = of_kind(&e, FindingKind::MemberLeft);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(
+        (f[0].culprit.rank, f[0].severity),
+        (Some(3), Severity::Critical)
+    );
+    assert!(
+        f[0].evidence.contains("called on it again afterwards"),
+        "{}",
+        f[0].evidence
+    );
+    assert!(
+        of_kind(&e, FindingKind::Stall).is_empty(),
+        "{:#?}",
+        e.findings()
+    );
+}
+
 #[test]
 fn member_left_is_noted_on_existing_findings() {
     let mut job = Job::new(4);

@@ -98,8 +98,19 @@ pub fn lost_events(total: u64, latest: u64, window: (u64, u64), windows: usize) 
     }
 }
 
-/// A member left its lane (`how`: "exited", "aborted the communicator") at `t`, leaving
-/// `left_open` instances the others had entered.
+/// How the survivors are left waiting on a member that left.
+pub enum LeftWaiting {
+    /// Instances the others had entered that it never reached (0: none, an abort).
+    Open(usize),
+    /// A survivor called on the communicator after it left.
+    CalledAfter {
+        survivor: String,
+        seq: u64,
+        at_ns: u64,
+    },
+}
+
+/// A member left its lane (`how`: "exited", "aborted the communicator") at `t`.
 #[allow(clippy::too_many_arguments)]
 pub fn member_left(
     who: &str,
@@ -107,17 +118,30 @@ pub fn member_left(
     id: u64,
     how: &str,
     t: u64,
-    left_open: usize,
+    waiting: LeftWaiting,
     culprit: Culprit,
     source: &'static str,
 ) -> Draft {
-    let waiting = if left_open > 0 {
-        format!("; the other ranks had entered {left_open} instance(s) it never reached, which cannot complete")
-    } else {
-        String::new()
+    let (waiting, open) = match waiting {
+        LeftWaiting::Open(0) => (String::new(), 0),
+        LeftWaiting::Open(n) => (
+            format!("; the other ranks had entered {n} instance(s) it never reached, which cannot complete"),
+            n,
+        ),
+        LeftWaiting::CalledAfter {
+            survivor,
+            seq,
+            at_ns,
+        } => (
+            format!(
+                "; {survivor} called on it again afterwards (instance #{seq} at {}), which cannot complete without it",
+                fmt_time(at_ns)
+            ),
+            1,
+        ),
     };
     Draft {
-        severity: if left_open > 0 {
+        severity: if open > 0 {
             Severity::Critical
         } else {
             Severity::Warning
@@ -125,11 +149,11 @@ pub fn member_left(
         culprit,
         evidence: format!("{who} of {scope} {} {how} at {}{waiting}", fmt_id(id), fmt_time(t)),
         source,
-        suggestion: "A member left: look at why the process ended (exit code, OOM killer, crash log); the survivors will hang or abort in their next collective on this communicator.".into(),
+        suggestion: "A member left while the others still needed it: look at why the process ended (exit code, OOM killer, crash log); the survivors will hang or abort in their collectives on this communicator.".into(),
         window: (t, t),
         magnitude: Magnitude {
             name: "open_instances_left",
-            value: left_open as f64,
+            value: open as f64,
         },
     }
 }

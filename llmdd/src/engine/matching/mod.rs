@@ -136,6 +136,8 @@ pub struct LaneMember {
     last_sync_ns: u64,
     /// Instances excused for this member after lost events.
     pub excused: u64,
+    /// A survivor's call after it left was reported.
+    left_reported: bool,
     rank_lag: Option<RollingHist>,
     rank_latency: Option<RollingHist>,
 }
@@ -263,6 +265,19 @@ pub struct LaneOut {
     pub dropped_calls: u64,
     /// Open instances evicted because too many were open.
     pub evicted_open: u64,
+    /// Survivors that called on a lane after a member had left it.
+    pub called_after_leaving: Vec<CalledAfterLeaving>,
+}
+
+/// A survivor's call on a lane after member `departed` had left it: an instance the real
+/// collective cannot complete without the departed member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CalledAfterLeaving {
+    pub lane_id: u64,
+    pub departed: u32,
+    pub survivor: u32,
+    pub seq: u64,
+    pub at_ns: u64,
 }
 
 /// One communicator's (or graph group's) matcher.
@@ -414,6 +429,7 @@ impl Lane {
             last_exit_ns: 0,
             last_sync_ns: 0,
             excused: 0,
+            left_reported: false,
             rank_lag: None,
             rank_latency: None,
         };
@@ -658,8 +674,31 @@ impl Lane {
             inst.ub = c.ub;
             inst.ub_by = m;
         }
+        self.note_called_after_leaving(m, seq, c.entry_ns, out);
         self.check_finished(i, cfg, out);
         self.trim(cfg, out);
+    }
+
+    /// A live member's call at `seq`, past the last instance of a member that left.
+    fn note_called_after_leaving(&mut self, m: u32, seq: u64, at: u64, out: &mut LaneOut) {
+        if self.members[m as usize].left_ns.is_some() {
+            return;
+        }
+        for (d, mm) in self.members.iter_mut().enumerate() {
+            if mm.left_ns.is_none() || mm.left_reported {
+                continue;
+            }
+            if mm.last_seq.is_some_and(|l| seq > l) {
+                mm.left_reported = true;
+                out.called_after_leaving.push(CalledAfterLeaving {
+                    lane_id: self.id,
+                    departed: d as u32,
+                    survivor: m,
+                    seq,
+                    at_ns: at,
+                });
+            }
+        }
     }
 
     fn check_finished(&mut self, i: usize, cfg: &Config, out: &mut LaneOut) {

@@ -1,6 +1,10 @@
 //! Kernel socket tracepoint records (sock:sock_send_length, sock:sock_recv_length,
-//! sock:inet_sock_set_state, tcp:tcp_retransmit_skb). Sizes, addresses and timing only:
-//! no payload byte is ever read.
+//! sock:inet_sock_set_state, tcp:tcp_retransmit_skb). Sizes, addresses and timing only,
+//! with one exception: on a serving front's connection, the first send after a receive
+//! (the start of a response) is checked for an HTTP/1 status line and its header block,
+//! reading its bytes one at a time up to the blank line that ends the headers and never
+//! past it, so that a response whose headers go out before its first token is timed from
+//! that token. No byte read leaves the probe: the record carries two flags.
 
 /// `SockRecord::event` values.
 pub const SOCK_SEND: u32 = 1;
@@ -10,6 +14,28 @@ pub const SOCK_RETRANSMIT: u32 = 4;
 
 /// Record flag: `sport`, `dport`, `saddr`, `daddr` are valid.
 pub const SF_ADDR: u32 = 1 << 0;
+/// Record flag (sends): the send starts an HTTP/1 response (`HTTP/1.` status line).
+pub const SF_STATUS_LINE: u32 = 1 << 1;
+/// Record flag (sends, with `SF_STATUS_LINE`): the send ends where its header block ends
+/// (it holds no body byte: the response's first token comes in a later send).
+pub const SF_HEADERS_ONLY: u32 = 1 << 2;
+
+/// `TRACED` map value bits: the process is traced; it is a serving front (its responses
+/// are checked for a status line, see the module documentation).
+pub const TRACED_ON: u32 = 1;
+pub const TRACED_FRONT: u32 = 2;
+
+/// The buffer a thread's current write/send system call passes (its first I/O vector for
+/// writev/sendmsg), kept per thread until the socket layer reports the send.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendBuf {
+    pub ptr: u64,
+    pub len: u64,
+}
+
+/// Most header bytes scanned for the blank line ending a response's header block.
+pub const MAX_HEADER_SCAN: u32 = 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -60,6 +60,23 @@ pub fn count(index: u32) {
 
 /// Whether `tgid` is traced.
 #[inline(always)]
+/// Whether `tgid` is a traced serving front.
+#[inline(always)]
+pub fn is_front(tgid: u32) -> bool {
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TRACED.get(&tgid) }.is_some_and(|v| v & llmdd_common::sock::TRACED_FRONT != 0)
+}
+
+/// A front thread's current write/send buffer (tid -> buffer), see `SendBuf`.
+#[map]
+pub static SEND_BUFS: LruHashMap<u32, llmdd_common::sock::SendBuf> =
+    LruHashMap::with_max_entries(MAX_TRACED, 0);
+
+/// Front connections that received since they last sent: their next send starts a
+/// response (socket address -> 1).
+#[map]
+pub static RESPONSE_DUE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+
 pub fn is_traced(tgid: u32) -> bool {
     // SAFETY: read-only lookup of a plain value.
     unsafe { TRACED.get(&tgid).is_some() }

@@ -6,27 +6,32 @@
 //! - sock:inet_sock_set_state: TCP state changes of traced processes' sockets.
 //! - tcp:tcp_retransmit_skb: retransmits on sockets traced processes used (softirq context,
 //!   so attributed through `KNOWN_SOCKS`).
+//! - syscalls:sys_enter_{write,sendto,writev,sendmsg} of serving fronts: the buffer the
+//!   thread sends (its address and length only), so that the first send of a response can
+//!   be checked for an HTTP/1 status line and header block (see `response_start`).
 //!
 //! Field offsets below are those of the tracepoints' `format` files; userspace checks them
 //! against tracefs before attaching and refuses a mismatch with a clear message.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use llmdd_common::{
     counters,
     sock::{
-        SockRecord, AF_INET, AF_INET6, IPPROTO_TCP, SF_ADDR, SOCK_RECV, SOCK_RETRANSMIT, SOCK_SEND,
-        SOCK_STATE,
+        SendBuf, SockRecord, AF_INET, AF_INET6, IPPROTO_TCP, MAX_HEADER_SCAN, SF_ADDR,
+        SF_HEADERS_ONLY, SF_STATUS_LINE, SOCK_RECV, SOCK_RETRANSMIT, SOCK_SEND, SOCK_STATE,
     },
     RecordKind,
 };
 
 use crate::{
     emit::send,
-    maps::{count, is_traced, KNOWN_SOCKS, SOCK_CFG},
+    maps::{count, is_front, is_traced, KNOWN_SOCKS, RESPONSE_DUE, SEND_BUFS, SOCK_CFG},
 };
 
 /// sock_send_length / sock_recv_length: sk, family, protocol, ret.
@@ -56,6 +61,13 @@ const RT_SADDR: usize = 34;
 const RT_DADDR: usize = 38;
 const RT_SADDR6: usize = 42;
 const RT_DADDR6: usize = 58;
+
+/// sys_enter_write / sendto / writev / sendmsg: the buffer (or vector, or msghdr) and its
+/// length (or vector length).
+const SYS_BUF: usize = 24;
+const SYS_LEN: usize = 32;
+/// `struct user_msghdr`: `msg_iov` after the name pointer and length.
+const MSGHDR_IOV: u64 = 16;
 
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
@@ -141,7 +153,129 @@ fn on_length(ctx: &TracePointContext, event: u32) -> u32 {
     rec.bytes = ret as i64;
     rec.family = family;
     fill_addrs(&mut rec, sk);
+    if protocol == IPPROTO_TCP && ret > 0 && is_front(tgid) {
+        if event == SOCK_RECV {
+            let _ = RESPONSE_DUE.insert(&sk, &1, 0);
+        } else if RESPONSE_DUE.remove(&sk).is_ok() {
+            rec.flags |= response_start(pid_tgid as u32, ret as u64);
+        }
+    }
     send(&rec);
+    0
+}
+
+/// The first send after a receive on a front's connection: whether it starts an HTTP/1
+/// response and, if so, whether it ends where its header block does. The thread's send
+/// buffer is read byte by byte up to the blank line that ends the headers, and never past
+/// it: no body byte is read (and nothing read leaves this function but the two flags).
+#[inline(always)]
+fn response_start(tid: u32, sent: u64) -> u32 {
+    // SAFETY: read-only lookup of a plain value.
+    let Some(buf) = (unsafe { SEND_BUFS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = SEND_BUFS.remove(&tid);
+    let len = sent.min(buf.len);
+    if len < 8 || buf.ptr == 0 {
+        return 0;
+    }
+    // SAFETY: validated user reads of the thread's own send buffer.
+    let Ok(head) = (unsafe { bpf_probe_read_user(buf.ptr as *const [u8; 8]) }) else {
+        return 0;
+    };
+    if &head[..7] != b"HTTP/1." {
+        return 0;
+    }
+    // The last four bytes read, as a window over the header bytes.
+    let mut window: u32 = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let mut i: u64 = 8;
+    while i < MAX_HEADER_SCAN as u64 {
+        if i >= len {
+            // The send ended inside the header block: the rest (and any body) comes later.
+            return SF_STATUS_LINE | SF_HEADERS_ONLY;
+        }
+        // SAFETY: as above, one header byte.
+        let Ok(b) = (unsafe { bpf_probe_read_user((buf.ptr + i) as *const u8) }) else {
+            return SF_STATUS_LINE;
+        };
+        window = (window << 8) | b as u32;
+        i += 1;
+        if window == 0x0d0a_0d0a {
+            return if i == len {
+                SF_STATUS_LINE | SF_HEADERS_ONLY
+            } else {
+                SF_STATUS_LINE
+            };
+        }
+    }
+    SF_STATUS_LINE
+}
+
+/// Remembers the buffer a front thread is about to send.
+#[inline(always)]
+fn remember_send(ptr: u64, len: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_front((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let _ = SEND_BUFS.insert(&(pid_tgid as u32), &SendBuf { ptr, len }, 0);
+}
+
+/// The first I/O vector of `iov` (a user `struct iovec *`).
+#[inline(always)]
+fn first_iov(iov: u64) -> Option<(u64, u64)> {
+    // SAFETY: validated user read of two words.
+    let v = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
+    Some((v[0], v[1]))
+}
+
+#[inline(always)]
+fn sys_args(ctx: &TracePointContext) -> (u64, u64) {
+    // SAFETY: reads of the tracepoint record at its format offsets.
+    unsafe {
+        (
+            ctx.read_at::<u64>(SYS_BUF).unwrap_or(0),
+            ctx.read_at::<u64>(SYS_LEN).unwrap_or(0),
+        )
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    let (buf, len) = sys_args(&ctx);
+    remember_send(buf, len);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    let (buf, len) = sys_args(&ctx);
+    remember_send(buf, len);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let (vec, _) = sys_args(&ctx);
+    if let Some((ptr, len)) = first_iov(vec) {
+        remember_send(ptr, len);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let (msg, _) = sys_args(&ctx);
+    if msg == 0 {
+        return 0;
+    }
+    // SAFETY: validated user read of the msghdr's iov pointer.
+    let Ok(iov) = (unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }) else {
+        return 0;
+    };
+    if let Some((ptr, len)) = first_iov(iov) {
+        remember_send(ptr, len);
+    }
     0
 }
 

@@ -248,6 +248,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         let mut plans = plan(t);
         plans.extend(user_plans.get(&t.pid).into_iter().flatten().cloned());
         let attached = live.tracer.attach(t.pid, &plans)?;
+        if args.fronts.contains(&t.pid) {
+            live.tracer.mark_front(t.pid)?;
+        }
         let libs: Vec<String> = attached
             .iter()
             .map(|a| {

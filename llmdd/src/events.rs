@@ -5,7 +5,10 @@ use llmdd_common::{
     call::{CallRecord, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, F_USTACK, NO_SLOT},
     funcs::{self, CallKind, Family, FuncSpec},
     proc::ProcExitRecord,
-    sock::{SockRecord, SF_ADDR, SOCK_RECV, SOCK_RETRANSMIT, SOCK_SEND, SOCK_STATE},
+    sock::{
+        SockRecord, SF_ADDR, SF_HEADERS_ONLY, SF_STATUS_LINE, SOCK_RECV, SOCK_RETRANSMIT,
+        SOCK_SEND, SOCK_STATE,
+    },
     RecordKind,
 };
 use serde::Serialize;
@@ -303,6 +306,20 @@ pub struct SockEvent {
     pub remote: Option<(IpAddr, u16)>,
     pub oldstate: i32,
     pub newstate: i32,
+    /// For the first send of a response on a serving front's connection: whether it starts
+    /// with an HTTP/1 status line, and whether it holds the header block only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStart>,
+}
+
+/// What the first send of a response on a front's connection held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpStart {
+    /// The status line and header block only: the first token comes in a later send.
+    HeadersOnly,
+    /// The status line, headers and the start of the body.
+    WithBody,
 }
 
 impl SockEvent {
@@ -333,6 +350,14 @@ impl SockEvent {
             remote: has.then(|| (addr(&r.daddr), r.dport)),
             oldstate: r.oldstate,
             newstate: r.newstate,
+            http: match (
+                r.flags & SF_STATUS_LINE != 0,
+                r.flags & SF_HEADERS_ONLY != 0,
+            ) {
+                (false, _) => None,
+                (true, true) => Some(HttpStart::HeadersOnly),
+                (true, false) => Some(HttpStart::WithBody),
+            },
         }
     }
 }

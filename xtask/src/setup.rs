@@ -102,6 +102,7 @@ pub fn ensure() -> Result<()> {
     ensure_netns_tools()?;
     ensure_open_mpi()?;
     ensure_speedscope()?;
+    ensure_serving_stack()?;
 
     if is_root() && !Path::new(TRACEFS).join("events").exists() {
         run(
@@ -176,6 +177,42 @@ fn ensure_speedscope() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// vLLM's API server stack, pinned: Starlette on uvicorn with its standard extras (the
+/// httptools parser and the uvloop event loop besides h11 and asyncio), as vLLM installs it.
+const SERVING_STACK: &[&str] = &["uvicorn[standard]==0.55.0", "starlette==1.10.0"];
+
+/// Where the serving stack's virtual environment lives (tests/tests/serving_uvicorn.rs).
+pub fn serving_venv() -> PathBuf {
+    workspace_root().join("target/tools/serving-venv")
+}
+
+/// A Python virtual environment with the pinned serving stack from PyPI (once).
+fn ensure_serving_stack() -> Result<()> {
+    let venv = serving_venv();
+    let python = venv.join("bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import uvicorn, starlette, httptools, uvloop"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        return Ok(());
+    }
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv target/tools/serving-venv (the real serving stack's test)",
+    )?;
+    run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(SERVING_STACK),
+        &format!(
+            "pip install {} (about 10 MB, once)",
+            SERVING_STACK.join(" ")
+        ),
+    )
 }
 
 /// The PyTorch the opt-in Gloo test runs: this version's wheel and the exact dependencies it

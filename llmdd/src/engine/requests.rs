@@ -2,8 +2,11 @@
 //! only sizes and timing.
 //!
 //! On a connection of the serving port a request starts with the first bytes received while
-//! the connection is idle; its time to first token (TTFT) is the first send back; later sends
-//! are tokens (sends closer together than `token_coalesce_ns` are one), their gaps the
+//! the connection is idle; its time to first token (TTFT) is the first send back that holds
+//! body bytes (on a serving front, the probes recognise a first send that is an HTTP/1
+//! status line and header block only, as Starlette/uvicorn and aiohttp send it as soon as
+//! they accept the request: that one is the time to headers, not the first token); later
+//! sends are tokens (sends closer together than `token_coalesce_ns` are one), their gaps the
 //! inter-token gaps; it ends when the connection closes, when it receives again after sending
 //! (the next request on a keep-alive connection), or after `request_idle_ns` without a send.
 //!
@@ -26,7 +29,7 @@ use super::{
     stats::{Pctl, RollingHist},
     util::FastMap,
 };
-use crate::events::{SockEvent, SockKind};
+use crate::events::{HttpStart, SockEvent, SockKind};
 
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -41,6 +44,9 @@ pub struct RequestRecord {
     pub remote: Option<String>,
     pub start_ns: u64,
     pub ttft_ns: Option<u64>,
+    /// Time from the request to a response header block sent on its own, before the
+    /// first token (HTTP servers that stream: Starlette/uvicorn, aiohttp).
+    pub headers_ns: Option<u64>,
     pub end_ns: u64,
     /// Sends after coalescing (tokens or chunks).
     pub tokens: u32,
@@ -59,6 +65,8 @@ pub struct RequestRecord {
 struct Active {
     start: u64,
     recv_bytes: u64,
+    /// A header block sent on its own (not the first token).
+    headers: Option<u64>,
     first_send: Option<u64>,
     last_send: u64,
     tokens: u32,
@@ -206,7 +214,14 @@ impl Requests {
         } else {
             if let Some(a) = &mut c.active {
                 a.sent_bytes += e.bytes as u64;
+                let headers_only = e.http == Some(HttpStart::HeadersOnly);
                 match a.first_send {
+                    // The status line and headers, sent before any token: the time to the
+                    // first token runs on to the next send.
+                    None if headers_only && a.headers.is_none() => {
+                        a.headers = Some(e.ts_ns);
+                        a.last_send = e.ts_ns;
+                    }
                     None => {
                         a.first_send = Some(e.ts_ns);
                         a.last_send = e.ts_ns;
@@ -304,6 +319,7 @@ impl Requests {
             remote: c.remote.map(|(ip, p)| format!("{ip}:{p}")),
             start_ns: a.start,
             ttft_ns: a.first_send.map(|f| f - a.start),
+            headers_ns: a.headers.map(|h| h - a.start),
             end_ns: end,
             tokens: a.tokens,
             recv_bytes: a.recv_bytes,
@@ -420,6 +436,7 @@ fn new_active(t: u64, bytes: u64) -> Active {
     Active {
         start: t,
         recv_bytes: bytes,
+        headers: None,
         first_send: None,
         last_send: t,
         tokens: 0,

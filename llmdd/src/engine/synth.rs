@@ -191,6 +191,7 @@ pub fn sock(
         remote: Some((IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), rport)),
         oldstate: 0,
         newstate: 0,
+        http: None,
     })
 }
 

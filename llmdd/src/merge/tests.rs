@@ -46,6 +46,7 @@ fn sock_ev(
         remote: Some(remote),
         oldstate: 0,
         newstate: 0,
+        http: None,
     })
 }
 

@@ -399,6 +399,26 @@ impl Tracer {
         })
     }
 
+    /// Marks traced process `pid` as a serving front: the first send of each response on its
+    /// connections is checked for an HTTP/1 status line and header block (see
+    /// `llmdd_common::sock`). The programs that remember what fronts send are attached with
+    /// the first front; their status joins the kernel probes'.
+    pub fn mark_front(&mut self, pid: u32) -> Result<(), ProbeError> {
+        if !self.kernel.iter().any(|k| k.name == "sys_enter_write") {
+            let more = tracepoints::attach_front(&mut self.bpf);
+            self.kernel.extend(more);
+        }
+        let mut traced: BpfHashMap<_, u32, u32> = map_mut(&mut self.bpf, "TRACED")?;
+        let was = traced.get(&pid, 0).unwrap_or(0);
+        let bits = llmdd_common::sock::TRACED_ON | llmdd_common::sock::TRACED_FRONT;
+        traced
+            .insert(pid, was | bits, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "TRACED",
+                source,
+            })
+    }
+
     /// Attaches every probe point of `objects` in process `pid` and marks it traced for the
     /// kernel-side probes. On error, what was attached for this pid is detached again.
     pub fn attach(
@@ -423,10 +443,13 @@ impl Tracer {
             None => UProbeScope::AllProcesses,
         };
         let mut traced: BpfHashMap<_, u32, u32> = map_mut(&mut self.bpf, "TRACED")?;
-        traced.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
-            name: "TRACED",
-            source,
-        })?;
+        let was = traced.get(&pid, 0).unwrap_or(0);
+        traced
+            .insert(pid, was | llmdd_common::sock::TRACED_ON, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "TRACED",
+                source,
+            })?;
         let mut done = Vec::new();
         for obj in objects {
             let slot = self.next_slot;

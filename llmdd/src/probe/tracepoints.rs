@@ -21,6 +21,9 @@ struct Spec {
     event: &'static str,
     /// Fields the program reads, with the offsets compiled into it.
     fields: &'static [(&'static str, u32)],
+    /// Attached only once a serving front is traced (see [`attach_front`]): these fire on
+    /// every write of every process, so they are not paid for without a front.
+    front_only: bool,
 }
 
 const SPECS: &[Spec] = &[
@@ -29,12 +32,14 @@ const SPECS: &[Spec] = &[
         category: "sock",
         event: "sock_send_length",
         fields: &[("sk", 8), ("family", 16), ("protocol", 18), ("ret", 20)],
+        front_only: false,
     },
     Spec {
         program: "sock_recv_length",
         category: "sock",
         event: "sock_recv_length",
         fields: &[("sk", 8), ("family", 16), ("protocol", 18), ("ret", 20)],
+        front_only: false,
     },
     Spec {
         program: "inet_sock_set_state",
@@ -53,6 +58,7 @@ const SPECS: &[Spec] = &[
             ("saddr_v6", 40),
             ("daddr_v6", 56),
         ],
+        front_only: false,
     },
     Spec {
         program: "tcp_retransmit_skb",
@@ -69,24 +75,56 @@ const SPECS: &[Spec] = &[
             ("saddr_v6", 42),
             ("daddr_v6", 58),
         ],
+        front_only: false,
     },
     Spec {
         program: "sys_enter_mmap",
         category: "syscalls",
         event: "sys_enter_mmap",
         fields: &[("prot", 32), ("fd", 48)],
+        front_only: false,
     },
     Spec {
         program: "sys_exit_mmap",
         category: "syscalls",
         event: "sys_exit_mmap",
         fields: &[("ret", 16)],
+        front_only: false,
     },
     Spec {
         program: "sched_process_exit",
         category: "sched",
         event: "sched_process_exit",
         fields: &[("group_dead", 32)],
+        front_only: false,
+    },
+    Spec {
+        program: "sys_enter_write",
+        category: "syscalls",
+        event: "sys_enter_write",
+        fields: &[("buf", 24), ("count", 32)],
+        front_only: true,
+    },
+    Spec {
+        program: "sys_enter_sendto",
+        category: "syscalls",
+        event: "sys_enter_sendto",
+        fields: &[("buff", 24), ("len", 32)],
+        front_only: true,
+    },
+    Spec {
+        program: "sys_enter_writev",
+        category: "syscalls",
+        event: "sys_enter_writev",
+        fields: &[("vec", 24), ("vlen", 32)],
+        front_only: true,
+    },
+    Spec {
+        program: "sys_enter_sendmsg",
+        category: "syscalls",
+        event: "sys_enter_sendmsg",
+        fields: &[("msg", 24)],
+        front_only: true,
     },
 ];
 
@@ -141,11 +179,22 @@ fn check(tracefs: &Path, spec: &Spec) -> Result<(), String> {
     Ok(())
 }
 
-/// Loads and attaches every kernel-side program; never fails as a whole.
+/// Loads and attaches every kernel-side program but the fronts' (see `Spec::front_only`);
+/// never fails as a whole.
 pub fn attach_all(bpf: &mut Ebpf) -> Vec<KernelProbe> {
+    attach_where(bpf, |s| !s.front_only)
+}
+
+/// Loads and attaches the programs that remember what a serving front's threads send.
+pub fn attach_front(bpf: &mut Ebpf) -> Vec<KernelProbe> {
+    attach_where(bpf, |s| s.front_only)
+}
+
+fn attach_where(bpf: &mut Ebpf, which: impl Fn(&Spec) -> bool) -> Vec<KernelProbe> {
     let tracefs = crate::kernel::mount_tracefs();
     SPECS
         .iter()
+        .filter(|s| which(s))
         .map(|spec| {
             let name = spec.program;
             let status = (|| {

@@ -218,6 +218,8 @@ pub struct Request {
     pub remote: Option<String>,
     pub start_ns: u64,
     pub ttft_ns: Option<u64>,
+    /// Request to a header block sent on its own before the first token.
+    pub headers_ns: Option<u64>,
     pub end_ns: u64,
     pub tokens: u32,
     pub recv_bytes: u64,
@@ -417,6 +419,7 @@ fn requests(r: &RequestsView) -> Requests {
                 remote: q.remote.clone(),
                 start_ns: q.start_ns,
                 ttft_ns: q.ttft_ns,
+                headers_ns: q.headers_ns,
                 end_ns: q.end_ns,
                 tokens: q.tokens,
                 recv_bytes: q.recv_bytes,

@@ -354,6 +354,9 @@ pub fn render_findings_with(engine: &Engine, node: &crate::node::NodeContext) ->
     use std::fmt::Write as _;
     let mut out = String::new();
     let findings = engine.findings();
+    for note in engine.notes() {
+        let _ = writeln!(out, "note: {note}");
+    }
     if findings.is_empty() {
         let _ = writeln!(out, "findings: none");
         return out;

@@ -45,9 +45,13 @@ pub enum Identity {
     },
     /// Grouped by rank count and ranks (see the module doc); `rank_source` says where the
     /// ranks came from ("handle" or "environment", or "unknown" for a lone handle).
+    /// `ambiguous`: a member could as well have joined another communicator of the same
+    /// shape (nothing told them apart): the grouping is a guess, and no finding names a
+    /// rank on it.
     Inferred {
         ordinal: u32,
         rank_source: &'static str,
+        ambiguous: bool,
     },
 }
 
@@ -359,6 +363,7 @@ impl Comms {
                 Identity::Inferred {
                     ordinal: 0,
                     rank_source: source,
+                    ambiguous: false,
                 },
                 None,
                 job,
@@ -373,6 +378,7 @@ impl Comms {
         // (same job, same parent, same host, same last signature, recency), communicator.
         type Score = (u8, u8, u8, u8, u64);
         let mut best: Option<(Score, u32)> = None;
+        let mut runner_up: Option<Score> = None;
         for (ci, c) in self.list.iter().enumerate() {
             if c.nranks != Some(n) || matches!(c.identity, Identity::Split { .. }) {
                 continue;
@@ -383,8 +389,13 @@ impl Comms {
             {
                 continue;
             }
-            let live = || c.members.iter().filter(|m| m.left_ns.is_none());
-            if live().any(|m| m.proc == f.proc) && !live().all(|m| m.proc == f.proc) {
+            // One process holds one member of a communicator: a second handle of its own is
+            // another communicator (ncclCommInitAll's single-process communicators, attached
+            // after they were made, are not told apart this way: each handle is its own).
+            if c.members
+                .iter()
+                .any(|m| m.left_ns.is_none() && m.proc == f.proc)
+            {
                 continue;
             }
             if let (Some(a), Some(b)) = (&c.job, &job) {
@@ -405,9 +416,17 @@ impl Comms {
             let recency = u64::MAX - lanes[c.lane as usize].last_ns.abs_diff(f.t);
             let score = (same_job, same_parent, same_host, same_sig, recency);
             if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                runner_up = best.map(|(b, _)| b);
                 best = Some((score, ci as u32));
+            } else if runner_up.is_none_or(|r| score > r) {
+                runner_up = Some(score);
             }
         }
+        // Only recency told the best from another candidate: a guess.
+        let ambiguous = match (best, runner_up) {
+            (Some((b, _)), Some(r)) => (b.0, b.1, b.2, b.3) == (r.0, r.1, r.2, r.3),
+            _ => false,
+        };
         let c = match best {
             Some((_, c)) => c,
             None => {
@@ -428,12 +447,57 @@ impl Comms {
                 let identity = Identity::Inferred {
                     ordinal,
                     rank_source: source,
+                    ambiguous: false,
                 };
                 self.create(id, identity, Some(n), job, f.t, lanes, cfg)?
             }
         };
+        if ambiguous {
+            self.mark_ambiguous(c, lanes);
+        }
+        self.same_shape_is_ambiguous(c, procs, lanes);
         self.list[c as usize].last_sig = f.sig;
         Some(self.join(c, f.proc, f.pid, f.handle, Some(rank), false, f.t, lanes))
+    }
+
+    fn mark_ambiguous(&mut self, c: u32, lanes: &mut [Lane]) {
+        if let Identity::Inferred { ambiguous, .. } = &mut self.list[c as usize].identity {
+            *ambiguous = true;
+            lanes[self.list[c as usize].lane as usize].ambiguous = true;
+        }
+    }
+
+    /// Communicators inferred from ranks alone are told apart only by their rank count and
+    /// job (or, without a job key, their members' launcher): two of the same shape in one
+    /// job, made before tracing began (a tensor-parallel and a data-parallel communicator of
+    /// 2 ranks each, or the two tensor-parallel groups of a 2x2 job), could have had their
+    /// members paired either way. Every one of that shape is then ambiguous.
+    fn same_shape_is_ambiguous(&mut self, c: u32, procs: &Procs, lanes: &mut [Lane]) {
+        let shape = |comm: &Communicator| -> Option<(u32, Option<String>, Option<u32>)> {
+            if !matches!(comm.identity, Identity::Inferred { .. }) {
+                return None;
+            }
+            let parent = comm
+                .members
+                .first()
+                .and_then(|m| procs.proc(m.proc).hints.parent);
+            Some((
+                comm.nranks?,
+                comm.job.clone(),
+                comm.job.is_none().then_some(parent).flatten(),
+            ))
+        };
+        let Some(mine) = shape(&self.list[c as usize]) else {
+            return;
+        };
+        let same: Vec<u32> = (0..self.list.len() as u32)
+            .filter(|&o| shape(&self.list[o as usize]).as_ref() == Some(&mine))
+            .collect();
+        if same.len() >= 2 {
+            for o in same {
+                self.mark_ambiguous(o, lanes);
+            }
+        }
     }
 
     /// `ncclCommDestroy`/`ncclCommAbort`: the member leaves.

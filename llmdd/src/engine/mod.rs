@@ -400,6 +400,21 @@ impl Engine {
         &self.findings.list
     }
 
+    /// What the engine could not conclude and why, one line each, for every view.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let n = self.counts.findings_withheld_ambiguous;
+        if n > 0 {
+            let comms = self.lanes.iter().filter(|l| l.ambiguous).count();
+            out.push(format!(
+                "{n} verdict(s) withheld on {comms} communicator(s) whose members could not be \
+                 told apart: communicators of the same rank count in one job, made before \
+                 llmdd attached (attach before they are created to identify them exactly)"
+            ));
+        }
+        out
+    }
+
     /// Event time up to which everything has been processed.
     pub fn now(&self) -> u64 {
         self.now.max(self.t)

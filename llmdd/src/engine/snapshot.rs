@@ -52,6 +52,8 @@ pub struct Counts {
     pub connections_evicted: u64,
     /// Graph launches of processes in no graph-launch group (no communicator, no job).
     pub graph_launches_ungrouped: u64,
+    /// Verdicts not raised because their communicator's members were grouped by a guess.
+    pub findings_withheld_ambiguous: u64,
     pub processes_live: u64,
     pub pids_reused: u64,
     /// Calls reported while still in flight (processed as arrivals before they returned).
@@ -141,6 +143,8 @@ pub struct Snapshot {
     pub links: Vec<LinkView>,
     pub stages: Vec<StageView>,
     pub counts: Counts,
+    /// What the engine could not conclude and why (see `Engine::notes`).
+    pub notes: Vec<String>,
 }
 
 fn lane_view(e: &Engine, l: &Lane, now: u64) -> LaneView {
@@ -280,5 +284,6 @@ pub fn build(e: &Engine) -> Snapshot {
         links: e.links.view(now, &e.cfg, 32),
         stages,
         counts,
+        notes: e.notes(),
     }
 }

@@ -21,6 +21,10 @@ impl Engine {
     pub(super) fn stall(&mut self, lane: u32, s: StallInfo, now: u64) {
         let mut s = s;
         let l = &self.lanes[lane as usize];
+        if l.ambiguous {
+            self.counts.findings_withheld_ambiguous += 1;
+            return;
+        }
         // Said in rank order.
         for v in [&mut s.arrived, &mut s.missing] {
             v.sort_by_key(|&m| (l.members[m as usize].rank, m));
@@ -129,7 +133,11 @@ impl Engine {
             now,
         );
         if let Some(v) = ev.straggler {
-            self.raise_straggler(lane, v);
+            if self.lanes[li].ambiguous {
+                self.counts.findings_withheld_ambiguous += 1;
+            } else {
+                self.raise_straggler(lane, v);
+            }
         }
     }
 
@@ -175,10 +183,14 @@ impl Engine {
             .map(|p| p.comm)
             .collect();
         for comm in due {
-            let verdict = self.bubbles.evaluate(comm, now, &self.cfg);
+            let mut verdict = self.bubbles.evaluate(comm, now, &self.cfg);
             let id = self.comms.list[comm as usize].id;
-            let named = verdict.as_ref().map(|v| v.slow.rank);
             let lane = self.comms.list[comm as usize].lane;
+            if verdict.is_some() && self.lanes[lane as usize].ambiguous {
+                self.counts.findings_withheld_ambiguous += 1;
+                verdict = None;
+            }
+            let named = verdict.as_ref().map(|v| v.slow.rank);
             shift_blame(
                 &mut self.pipeline_blame,
                 &mut self.findings,

@@ -36,6 +36,8 @@ pub struct Report {
     pub graph_groups: Vec<GraphGroup>,
     pub requests: Requests,
     pub findings: Vec<ReportFinding>,
+    /// What the analysis could not conclude and why, one line each.
+    pub notes: Vec<String>,
     /// The engine's counters (what it saw, held back, dropped, evicted), by name.
     pub engine_counts: BTreeMap<String, u64>,
     /// Several hosts' recordings merged (`llmdd report a.rec b.rec`): each host's clock
@@ -190,6 +192,9 @@ pub struct CommIdentity {
     pub split: Option<u32>,
     pub color: Option<i64>,
     pub rank_source: Option<&'static str>,
+    /// Grouped by a guess (another communicator of the same shape was as likely): no
+    /// finding names a rank on it.
+    pub ambiguous: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -364,6 +369,7 @@ fn communicator(c: &CommView, run: &RunInfo) -> Communicator {
             split: None,
             color: None,
             rank_source: None,
+            ambiguous: false,
         },
         Identity::Split {
             parent,
@@ -376,14 +382,20 @@ fn communicator(c: &CommView, run: &RunInfo) -> Communicator {
             split: Some(*split),
             color: Some(*color),
             rank_source: None,
+            ambiguous: false,
         },
-        Identity::Inferred { rank_source, .. } => CommIdentity {
+        Identity::Inferred {
+            rank_source,
+            ambiguous,
+            ..
+        } => CommIdentity {
             by: "inferred",
             uid_hash: None,
             parent: None,
             split: None,
             color: None,
             rank_source: Some(rank_source),
+            ambiguous: *ambiguous,
         },
     };
     Communicator {
@@ -576,6 +588,7 @@ pub fn build(i: &Inputs) -> Report {
             })
             .collect(),
         requests: requests(&i.snapshot.requests),
+        notes: i.snapshot.notes.clone(),
         findings: i
             .snapshot
             .findings

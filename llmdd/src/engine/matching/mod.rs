@@ -326,6 +326,9 @@ pub struct Lane {
     repair_due: bool,
     /// Instances found inconsistent (kept out of the evidence; the numbering re-checked).
     pub inconsistent: u64,
+    /// Its members were grouped by a guess (see `comm::Identity::Inferred`): no finding
+    /// names a rank on it.
+    pub ambiguous: bool,
 }
 
 impl Lane {
@@ -361,6 +364,7 @@ impl Lane {
             leaving_ns: 0,
             repair_due: false,
             inconsistent: 0,
+            ambiguous: false,
         }
     }
 

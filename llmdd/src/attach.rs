@@ -247,7 +247,19 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     for t in &targets {
         let mut plans = plan(t);
         plans.extend(user_plans.get(&t.pid).into_iter().flatten().cloned());
-        let attached = live.tracer.attach(t.pid, &plans)?;
+        let attached = match live.tracer.attach(t.pid, &plans) {
+            Ok(a) => a,
+            // Ended between being found and being probed (a job finishing as llmdd
+            // starts): said, and the others are traced.
+            Err(_) if !target::procfs::proc_path(t.pid, "").exists() => {
+                eprintln!(
+                    "llmdd: note: pid {} exited before it could be probed",
+                    t.pid
+                );
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if args.fronts.contains(&t.pid) {
             live.tracer.mark_front(t.pid)?;
         }
@@ -278,6 +290,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         live.track(t.pid, &attached);
         live.note_devices(t);
         live.pids.insert(t.pid);
+    }
+    if live.pids.is_empty() && !targets.is_empty() && !follow.active() {
+        anyhow::bail!("every target exited before llmdd could attach to it");
     }
     if let Some(w) = recorder.as_mut() {
         reader.capture();

@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|build|demo|test|bench|soak|gloo-test>`.
+//! Project automation: `cargo xtask <setup|build|demo|test|bench|soak|accuracy|gloo-test>`.
 //!
 //! - `setup`: idempotent bootstrap of what building and testing need on a fresh machine
 //!   (Debian's BPF-capable rustc and LLVM, bpf-linker, a mounted tracefs, and the tools of
@@ -6,7 +6,7 @@
 //! - `build`: `cargo build` of the whole workspace (llmdd's build.rs builds the eBPF object).
 //! - `demo`: run a simulated 4-rank job with a straggler and attach llmdd to it.
 //! - `test`: formatting, lints, and every test (unit and root-only integration tests).
-//! - `bench`, `soak`: measurements, not tests.
+//! - `bench`, `soak`, `accuracy`: measurements, not tests.
 //! - `gloo-test`: the opt-in test on a real PyTorch (fetches it once).
 //!
 //! Every command that needs the toolchain runs `setup` first; it does nothing when all is
@@ -63,6 +63,27 @@ enum Cmd {
         /// Traced calls per second, all ranks together.
         #[arg(long, default_value = "50000")]
         rate: u64,
+    },
+    /// The accuracy matrix: simulated jobs of many shapes with a known fault (or none), the
+    /// real Open MPI job attached mid-run (repeated), the real uvicorn serving stack, traced
+    /// by llmdd as users run it (release build); prints one table of expected and named
+    /// culprits, magnitude errors, false findings and time to finding. Not a test: minutes.
+    Accuracy {
+        /// Seed of the matrix's parameters (default: the time; printed, to rerun a matrix).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Runs of the Open MPI case.
+        #[arg(long, default_value = "5")]
+        mpi_repeats: u32,
+        /// Only the part of the matrix CI runs.
+        #[arg(long)]
+        quick: bool,
+        /// Only the scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Also write the table as Markdown to this file (for the README).
+        #[arg(long)]
+        markdown: Option<String>,
     },
     /// The opt-in Gloo test on a real PyTorch (tests/tests/gloo_straggler.rs): fetches a
     /// pinned CPU-capable PyTorch wheel set from PyPI once (about 3.3 GB to download, 4.5 GB
@@ -152,6 +173,41 @@ fn run(cli: Cli) -> Result<()> {
                     &rate.to_string(),
                 ],
             )
+        }
+        Cmd::Accuracy {
+            seed,
+            mpi_repeats,
+            quick,
+            only,
+            markdown,
+        } => {
+            setup::ensure()?;
+            cargo(&["build", "--workspace"])?;
+            cargo(&["build", "--release", "-p", "llmdd"])?;
+            let release = setup::workspace_root().join("target/release/llmdd");
+            // SAFETY: setting an environment variable before spawning children, single-threaded.
+            unsafe { std::env::set_var("LLMDD_BIN", &release) };
+            let mut args: Vec<String> = vec!["--mpi-repeats".into(), mpi_repeats.to_string()];
+            if let Some(s) = seed {
+                args.extend(["--seed".into(), s.to_string()]);
+            }
+            if quick {
+                args.push("--quick".into());
+            }
+            if let Some(o) = only {
+                args.extend(["--only".into(), o]);
+            }
+            if let Some(m) = markdown {
+                let path = std::path::Path::new(&m);
+                let abs = if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    std::env::current_dir()?.join(path)
+                };
+                args.extend(["--markdown".into(), abs.to_string_lossy().into_owned()]);
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tests_bin("accuracy", &refs)
         }
         Cmd::GlooTest => {
             setup::ensure()?;

@@ -86,6 +86,11 @@ pub struct Config {
     /// rank's (one rank dominates; random scheduling noise spreads over every rank).
     #[serde(deserialize_with = "share")]
     pub straggler_min_blame: f64,
+    /// Smallest share of the other ranks' time its late instances must cost them (the
+    /// waiting they caused over the window, per other rank): lateness that costs less is
+    /// within the step-to-step variation of a shared host and not worth a page.
+    #[serde(deserialize_with = "share")]
+    pub straggler_min_cost: f64,
     /// Smallest lag that makes an instance late.
     #[serde(rename = "straggler_min_lag", with = "duration")]
     pub straggler_min_lag_ns: u64,
@@ -242,6 +247,7 @@ impl Default for Config {
             straggler_min_late: 3,
             straggler_max_chance: 0.001,
             straggler_noise_factor: 3.0,
+            straggler_min_cost: 0.02,
             straggler_noise_min_instances: 20,
             straggler_min_blame: 0.5,
             straggler_min_lag_ns: 1_000_000,

@@ -119,6 +119,9 @@ pub struct Engine {
     stragglers: FastMap<u32, u32>,
     /// Lane (of a pipeline's communicator) -> stage rank currently named the slow stage.
     pipeline_blame: FastMap<u32, u32>,
+    /// Reset findings raised, with their connections' ports, until the serving port is
+    /// known (see `serving_port_known`).
+    resets_raised: Vec<([u16; 2], FindingKey)>,
     /// Lanes with new evidence since their last evaluation.
     dirty: Vec<bool>,
     out: LaneOut,
@@ -154,6 +157,7 @@ impl Engine {
             counts: Counts::default(),
             stragglers: FastMap::default(),
             pipeline_blame: FastMap::default(),
+            resets_raised: Vec::new(),
             dirty: Vec::new(),
             out: LaneOut::default(),
             bounds: Vec::new(),
@@ -347,7 +351,11 @@ impl Engine {
 
     fn on_sock(&mut self, s: &SockEvent) {
         let proc = self.procs.get(s.pid, s.ts_ns);
+        let port = self.requests.detected;
         self.requests.on_sock(s, &self.cfg);
+        if self.requests.detected != port && !self.resets_raised.is_empty() {
+            self.serving_port_known();
+        }
         if let Some(a) = self.links.on_sock(s, &self.cfg) {
             self.link_alert(proc, a);
         }
@@ -410,6 +418,31 @@ impl Engine {
                 "{n} verdict(s) withheld on {comms} communicator(s) whose members could not be \
                  told apart: communicators of the same rank count in one job, made before \
                  llmdd attached (attach before they are created to identify them exactly)"
+            ));
+        }
+        for l in self.lanes.iter().filter(|l| !l.ambiguous) {
+            let Some((v, why)) = &l.near_miss else {
+                continue;
+            };
+            let mm = &l.members[v.member as usize];
+            let why = match why {
+                stragglers::NotNamed::WithinNoise(floor) => format!(
+                    "within the job's own arrival noise ({} and more stands out here)",
+                    util::fmt_ns(*floor)
+                ),
+                stragglers::NotNamed::Immaterial => format!(
+                    "costing the others {:.1}% of their time, under the {:.0}% a straggler must cost",
+                    v.cost * 100.0,
+                    self.cfg.straggler_min_cost * 100.0
+                ),
+            };
+            out.push(format!(
+                "{} of {} {} was late in {} instances by {} (median), {why}: not named",
+                findings::wording::describe_member(mm.rank, mm.pid, self.procs.host(mm.proc)),
+                findings::wording::lane_label(l.evidence),
+                util::fmt_id(l.id),
+                v.late_count,
+                util::fmt_ns(v.median_lag_ns),
             ));
         }
         out

@@ -139,7 +139,7 @@ impl Requests {
         }
     }
 
-    fn serving(&self, port: u16, cfg: &Config) -> bool {
+    pub(super) fn serving(&self, port: u16, cfg: &Config) -> bool {
         if cfg.serving_ports.is_empty() {
             self.detected == Some(port)
         } else {

@@ -54,6 +54,11 @@ pub struct Counts {
     pub graph_launches_ungrouped: u64,
     /// Verdicts not raised because their communicator's members were grouped by a guess.
     pub findings_withheld_ambiguous: u64,
+    /// Resets of serving-port connections (clients closing): counted, not findings.
+    pub client_resets: u64,
+    /// Finished instances whose arrivals contradicted their completion bounds (numbering
+    /// re-checked; kept out of the evidence).
+    pub inconsistent_instances: u64,
     pub processes_live: u64,
     pub pids_reused: u64,
     /// Calls reported while still in flight (processed as arrivals before they returned).
@@ -268,6 +273,7 @@ pub fn build(e: &Engine) -> Snapshot {
     counts.completions_forgotten = e.sync.forgotten;
     counts.comms_refused = e.comms.refused;
     counts.comms_evicted = e.comms.evicted;
+    counts.inconsistent_instances = e.lanes.iter().map(|l| l.inconsistent).sum();
     counts.graph_groups_refused = e.graphs.refused;
     counts.findings_evicted = e.findings.evicted;
     counts.connections_evicted = e.links.evicted + e.requests.evicted;

@@ -90,6 +90,8 @@ pub struct StragglerVerdict {
     /// Share of the other members' time in the window spent waiting for it (every instance
     /// it arrived last in counts), and the span that share is of.
     pub idle_ratio: f64,
+    /// Share of their time its late instances cost the others.
+    pub cost: f64,
     pub span_ns: u64,
     pub window: (u64, u64),
     /// The most common op among the instances it was late in.
@@ -99,6 +101,18 @@ pub struct StragglerVerdict {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Evaluation {
     pub straggler: Option<StragglerVerdict>,
+    /// A rank that would be the straggler but for the job's noise or for what it costs:
+    /// its verdict at the lag threshold and why it is not named (said in a note).
+    pub near_miss: Option<(StragglerVerdict, NotNamed)>,
+}
+
+/// Why a rank late often enough, and not by luck, is not named.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NotNamed {
+    /// Its lag is under the job's noise floor (the value).
+    WithinNoise(u64),
+    /// Its late instances cost the others less than `straggler_min_cost` of their time.
+    Immaterial,
 }
 
 /// Per member: instances late in, waiting caused by them, waiting caused by every
@@ -108,9 +122,9 @@ struct Tally {
     late: u32,
     caused: u64,
     last_waited: u64,
-    /// Instances it arrived last in by less than the lag threshold (the job's normal
-    /// order).
-    last_normal: u32,
+    /// Instances it arrived last in late, but within the job's noise (the lag threshold
+    /// up to the noise floor): how often the noise lands on it.
+    last_noise: u32,
 }
 
 /// Evaluates the window ending at `now` for a lane of `members` members whose typical period
@@ -122,19 +136,21 @@ struct Tally {
 /// instances caused, and the member charged most is the straggler when
 /// - it was late often enough to be a pattern (`straggler_min_late`, among at least
 ///   `straggler_min_instances` finished instances);
-/// - its lateness is not luck: were no rank slow, the rank arriving last by a given lag
-///   would be last as often as it is last anyway. That base rate is measured on the
-///   instances nobody is late in (the job's normal order is not uniform: the last rank a
-///   root releases, CPU placement, NUMA distance keep one rank last more often than
-///   others, which is nobody's fault). Among the instances in which some rank was about as
-///   late as this one typically is (at least half its median lag), its count follows a
-///   binomial law of that base rate under the hypothesis of luck; the chance of that count
-///   or more must be at most `straggler_max_chance`. This holds whatever the rank count and
+/// - its lateness is not luck: were no rank slow, the rank arriving that late would be the
+///   one the job's noise makes late, as often as the noise lands on it. That base rate is
+///   measured on the instances late within the noise (the lag threshold up to the noise
+///   floor): noise does not land evenly (the last rank a root releases, CPU placement,
+///   NUMA distance), and a rank last by a hair in every normal step tells nothing about
+///   being late by much. Among the instances in which some rank was about as late as this
+///   one typically is (at least half its median lag), its count follows a binomial law of
+///   that base rate under the hypothesis of luck; the chance of that count or more must be
+///   at most `straggler_max_chance`. This holds whatever the rank count and
 ///   however rarely the rank is late: a rank late in 1 of 20 steps by 50 ms is as clear as
 ///   one late in every step once it has been that late a few times and nobody else has.
 ///   Comparing like with like (lags of its size) keeps smaller, more frequent lateness of
 ///   another rank (noise, a root that always returns last) from hiding it;
-/// - and it caused most of the waiting on late ranks (`straggler_min_blame`).
+/// - it caused most of the waiting on late ranks (`straggler_min_blame`);
+/// - and that waiting is a material share of the others' time (`straggler_min_cost`).
 ///
 /// Ranking by waiting caused, not by how often a rank is last nor by its median lag over
 /// every instance, names the rank that costs the job time: a rank 20 ms late every 5th step,
@@ -159,11 +175,24 @@ pub fn evaluate(
         return Evaluation::default();
     };
     let floor = threshold.max(noise_floor(ring, m, cfg, scratch));
-    let straggler = verdict_at(ring, m, members, floor, cfg, scratch).map(|mut v| {
-        v.total = total;
-        v
-    });
-    Evaluation { straggler }
+    let straggler = verdict_at(ring, m, members, (threshold, floor), cfg, scratch)
+        .filter(|v| v.cost >= cfg.straggler_min_cost);
+    let near_miss = match straggler {
+        Some(_) => None,
+        None => verdict_at(ring, m, members, (threshold, threshold), cfg, scratch).and_then(|v| {
+            if v.median_lag_ns < floor {
+                Some((v, NotNamed::WithinNoise(floor)))
+            } else if v.cost < cfg.straggler_min_cost {
+                Some((v, NotNamed::Immaterial))
+            } else {
+                None
+            }
+        }),
+    };
+    Evaluation {
+        straggler,
+        near_miss,
+    }
 }
 
 /// The member whose late instances (lag at least `threshold`) caused the most waiting
@@ -204,28 +233,29 @@ fn noise_floor(ring: &EvidenceRing, m: usize, cfg: &Config, scratch: &mut Vec<u6
     (p95 as f64 * cfg.straggler_noise_factor) as u64
 }
 
-/// Member `m`'s verdict with `floor` as the lag that makes an instance late: its late
-/// instances, their median lag, whether that many that late are more than luck, and its
-/// share of the waiting.
+/// Member `m`'s verdict with `floor` as the lag that makes an instance late (and
+/// `threshold` as the lag from which an instance is late at all, the noise between them):
+/// its late instances, their median lag, whether that many that late are more than luck,
+/// and its share of the waiting.
 fn verdict_at(
     ring: &EvidenceRing,
     m: usize,
     members: usize,
-    floor: u64,
+    (threshold, floor): (u64, u64),
     cfg: &Config,
     scratch: &mut Vec<u64>,
 ) -> Option<StragglerVerdict> {
     let mut tally = vec![Tally::default(); members];
-    let (mut start, mut end, mut others_sum, mut normal) = (u64::MAX, 0u64, 0u64, 0u32);
+    let (mut start, mut end, mut others_sum, mut noise) = (u64::MAX, 0u64, 0u64, 0u32);
     for e in ring.iter() {
         if let Some(t) = tally.get_mut(e.late as usize) {
             t.last_waited += e.waited_ns;
             if e.lag_ns >= floor {
                 t.late += 1;
                 t.caused += e.waited_ns;
-            } else {
-                t.last_normal += 1;
-                normal += 1;
+            } else if e.lag_ns >= threshold {
+                t.last_noise += 1;
+                noise += 1;
             }
         }
         start = start.min(e.start_ns);
@@ -235,6 +265,9 @@ fn verdict_at(
     let mine = tally[m];
     let all: u64 = tally.iter().map(|t| t.caused).sum();
     let blame = mine.caused as f64 / all.max(1) as f64;
+    let span = end.saturating_sub(start).max(1);
+    let avg_others = (others_sum as f64 / ring.len().max(1) as f64).max(1.0);
+    let cost = mine.caused as f64 / (avg_others * span as f64);
     if mine.late < cfg.straggler_min_late || blame < cfg.straggler_min_blame {
         return None;
     }
@@ -248,15 +281,15 @@ fn verdict_at(
     };
     // Not luck: among the instances in which some rank was about as late as this one
     // typically is (half its median lag or more), how many were its own, against how
-    // often it arrives last anyway in the instances nobody is late in (Laplace smoothed:
-    // 1/members when there are none).
+    // often the job's noise makes it the late one (Laplace smoothed: 1/members when there
+    // is no noise to go by).
     let big = floor.max(lags_from(floor, scratch) / 2);
     let (mut k, mut n) = (0u32, 0u32);
     for e in ring.iter().filter(|e| e.lag_ns >= big) {
         n += 1;
         k += u32::from(e.late as usize == m);
     }
-    let base = (mine.last_normal as f64 + 1.0) / (normal as f64 + members as f64);
+    let base = (mine.last_noise as f64 + 1.0) / (noise as f64 + members as f64);
     let chance = binomial_tail(n, k, base);
     if k < cfg.straggler_min_late || chance > cfg.straggler_max_chance {
         return None;
@@ -265,8 +298,6 @@ fn verdict_at(
         .iter()
         .filter(|e| e.late as usize == m && e.lag_ns >= floor)
         .collect();
-    let span = end.saturating_sub(start).max(1);
-    let avg_others = (others_sum as f64 / ring.len().max(1) as f64).max(1.0);
     Some(StragglerVerdict {
         member: m as u32,
         late_count: mine.late,
@@ -279,6 +310,7 @@ fn verdict_at(
         waited_ns: mine.caused,
         blame,
         idle_ratio: mine.last_waited as f64 / (avg_others * span as f64),
+        cost,
         span_ns: span,
         window: (
             late.iter().map(|e| e.start_ns).min().unwrap_or(start),
@@ -488,6 +520,31 @@ mod tests {
             let v = eval(&mut r, 3_000_000_000, 10_000_000);
             assert_eq!(v.as_ref().map(|v| v.member), named, "{extra:?}: {v:?}");
         }
+    }
+
+    /// Two ranks, rank 0 last by a hair in every step (a root that returns last) and 5 ms
+    /// late in every other one: being last anyway says nothing about being late by much.
+    #[test]
+    fn a_rank_last_by_a_hair_anyway_is_named_when_it_is_late() {
+        let mut r = EvidenceRing::new(1000);
+        for s in 0..100 {
+            let lag = if s % 2 == 1 { 5_000_000 } else { 100_000 };
+            r.push(entry(s, 0, lag));
+        }
+        let v = evaluate(
+            &mut r,
+            1_000_000_000,
+            2,
+            10_000_000,
+            &Config::default(),
+            &mut Vec::new(),
+        )
+        .straggler
+        .expect("straggler");
+        assert_eq!(
+            (v.member, v.as_late, v.median_lag_ns),
+            (0, (50, 50), 5_000_000)
+        );
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Engine {
                 &mut self.scratch,
             )
         };
+        self.lanes[li].near_miss = ev.near_miss.clone();
         let id = self.lanes[li].id;
         let culprit = ev.straggler.as_ref().map(|v| v.member);
         shift_blame(
@@ -298,6 +299,16 @@ impl Engine {
         let Some(l) = self.links.conns.get(&sk) else {
             return;
         };
+        // Clients of a serving port close as they please (a cancelled request, a client
+        // that stops reading): a reset there is how such connections end, not a bad link.
+        let serving = [l.local, l.remote]
+            .iter()
+            .flatten()
+            .any(|(_, port)| self.requests.serving(*port, &self.cfg));
+        if serving && matches!(a, LinkAlert::Reset { .. }) {
+            self.counts.client_resets += 1;
+            return;
+        }
         let facts = match a {
             LinkAlert::Retransmits {
                 in_window, rate, ..
@@ -323,7 +334,29 @@ impl Engine {
             scope: sk,
             culprit: matches!(a, LinkAlert::Reset { .. }) as u64,
         };
+        if let LinkAlert::Reset { .. } = a {
+            let ports = [l.local, l.remote].map(|e| e.map(|(_, p)| p).unwrap_or(0));
+            if self.resets_raised.len() >= self.cfg.max_findings {
+                self.resets_raised.remove(0);
+            }
+            self.resets_raised.push((ports, key));
+        }
         self.raise(key, d);
+    }
+
+    /// The serving port became known: resets raised on its connections before were clients
+    /// closing, not bad links, and are withdrawn.
+    pub(super) fn serving_port_known(&mut self) {
+        let raised = std::mem::take(&mut self.resets_raised);
+        for (ports, key) in raised {
+            if ports.iter().any(|p| self.requests.serving(*p, &self.cfg)) {
+                if self.findings.remove(&key) {
+                    self.counts.client_resets += 1;
+                }
+            } else {
+                self.resets_raised.push((ports, key));
+            }
+        }
     }
 }
 

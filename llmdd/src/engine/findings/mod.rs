@@ -179,6 +179,19 @@ impl FindingBook {
         self.index.get(key).map(|&i| &self.list[i])
     }
 
+    /// Withdraws a finding that turned out to be none (it is gone from the record).
+    pub fn remove(&mut self, key: &FindingKey) -> bool {
+        let Some(i) = self.index.remove(key) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        self.keys.swap_remove(i);
+        if i < self.list.len() {
+            self.index.insert(self.keys[i], i);
+        }
+        true
+    }
+
     /// Marks a finding no longer going on (kept for the record).
     pub fn deactivate(&mut self, key: &FindingKey, now_ns: u64) {
         if let Some(f) = self.get_mut(key) {

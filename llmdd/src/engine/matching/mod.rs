@@ -329,6 +329,12 @@ pub struct Lane {
     /// Its members were grouped by a guess (see `comm::Identity::Inferred`): no finding
     /// names a rank on it.
     pub ambiguous: bool,
+    /// The latest evaluation's rank late often enough but not named, and why (for the
+    /// engine's notes).
+    pub near_miss: Option<(
+        super::stragglers::StragglerVerdict,
+        super::stragglers::NotNamed,
+    )>,
 }
 
 impl Lane {
@@ -365,6 +371,7 @@ impl Lane {
             repair_due: false,
             inconsistent: 0,
             ambiguous: false,
+            near_miss: None,
         }
     }
 

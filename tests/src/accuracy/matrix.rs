@@ -1,0 +1,445 @@
+//! The scenarios of a matrix, from a seed: which rank is slow, by how much, how often, in
+//! which op and shape, and when llmdd attaches, all vary with it (print the seed to rerun a
+//! matrix). Magnitudes and frequencies are drawn from the ranges the issue names: stragglers
+//! late in every 1st to 20th step by 2 to 200 ms, pipelines with a stage 2 to 8 ms slower
+//! per micro-batch, stalls of 1.5 to 3 s.
+
+use super::{Attach, Expect, JobKind, Scenario};
+
+/// How much of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// The part that runs in CI (about a minute).
+    Quick,
+    /// Everything (`cargo xtask accuracy`), the Open MPI case `mpi_repeats` times.
+    Full { mpi_repeats: u32 },
+}
+
+/// SplitMix64: small, seedable, good enough to pick parameters.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len() as u64) as usize]
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn sim(name: String, jobs: Vec<Vec<String>>, attach: Attach, expect: Expect) -> Scenario {
+    Scenario {
+        name,
+        job: JobKind::Sim { jobs, attach },
+        expect,
+    }
+}
+
+fn attach_label(a: Attach) -> String {
+    match a {
+        Attach::BeforeInit => "before init".into(),
+        Attach::BeforeFault => "before".into(),
+        Attach::During { after_ms } => format!("during +{after_ms}ms"),
+    }
+}
+
+/// A data-parallel straggler: `ranks` ranks, `op`, rank `slow` late by `delay_ms` every
+/// `every` steps. Enough steps for 10 to 40 late instances, as long as the lateness adds
+/// up to a few seconds at most.
+fn straggler(
+    ranks: u64,
+    op: &str,
+    slow: u64,
+    delay_ms: u64,
+    every: u64,
+    attach: Attach,
+) -> Scenario {
+    let late = (4_000 / delay_ms).clamp(10, 40);
+    // Attached during the run: as many steps more as run before llmdd is there.
+    let before = match attach {
+        Attach::During { after_ms } => after_ms / 3 + after_ms / (delay_ms * every).max(1),
+        _ => 0,
+    };
+    let steps = (late * every).max(150) + before;
+    let name = format!(
+        "straggler {ranks}r {} r{slow} {delay_ms}ms/{every} {}",
+        op.split(':').next().unwrap_or(op),
+        attach_label(attach)
+    );
+    sim(
+        name,
+        vec![args(&[
+            "--ranks",
+            &ranks.to_string(),
+            "--steps",
+            &steps.to_string(),
+            "--compute-us",
+            "3000",
+            "--collective",
+            op,
+            "--straggler",
+            &format!("{slow}:{delay_ms}:{every}"),
+        ])],
+        attach,
+        Expect::Straggler {
+            job: 0,
+            rank: slow as usize,
+            may_withhold: false,
+        },
+    )
+}
+
+/// A pipeline of `stages` stages (one rank each, or `tp` ranks each), stage `slow` taking
+/// `extra_ms` more per micro-batch; `collective`: a step-end all-reduce (fill and drain).
+/// With tensor parallelism llmdd attaches before the communicators are made (a pipeline's
+/// communicators are of one shape, told apart only then).
+fn pipeline(stages: u64, tp: u64, slow: Option<u64>, extra_ms: u64, collective: bool) -> Scenario {
+    let attach = if tp > 1 {
+        Attach::BeforeInit
+    } else {
+        Attach::BeforeFault
+    };
+    let micro = 4u64;
+    let base_us = 2000u64;
+    let step_ms = micro * (base_us / micro / 1000).max(1) + micro * slow.map_or(0, |_| extra_ms);
+    let steps = (2_500 / step_ms.max(1)).clamp(80, 400);
+    let mut a = args(&[
+        "--ranks",
+        &(stages * tp).to_string(),
+        "--pipeline",
+        "--microbatches",
+        &micro.to_string(),
+        "--compute-us",
+        &base_us.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--tp",
+        &tp.to_string(),
+    ]);
+    if collective {
+        a.extend(args(&["--collective", "allreduce:16K"]));
+    }
+    let shape = if tp > 1 {
+        format!("{stages}x{tp}tp")
+    } else {
+        format!("{stages}st")
+    };
+    let end = if collective { "+ar" } else { "" };
+    match slow {
+        Some(s) => {
+            a.extend(args(&[
+                "--imbalance",
+                &format!("{s}:{}", extra_ms * micro * 1000),
+            ]));
+            let ranks: Vec<usize> = (0..tp).map(|t| (s * tp + t) as usize).collect();
+            sim(
+                format!("pipeline {shape}{end} stage {s} +{extra_ms}ms/mb"),
+                vec![a],
+                attach,
+                Expect::Pipeline {
+                    job: 0,
+                    ranks,
+                    may_withhold: false,
+                },
+            )
+        }
+        None => sim(
+            format!("pipeline {shape}{end} balanced"),
+            vec![a],
+            attach,
+            Expect::Nothing,
+        ),
+    }
+}
+
+fn clean(name: &str, a: &[&str], attach: Attach) -> Scenario {
+    let mut a = args(a);
+    if let Attach::During { after_ms } = attach {
+        a.extend(args(&["--steps", &(200 + after_ms / 2).to_string()]));
+    }
+    sim(
+        format!("clean {name} {}", attach_label(attach)),
+        vec![a],
+        attach,
+        Expect::Nothing,
+    )
+}
+
+fn mpi(rng: &mut Rng, i: u32) -> Scenario {
+    let slow = rng.below(4) as u32;
+    let delay_ms = rng.range(10, 20) as u32;
+    Scenario {
+        name: format!("open mpi 4r r{slow} {delay_ms}ms/1 during #{}", i + 1),
+        job: JobKind::Mpi {
+            steps: 300,
+            compute_us: 2000,
+            slow,
+            delay_us: delay_ms * 1000,
+            attach_after_ms: rng.range(300, 900),
+        },
+        expect: Expect::Straggler {
+            job: 0,
+            rank: slow as usize,
+            may_withhold: false,
+        },
+    }
+}
+
+/// The scenarios of one matrix.
+pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
+    let mut rng = Rng(seed);
+    let during = |rng: &mut Rng| Attach::During {
+        after_ms: rng.range(300, 800),
+    };
+    let mut out = Vec::new();
+    match size {
+        Size::Quick => {
+            let r = rng.below(4);
+            let a = during(&mut rng);
+            out.push(straggler(4, "allreduce:64K", r, rng.range(20, 60), 10, a));
+            let r = rng.below(8);
+            out.push(straggler(8, "allgather:16K", r, 20, 1, Attach::BeforeFault));
+            let s = rng.below(3);
+            out.push(pipeline(3, 1, Some(s), rng.range(3, 6), false));
+            out.push(pipeline(3, 1, None, 0, true));
+            out.push(tp_straggler(&mut rng, Attach::BeforeInit));
+            out.push(job_end());
+            out.push(two_replicas(&mut rng));
+            let a = during(&mut rng);
+            out.push(clean(
+                "4r allreduce",
+                &["--ranks", "4", "--steps", "200"],
+                a,
+            ));
+            out.push(mpi(&mut rng, 0));
+        }
+        Size::Full { mpi_repeats } => {
+            full(&mut rng, &mut out, during);
+            for i in 0..mpi_repeats {
+                out.push(mpi(&mut rng, i));
+            }
+            for (http, event_loop) in [("h11", "asyncio"), ("httptools", "uvloop")] {
+                out.push(Scenario {
+                    name: format!("serving uvicorn {http}/{event_loop}"),
+                    job: JobKind::Serving {
+                        http,
+                        event_loop,
+                        ttft_ms: rng.range(60, 200),
+                        itl_ms: rng.range(10, 30),
+                    },
+                    expect: Expect::Serving,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Everything but the real libraries' scenarios.
+fn full(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Attach) {
+    const OPS: [&str; 3] = ["allreduce:256K", "allgather:64K", "reducescatter:64K"];
+    // Stragglers: every frequency and magnitude, over rank counts, ops and attach times.
+    for (every, delay) in [
+        (1, 20),
+        (2, 5),
+        (5, 200),
+        (5, 2),
+        (10, 50),
+        (20, 20),
+        (20, 100),
+        (3, 10),
+    ] {
+        for ranks in [2u64, 4, 8] {
+            if (every + ranks) % 3 == 0 {
+                continue; // a third of the grid, by a rule that keeps every row and column
+            }
+            let slow = rng.below(ranks);
+            let attach = if rng.below(2) == 0 {
+                Attach::BeforeFault
+            } else {
+                during(rng)
+            };
+            out.push(straggler(ranks, rng.pick(&OPS), slow, delay, every, attach));
+        }
+    }
+    out.push(tp_straggler(rng, Attach::BeforeInit));
+    out.push(tp_straggler(rng, Attach::BeforeFault));
+    let a = during(rng);
+    out.push(tp_straggler(rng, a));
+    // Graph-launch steps (decode under CUDA graphs).
+    let r = rng.below(4);
+    out.push(sim(
+        format!("graph 4r r{r} 20ms/2"),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--graph",
+            "--steps",
+            "200",
+            "--straggler",
+            &format!("{r}:20:2"),
+        ])],
+        Attach::BeforeFault,
+        Expect::Straggler {
+            job: 0,
+            rank: r as usize,
+            may_withhold: false,
+        },
+    ));
+    // Pipelines with bounded buffers, and balanced ones.
+    for stages in [2u64, 3, 4] {
+        let slow = rng.below(stages);
+        let collective = rng.below(2) == 0;
+        out.push(pipeline(stages, 1, Some(slow), rng.range(2, 8), collective));
+        out.push(pipeline(stages, 1, None, 0, stages != 3));
+    }
+    out.push(pipeline(2, 2, Some(rng.below(2)), rng.range(3, 8), false));
+    out.push(pipeline(2, 2, None, 0, false));
+    // Stalls.
+    for ranks in [2u64, 4] {
+        let r = rng.below(ranks);
+        let ms = rng.range(1500, 3000);
+        out.push(sim(
+            format!("stall {ranks}r r{r} {ms}ms"),
+            vec![args(&[
+                "--ranks",
+                &ranks.to_string(),
+                "--steps",
+                "120",
+                "--stall",
+                &format!("{r}:40:{ms}"),
+            ])],
+            Attach::BeforeFault,
+            Expect::Stall {
+                job: 0,
+                rank: r as usize,
+            },
+        ));
+    }
+    // Clean runs of every shape.
+    for ranks in ["2", "4", "8"] {
+        let op = rng.pick(&OPS);
+        let a = during(rng);
+        out.push(clean(
+            &format!("{ranks}r {}", op.split(':').next().unwrap_or(op)),
+            &["--ranks", ranks, "--steps", "200", "--collective", op],
+            a,
+        ));
+    }
+    out.push(clean(
+        "4r graph",
+        &["--ranks", "4", "--graph", "--steps", "200"],
+        Attach::BeforeFault,
+    ));
+    out.push(clean(
+        "4r dp x tp",
+        &["--ranks", "4", "--tp", "2", "--steps", "200"],
+        Attach::BeforeFault,
+    ));
+    out.push(job_end());
+    out.push(two_replicas(rng));
+    out.push(sim(
+        "two 1-rank graph replicas, one slow".into(),
+        vec![
+            args(&[
+                "--ranks",
+                "1",
+                "--graph",
+                "--steps",
+                "200",
+                "--straggler",
+                "0:20:3",
+            ]),
+            args(&["--ranks", "1", "--graph", "--steps", "200"]),
+        ],
+        Attach::BeforeFault,
+        Expect::Nothing,
+    ));
+}
+
+/// A straggler in a 2x2 DP x TP job: named on its communicators when llmdd saw them made;
+/// attached after, communicators of the same shape cannot be told apart and withholding
+/// the verdict (saying so) is right too.
+fn tp_straggler(rng: &mut Rng, attach: Attach) -> Scenario {
+    let r = rng.below(4);
+    let delay = rng.range(10, 30);
+    sim(
+        format!("dp x tp 4r r{r} {delay}ms/3 {}", attach_label(attach)),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--tp",
+            "2",
+            "--steps",
+            "200",
+            "--straggler",
+            &format!("{r}:{delay}:3"),
+        ])],
+        attach,
+        Expect::Straggler {
+            job: 0,
+            rank: r as usize,
+            may_withhold: attach != Attach::BeforeInit,
+        },
+    )
+}
+
+/// Ranks that end without destroying their communicator, 40 ms apart: how jobs end.
+fn job_end() -> Scenario {
+    clean(
+        "4r job end, no destroy, exits 40ms apart",
+        &[
+            "--ranks",
+            "4",
+            "--steps",
+            "150",
+            "--no-destroy",
+            "--exit-stagger-ms",
+            "40",
+        ],
+        Attach::BeforeFault,
+    )
+}
+
+/// Two TP=2 replicas on one node, one with a straggler, the other shorter (it ends first).
+fn two_replicas(rng: &mut Rng) -> Scenario {
+    let r = rng.below(2);
+    sim(
+        format!("two 2r replicas, r{r} of the first slow"),
+        vec![
+            args(&[
+                "--ranks",
+                "2",
+                "--steps",
+                "250",
+                "--straggler",
+                &format!("{r}:20:3"),
+            ]),
+            args(&["--ranks", "2", "--steps", "120"]),
+        ],
+        Attach::BeforeFault,
+        Expect::Straggler {
+            job: 0,
+            rank: r as usize,
+            may_withhold: false,
+        },
+    )
+}

@@ -77,10 +77,11 @@ fn attach_all_finds_every_rank() {
         .expect("llmdd attaches");
     for pid in &job.pids {
         assert!(
-            llmdd
-                .lines_of(Stream::Stderr)
-                .iter()
-                .any(|l| l.starts_with(&format!("llmdd: attached to pid {pid}:"))),
+            llmdd.lines_of(Stream::Stderr).iter().any(|l| {
+                let head = format!("llmdd: attached to pid {pid}");
+                l.strip_prefix(&head)
+                    .is_some_and(|rest| rest.starts_with(':') || rest.starts_with(" ("))
+            }),
             "rank {pid} not attached:\n{}",
             llmdd.transcript()
         );

@@ -264,6 +264,12 @@ impl TopArgs {
 /// What `attach` and `top` share: how long, how often, and which outputs.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Never stop a traced thread. At attach (and while a job looks stuck) llmdd reads
+    /// where each traced thread is, to find a job that was already hung before the probes
+    /// existed; a thread that is running (busy-polling) is stopped with ptrace for a few
+    /// microseconds to read its registers. With this flag such threads are left unread.
+    #[arg(long)]
+    pub no_ptrace: bool,
     /// Stop after this long: plain seconds (`5`) or with a unit (`500ms`, `5s`, `2m`, `1h`).
     #[arg(long, short = 'd', value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
@@ -408,6 +414,7 @@ impl RunArgs {
             enforce_budget: false,
             engine_config: None,
             ring_size: None,
+            no_ptrace: false,
         }
     }
 }

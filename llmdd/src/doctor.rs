@@ -118,7 +118,7 @@ pub fn run() -> bool {
     } else {
         println!("traceable processes:");
         for t in &targets {
-            println!("{}", crate::attach::describe_target(t));
+            println!("{}", crate::live::targets::describe_target(t));
         }
     }
     ok

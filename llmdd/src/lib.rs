@@ -5,7 +5,6 @@
 //! object, attach per target) → `transport` (ring buffer → typed `events`) → consumers
 //! (`engine`, `summary`). `attach` and `doctor` are the subcommands; `cli` holds their flags.
 
-pub mod attach;
 pub mod budget;
 pub mod cli;
 pub mod config_file;
@@ -16,6 +15,7 @@ pub mod events;
 pub mod follow;
 pub mod gpu;
 pub mod kernel;
+pub mod live;
 pub mod loadgen;
 pub mod merge;
 pub mod node;
@@ -28,6 +28,7 @@ pub mod session;
 pub mod stacks;
 pub mod summary;
 pub mod target;
+pub mod threads;
 pub mod transport;
 pub mod userprobe;
 pub mod views;

@@ -2,7 +2,7 @@
 //! clear line and a non-zero exit.
 
 use clap::{parser::ValueSource, ArgMatches, CommandFactory, FromArgMatches};
-use llmdd::{attach, cli, config_file, doctor};
+use llmdd::{cli, config_file, doctor, live};
 
 /// Applies the configuration file and `--set` to a subcommand's run options; flags given on
 /// the command line (per `matches`) keep their values.
@@ -204,7 +204,7 @@ fn run_attach(args: cli::AttachArgs) -> i32 {
                     std::process::exit(1);
                 }
             };
-            match rt.block_on(attach::run(args)) {
+            match rt.block_on(live::run(args)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("llmdd: error: {e:#}");

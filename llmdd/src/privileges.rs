@@ -50,7 +50,7 @@ pub const KEPT: [(caps::Capability, &str); 5] = [
     ),
     (
         caps::Capability::CAP_SYS_PTRACE,
-        "reading /proc/PID/maps of other users' processes when they load a library",
+        "reading /proc/PID/maps of other users' processes when they load a library, and where their threads are (a job hung before attach)",
     ),
     (
         caps::Capability::CAP_DAC_READ_SEARCH,

@@ -66,7 +66,8 @@ impl Symbolizer {
         self.maps.insert(pid, maps);
     }
 
-    fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
+    /// The mapping of `pid` holding `addr` (as last read).
+    pub fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
         self.maps
             .get(&pid)?
             .iter()

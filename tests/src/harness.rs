@@ -330,3 +330,16 @@ pub fn loop_cmd(lp: &mut Proc, cmd: &str) -> Result<f64> {
         .and_then(|v| v.parse().ok())
         .context("an ns_per_call value")
 }
+
+/// What in `doc` breaks the shipped report schema (`docs/report.schema.json`), one line
+/// each; empty when it validates.
+pub fn schema_errors(doc: &serde_json::Value) -> Result<Vec<String>> {
+    let path = workspace_root().join("docs/report.schema.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let schema: serde_json::Value = serde_json::from_str(&text).context("the schema is JSON")?;
+    let v = jsonschema::validator_for(&schema).map_err(|e| anyhow!("schema: {e}"))?;
+    Ok(v.iter_errors(doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect())
+}

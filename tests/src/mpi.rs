@@ -39,6 +39,8 @@ pub struct MpiSteps {
     pub compute_us: u32,
     pub slow_rank: u32,
     pub delay_us: u32,
+    /// The step before which the slow rank stops for good (sleeps until killed).
+    pub hang_step: Option<u32>,
 }
 
 impl MpiJob {
@@ -64,7 +66,8 @@ impl MpiJob {
             s.compute_us.to_string(),
             s.slow_rank.to_string(),
             s.delay_us.to_string(),
-        ]);
+        ])
+        .args(s.hang_step.map(|h| h.to_string()));
         let mut run = Proc::spawn("mpirun", cmd)?;
         run.wait_line("READY", Duration::from_secs(120), |s, l| {
             s == Stream::Stdout && l.starts_with("READY")
@@ -84,6 +87,27 @@ impl MpiJob {
     /// Releases the measured steps.
     pub fn go(&mut self) -> Result<()> {
         self.run.send_line("go")
+    }
+
+    /// Waits until the slow rank says it stopped for good (`hang_step`).
+    pub fn wait_hung(&mut self) -> Result<()> {
+        self.run
+            .wait_line("HUNG", Duration::from_secs(120), |s, x| {
+                s == Stream::Stdout && x.starts_with("HUNG")
+            })
+            .map(|_| ())
+    }
+
+    /// Ends a hung job (mpirun takes its ranks down with it).
+    pub fn kill(&mut self) {
+        let _ = self.run.signal(libc::SIGTERM);
+        if self.run.wait_exit(Duration::from_secs(20)).is_err() {
+            let _ = self.run.signal(libc::SIGKILL);
+            for &p in &self.pids {
+                // SAFETY: kill(2) on the job's own rank pids.
+                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+            }
+        }
     }
 
     /// Waits for the job's DONE line and its exit.

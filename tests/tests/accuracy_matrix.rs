@@ -2,8 +2,9 @@
 //! a rare straggler attached mid-run, an every-step straggler on 8 ranks, a pipeline with a
 //! slow stage and a balanced one with a step-end collective, a DP x TP straggler seen from
 //! communicator creation, ranks ending without destroy a little apart, two independent
-//! replicas, a clean run attached mid-run, and the real Open MPI job attached mid-run. Each
-//! must name the right culprit with its magnitude within 20%, and nothing else.
+//! replicas, a clean run attached mid-run, the real Open MPI job attached mid-run, and a
+//! simulated and the real Open MPI job already hung when llmdd attaches. Each must name the
+//! right culprit with its magnitude within 20%, and nothing else.
 //!
 //! The parameters (which rank, how late, when llmdd attaches) change with the seed: the time,
 //! unless `LLMDD_ACCURACY_SEED` is set; a failure prints the seed to rerun it with `cargo

@@ -6,22 +6,13 @@
 use std::time::Duration;
 
 use llmdd_tests::{
-    harness::{fake_lib_dir, require_root, start_llmdd, workspace_root, Stream},
+    harness::{fake_lib_dir, require_root, start_llmdd, Stream},
     job::Job,
 };
 use serde_json::Value;
 
 fn validate(doc: &Value) {
-    let path = workspace_root().join("docs/report.schema.json");
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .expect("the schema is JSON");
-    let v = jsonschema::validator_for(&schema).expect("the schema compiles");
-    let errors: Vec<String> = v
-        .iter_errors(doc)
-        .map(|e| format!("{e} at {}", e.instance_path()))
-        .collect();
+    let errors = llmdd_tests::harness::schema_errors(doc).expect("the schema loads");
     assert!(errors.is_empty(), "invalid report:\n{}", errors.join("\n"));
 }
 

@@ -332,11 +332,13 @@ impl Engine {
             if let (Some(me), true) = (rank, op.peer.is_some_and(|p| p >= 0)) {
                 self.bubbles.transfer(r.comm, me, proc, entry, &self.cfg);
             }
+            self.positions.last_arrival.insert(proc, entry);
         }
     }
 
     pub(super) fn arrive(&mut self, lane: u32, m: u32, mut a: Arrival, proc: ProcId, stream: u64) {
         let entry = a.entry_ns;
+        self.positions.last_arrival.insert(proc, entry);
         a.sync_ns = self.procs.proc(proc).waited_ns;
         let l = &mut self.lanes[lane as usize];
         let lane_id = l.id;

@@ -118,6 +118,11 @@ pub struct Config {
     pub stall_min_ns: u64,
     /// Periods of its lane an instance may wait before it is a stall.
     pub stall_period_factor: u64,
+    /// How long the ranks of a job must stay where their threads were found (some waiting
+    /// in a collective or on the device, none making a collective call) before that is a
+    /// stall found at attach.
+    #[serde(rename = "stall_at_attach_confirm", with = "duration")]
+    pub stall_at_attach_confirm_ns: u64,
 
     // ---- requests ----
     /// Serving ports to build request timelines for; empty = detect automatically.
@@ -257,6 +262,7 @@ impl Default for Config {
             stall_threshold_ns: 2_000_000_000,
             stall_min_ns: 500_000_000,
             stall_period_factor: 50,
+            stall_at_attach_confirm_ns: 1_000_000_000,
             serving_ports: Vec::new(),
             serving_port_min_connections: 3,
             request_idle_ns: 5_000_000_000,

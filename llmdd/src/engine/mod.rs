@@ -38,6 +38,7 @@ mod links;
 mod lost;
 mod matching;
 mod memory;
+mod positions;
 mod procs;
 mod reorder;
 mod requests;
@@ -62,6 +63,7 @@ pub use graphs::GroupBasis;
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;
+pub use positions::{Place, ProcThreads, ThreadPlace};
 pub use procs::{job_key, ProcessHints};
 pub use requests::{RequestRecord, RequestsView};
 pub use snapshot::{
@@ -119,6 +121,8 @@ pub struct Engine {
     stragglers: FastMap<u32, u32>,
     /// Lane (of a pipeline's communicator) -> stage rank currently named the slow stage.
     pipeline_blame: FastMap<u32, u32>,
+    /// Where each traced process's threads were last found (see `positions`).
+    positions: positions::Positions,
     /// Reset findings raised, with their connections' ports, until the serving port is
     /// known (see `serving_port_known`).
     resets_raised: Vec<([u16; 2], FindingKey)>,
@@ -158,6 +162,7 @@ impl Engine {
             stragglers: FastMap::default(),
             pipeline_blame: FastMap::default(),
             resets_raised: Vec::new(),
+            positions: Default::default(),
             dirty: Vec::new(),
             out: LaneOut::default(),
             bounds: Vec::new(),

@@ -150,6 +150,8 @@ pub struct Snapshot {
     pub counts: Counts,
     /// What the engine could not conclude and why (see `Engine::notes`).
     pub notes: Vec<String>,
+    /// Where each traced process's threads were last found (live runs; see `positions`).
+    pub threads: Vec<super::positions::ProcThreads>,
 }
 
 fn lane_view(e: &Engine, l: &Lane, now: u64) -> LaneView {
@@ -291,5 +293,6 @@ pub fn build(e: &Engine) -> Snapshot {
         stages,
         counts,
         notes: e.notes(),
+        threads: e.threads_view(),
     }
 }

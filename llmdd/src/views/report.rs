@@ -99,6 +99,9 @@ pub struct Process {
     /// The GPU it uses, as last sampled (live tracing with NVML only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<ProcessGpu>,
+    /// Where its threads were last found (live tracing; see `threads`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<crate::engine::ProcThreads>,
 }
 
 /// A process's GPU and how llmdd knows it is that one.
@@ -543,6 +546,7 @@ pub fn build(i: &Inputs) -> Report {
                         mapped_by: by,
                     })
                 }),
+                threads: i.snapshot.threads.iter().find(|t| t.pid == p.pid).cloned(),
             }
         })
         .collect();

@@ -194,6 +194,7 @@ fn mpi(rng: &mut Rng, i: u32) -> Scenario {
             slow,
             delay_us: delay_ms * 1000,
             attach_after_ms: rng.range(300, 900),
+            hang_step: None,
         },
         expect: Expect::Straggler {
             job: 0,
@@ -201,6 +202,56 @@ fn mpi(rng: &mut Rng, i: u32) -> Scenario {
             may_withhold: false,
         },
     }
+}
+
+/// The real Open MPI job hung before llmdd attaches: one rank stopped for good before a
+/// step's all-reduce, the others busy-polling inside it.
+fn mpi_hang(rng: &mut Rng) -> Scenario {
+    let slow = rng.below(4) as u32;
+    let step = rng.range(3, 30) as u32;
+    Scenario {
+        name: format!("open mpi 4r r{slow} hung at step {step}, attached after"),
+        job: JobKind::Mpi {
+            steps: 300,
+            compute_us: 2000,
+            slow,
+            delay_us: 0,
+            attach_after_ms: rng.range(200, 1500),
+            hang_step: Some(step),
+        },
+        expect: Expect::StallAtAttach {
+            job: 0,
+            rank: slow as usize,
+        },
+    }
+}
+
+/// A simulated job hung before llmdd attaches (rank `r` stopped for `ms` before a step's
+/// collectives, llmdd attached a second into it; the job then goes on to its end).
+fn sim_hang(rng: &mut Rng, ranks: u64, op: &str) -> Scenario {
+    let r = rng.below(ranks);
+    let ms = rng.range(6000, 9000);
+    sim(
+        format!(
+            "hung at attach {ranks}r {} r{r} {ms}ms",
+            op.split(':').next().unwrap_or(op)
+        ),
+        vec![args(&[
+            "--ranks",
+            &ranks.to_string(),
+            "--steps",
+            "20",
+            "--collective",
+            op,
+            "--stall",
+            &format!("{r}:3:{ms}"),
+        ])],
+        Attach::During { after_ms: 1000 },
+        Expect::StallAtAttach {
+            job: 0,
+            rank: r as usize,
+        },
+    )
 }
 
 /// The scenarios of one matrix.
@@ -230,11 +281,14 @@ pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
                 a,
             ));
             out.push(mpi(&mut rng, 0));
+            out.push(sim_hang(&mut rng, 4, "allreduce:64K"));
+            out.push(mpi_hang(&mut rng));
         }
         Size::Full { mpi_repeats } => {
             full(&mut rng, &mut out, during);
             for i in 0..mpi_repeats {
                 out.push(mpi(&mut rng, i));
+                out.push(mpi_hang(&mut rng));
             }
             for (http, event_loop) in [("h11", "asyncio"), ("httptools", "uvloop")] {
                 out.push(Scenario {
@@ -333,6 +387,14 @@ fn full(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Att
                 rank: r as usize,
             },
         ));
+    }
+    // Hung before llmdd attached.
+    for (ranks, op) in [
+        (2u64, "allgather:64K"),
+        (4, "allreduce:256K"),
+        (8, "reducescatter:64K"),
+    ] {
+        out.push(sim_hang(rng, ranks, op));
     }
     // Clean runs of every shape.
     for ranks in ["2", "4", "8"] {

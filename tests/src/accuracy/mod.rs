@@ -33,13 +33,16 @@ pub enum JobKind {
         attach: Attach,
     },
     /// The real Open MPI job, 4 ranks, rank `slow` late by `delay_us` every step; llmdd
-    /// attached `attach_after_ms` into the run.
+    /// attached `attach_after_ms` into the run. With `hang_step`, rank `slow` stops for good
+    /// before that step: llmdd attaches `attach_after_ms` after it did, traces for a few
+    /// seconds, and the job is killed.
     Mpi {
         steps: u32,
         compute_us: u32,
         slow: u32,
         delay_us: u32,
         attach_after_ms: u64,
+        hang_step: Option<u32>,
     },
     /// The real Starlette + uvicorn serving stack, llmdd attached as a front.
     Serving {
@@ -81,6 +84,9 @@ pub enum Expect {
     },
     /// A stall: rank `rank` of job `job` is the one the others wait for.
     Stall { job: usize, rank: usize },
+    /// A stall already going on when llmdd attached: rank `rank` of job `job` (a world
+    /// rank) is the one the others wait for; its length is a lower bound (not scored).
+    StallAtAttach { job: usize, rank: usize },
     /// Nothing at all.
     Nothing,
     /// TTFT and inter-token medians as the client measured them (within 10%).

@@ -43,12 +43,14 @@ pub fn run(s: &Scenario, env: &Env, index: usize) -> Outcome {
                 slow,
                 delay_us,
                 attach_after_ms,
+                hang_step,
             } => {
                 let steps = MpiSteps {
                     steps: *steps,
                     compute_us: *compute_us,
                     slow_rank: *slow,
                     delay_us: *delay_us,
+                    hang_step: *hang_step,
                 };
                 run_mpi(s, env, &dir, steps, *attach_after_ms)
             }
@@ -71,10 +73,18 @@ pub fn run(s: &Scenario, env: &Env, index: usize) -> Outcome {
     })
 }
 
+/// Reads a report, which must validate against the shipped schema.
 fn report_of(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).context("parsing the report")
+    let doc = serde_json::from_str(&text).context("parsing the report")?;
+    let errors = crate::harness::schema_errors(&doc)?;
+    anyhow::ensure!(
+        errors.is_empty(),
+        "the report breaks docs/report.schema.json: {}",
+        errors.join("; ")
+    );
+    Ok(doc)
 }
 
 /// Waits for llmdd to exit on its own (every target gone) and reads its report.
@@ -152,18 +162,26 @@ fn run_mpi(s: &Scenario, env: &Env, dir: &Path, steps: MpiSteps, after_ms: u64) 
     let report_arg = report.to_string_lossy().into_owned();
     let mut m = MpiJob::start(job, steps)?;
     m.go()?;
+    if steps.hang_step.is_some() {
+        m.wait_hung()?;
+    }
     std::thread::sleep(Duration::from_millis(after_ms));
-    let mut l = start_llmdd_with(
-        &env.llmdd,
-        &m.pids,
-        &[
-            "--quiet",
-            "--report",
-            &report_arg,
-            "--overhead-budget",
-            "off",
-        ],
-    )?;
+    let mut args = vec![
+        "--quiet",
+        "--report",
+        &report_arg,
+        "--overhead-budget",
+        "off",
+    ];
+    if steps.hang_step.is_some() {
+        args.extend(["--duration", "4s"]);
+    }
+    let mut l = start_llmdd_with(&env.llmdd, &m.pids, &args)?;
+    if steps.hang_step.is_some() {
+        let doc = finish_llmdd(&mut l, &report)?;
+        m.kill();
+        return Ok(score::mpi(s, &m.pids, steps, &doc));
+    }
     m.finish()?;
     let doc = finish_llmdd(&mut l, &report)?;
     Ok(score::mpi(s, &m.pids, steps, &doc))

@@ -28,6 +28,7 @@ pub fn expected_label(e: &Expect) -> String {
                 .join("|")
         ),
         Expect::Stall { rank, .. } => format!("stall r{rank}"),
+        Expect::StallAtAttach { rank, .. } => format!("stall at attach r{rank}"),
         Expect::Nothing => "nothing".into(),
         Expect::Serving => "TTFT, ITL".into(),
     }
@@ -183,6 +184,13 @@ fn want_sim(e: &Expect, truths: &[Truth]) -> Option<Want> {
                 may_withhold: false,
             })
         }
+        Expect::StallAtAttach { job, rank } => Some(Want {
+            kinds: &["stall"],
+            pids: vec![pid_of(&truths[*job], *rank)],
+            magnitude: None,
+            onsets: Vec::new(),
+            may_withhold: false,
+        }),
         Expect::Nothing | Expect::Serving => None,
     }
 }
@@ -199,13 +207,25 @@ pub fn sim(s: &Scenario, truths: &[Truth], doc: &Value, attached_ns: u64) -> Out
 
 /// Scores the Open MPI job's report: rank `slow` late by `delay_us` in every step, from the
 /// start (so the first occurrence llmdd could see is at attach).
+/// With `hang_step`, the slow rank is the stall's culprit instead (its length, a lower
+/// bound, is not scored).
 pub fn mpi(s: &Scenario, pids: &[u32], steps: MpiSteps, doc: &Value) -> Outcome {
-    let want = Want {
-        kinds: &["straggler"],
-        pids: vec![pids[steps.slow_rank as usize] as u64],
-        magnitude: Some(("median_lag_ns", steps.delay_us as f64 * 1e3)),
-        onsets: Vec::new(),
-        may_withhold: false,
+    let slow = vec![pids[steps.slow_rank as usize] as u64];
+    let want = match steps.hang_step {
+        Some(_) => Want {
+            kinds: &["stall"],
+            pids: slow,
+            magnitude: None,
+            onsets: Vec::new(),
+            may_withhold: false,
+        },
+        None => Want {
+            kinds: &["straggler"],
+            pids: slow,
+            magnitude: Some(("median_lag_ns", steps.delay_us as f64 * 1e3)),
+            onsets: Vec::new(),
+            may_withhold: false,
+        },
     };
     judge(s, Some(want), doc)
 }

@@ -4,6 +4,7 @@
 //! shape, fault and attach time vary with the seed.
 //!
 //! Usage: accuracy [--seed N] [--mpi-repeats K] [--quick] [--only TEXT] [--markdown FILE]
+//! [--keep DIR]
 
 use std::{path::PathBuf, time::Instant};
 
@@ -19,6 +20,7 @@ struct Args {
     size: Size,
     only: Option<String>,
     markdown: Option<PathBuf>,
+    keep: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args> {
@@ -30,6 +32,7 @@ fn parse() -> Result<Args> {
         size: Size::Full { mpi_repeats: 5 },
         only: None,
         markdown: None,
+        keep: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -44,11 +47,14 @@ fn parse() -> Result<Args> {
             "--quick" => a.size = Size::Quick,
             "--only" => a.only = Some(val()?),
             "--markdown" => a.markdown = Some(PathBuf::from(val()?)),
+            "--keep" => a.keep = Some(PathBuf::from(val()?)),
             "--help" | "-h" => {
                 println!(
-                    "accuracy [--seed N] [--mpi-repeats K] [--quick] [--only TEXT] [--markdown FILE]\n\
+                    "accuracy [--seed N] [--mpi-repeats K] [--quick] [--only TEXT] [--markdown FILE] \
+                     [--keep DIR]\n\
                      Runs the accuracy matrix (every scenario, or those whose name contains \
-                     TEXT) and prints one table; --markdown also writes it as Markdown."
+                     TEXT) and prints one table; --markdown also writes it as Markdown; \
+                     --keep leaves each scenario's report and truths in DIR/NNN/."
                 );
                 std::process::exit(0);
             }
@@ -76,7 +82,9 @@ fn main() -> Result<()> {
     let env = Env {
         llmdd: llmdd.clone(),
         lib_dir: fake_lib_dir(),
-        work: std::env::temp_dir().join(format!("llmdd-accuracy-{}", std::process::id())),
+        work: a.keep.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("llmdd-accuracy-{}", std::process::id()))
+        }),
         mpi_job,
     };
     eprintln!(
@@ -120,6 +128,8 @@ fn main() -> Result<()> {
         );
         std::fs::write(p, md).with_context(|| format!("writing {}", p.display()))?;
     }
-    let _ = std::fs::remove_dir_all(&env.work);
+    if a.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&env.work);
+    }
     Ok(())
 }

@@ -500,3 +500,68 @@ pub fn link(
         magnitude: Magnitude { name, value },
     }
 }
+
+/// Ranks of one job placed by their threads, stuck since `since_ns`.
+pub struct StuckFacts {
+    /// "rank 0 (pid 10) inside ncclAllReduce (thread 10 'python', ...)" per waiting rank.
+    pub waiting: Vec<String>,
+    /// The same for the ranks not waiting.
+    pub elsewhere: Vec<String>,
+    pub since_ns: u64,
+    pub now_ns: u64,
+    /// The first rank elsewhere, if any.
+    pub culprit: Option<Culprit>,
+    /// "communicator 0123abcd", "the job of 4 ranks (...)".
+    pub group: String,
+    /// The communicator, when the group is one.
+    pub comm: Option<u64>,
+}
+
+/// A job found stuck from where its threads are (see `positions`).
+pub fn stuck_at_attach(f: StuckFacts) -> Draft {
+    let lasted = f.now_ns.saturating_sub(f.since_ns);
+    let (evidence, suggestion, culprit) = match f.culprit {
+        Some(c) => (
+            format!(
+                "found at attach, from where each thread is: no collective, send/receive or \
+                 graph launch by any rank of {} for at least {} (since llmdd first looked; \
+                 it may have begun earlier) while {} waited: {}; and not waiting: {} - the \
+                 rank(s) the others wait for",
+                f.group,
+                fmt_ns(lasted),
+                if f.waiting.len() == 1 { "one rank" } else { "these ranks" },
+                f.waiting.join("; "),
+                f.elsewhere.join("; ")
+            ),
+            "Look at what the rank not waiting is doing (its frames above; `py-spy dump --pid` for Python): a hang, a deadlock in host code, a crash in progress, or a diverged code path that skips the collective.".to_string(),
+            c,
+        ),
+        None => (
+            format!(
+                "found at attach, from where each thread is: every rank of {} has been \
+                 waiting for at least {} (since llmdd first looked) with no collective, send/receive or graph launch: {}; no rank \
+                 is missing on the host, so the hang is on the device or the network",
+                f.group,
+                fmt_ns(lasted),
+                f.waiting.join("; ")
+            ),
+            "Every rank is inside the collective or waiting on its GPU: look at the GPUs (nvidia-smi, Xid errors in dmesg, NVLink/NIC errors) and at NCCL's own view (NCCL_DEBUG=INFO, `llmdd ras`).".to_string(),
+            Culprit {
+                comm: f.comm,
+                ..Culprit::default()
+            },
+        ),
+    };
+    Draft {
+        severity: Severity::Critical,
+        culprit,
+        evidence,
+        source: "thread positions",
+        suggestion,
+        window: (f.since_ns, f.now_ns),
+        magnitude: Magnitude {
+            name: "stalled_at_least_ns",
+            value: lasted as f64,
+        },
+    }
+}

@@ -3,9 +3,9 @@
 //! attaches makes no call the probes could see, so its threads' positions are the only
 //! evidence.
 //!
-//! Rounds run at attach and one and two seconds later, then only while the engine says a
-//! job may be stuck (its ranks placed alike, some waiting, no collective call since), at
-//! the summary interval. A healthy job makes calls between the first rounds and is not
+//! Rounds run at attach and twice more, each `stall_at_attach_confirm` (1 s) after the
+//! previous one ended, then only while the engine says a job may be stuck (its ranks placed
+//! alike, some waiting, no collective call since), at the summary interval. A healthy job makes calls between the first rounds and is not
 //! looked at again. A traced process's thread that is running is stopped for a few
 //! microseconds per round to read its registers, unless `--no-ptrace`.
 
@@ -18,16 +18,11 @@ use crate::{
 };
 
 /// The rounds after attach, whatever the engine says.
-const EARLY_ROUNDS: [Duration; 3] = [
-    Duration::ZERO,
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-];
+const EARLY_ROUNDS: usize = 3;
 
 pub struct Watch {
     ptrace: bool,
     sym: Symbolizer,
-    started: Instant,
     rounds: usize,
     last: Option<Instant>,
     interval: Duration,
@@ -38,7 +33,6 @@ impl Watch {
         Watch {
             ptrace,
             sym: Symbolizer::new(),
-            started: Instant::now(),
             rounds: 0,
             last: None,
             interval: interval.max(Duration::from_secs(1)),
@@ -47,12 +41,14 @@ impl Watch {
 
     /// Runs a round when one is due.
     pub fn tick(&mut self, live: &Live, session: &mut Session) {
-        let due = match EARLY_ROUNDS.get(self.rounds) {
-            Some(&at) => self.started.elapsed() >= at,
-            None => {
-                session.engine.threads_wanted()
-                    && self.last.is_none_or(|l| l.elapsed() >= self.interval)
-            }
+        let confirm = Duration::from_nanos(session.engine.config().stall_at_attach_confirm_ns);
+        let due = if self.rounds < EARLY_ROUNDS {
+            self.last.is_none_or(|l| l.elapsed() >= confirm)
+        } else {
+            session.engine.threads_wanted()
+                && self
+                    .last
+                    .is_none_or(|l| l.elapsed() >= self.interval.max(confirm))
         };
         if due {
             self.round(live, session);

@@ -99,9 +99,53 @@ pub struct Process {
     /// The GPU it uses, as last sampled (live tracing with NVML only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<ProcessGpu>,
-    /// Where its threads were last found (live tracing; see `threads`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub threads: Option<crate::engine::ProcThreads>,
+    /// Where its threads were last found (live tracing, the process running at the end).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<Thread>,
+}
+
+/// A thread of a traced process and where it was last found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Thread {
+    pub tid: u32,
+    pub name: String,
+    pub now: ThreadNow,
+}
+
+/// Where a thread was, as last read.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadNow {
+    /// When it was read (CLOCK_MONOTONIC ns).
+    pub at_ns: u64,
+    pub state: char,
+    pub syscall: Option<i64>,
+    pub regs_from: &'static str,
+    #[serde(flatten)]
+    pub place: crate::engine::Place,
+    pub frames: Vec<String>,
+    pub site: String,
+}
+
+fn threads_of(snap: &Snapshot, pid: u32) -> Vec<Thread> {
+    snap.threads
+        .iter()
+        .filter(|p| p.pid == pid)
+        .flat_map(|p| {
+            p.threads.iter().map(|t| Thread {
+                tid: t.tid,
+                name: t.name.clone(),
+                now: ThreadNow {
+                    at_ns: p.at_ns,
+                    state: t.state,
+                    syscall: t.syscall,
+                    regs_from: t.regs_from,
+                    place: t.place.clone(),
+                    frames: t.frames.clone(),
+                    site: t.site.clone(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// A process's GPU and how llmdd knows it is that one.
@@ -546,7 +590,7 @@ pub fn build(i: &Inputs) -> Report {
                         mapped_by: by,
                     })
                 }),
-                threads: i.snapshot.threads.iter().find(|t| t.pid == p.pid).cloned(),
+                threads: threads_of(i.snapshot, p.pid),
             }
         })
         .collect();

@@ -177,14 +177,15 @@ fn run_mpi(s: &Scenario, env: &Env, dir: &Path, steps: MpiSteps, after_ms: u64) 
         args.extend(["--duration", "4s"]);
     }
     let mut l = start_llmdd_with(&env.llmdd, &m.pids, &args)?;
+    let attached_ns = simjob::now_ns();
     if steps.hang_step.is_some() {
         let doc = finish_llmdd(&mut l, &report)?;
         m.kill();
-        return Ok(score::mpi(s, &m.pids, steps, &doc));
+        return Ok(score::mpi(s, &m.pids, steps, &doc, attached_ns));
     }
     m.finish()?;
     let doc = finish_llmdd(&mut l, &report)?;
-    Ok(score::mpi(s, &m.pids, steps, &doc))
+    Ok(score::mpi(s, &m.pids, steps, &doc, attached_ns))
 }
 
 fn run_serving(

@@ -201,6 +201,10 @@ pub fn sim(s: &Scenario, truths: &[Truth], doc: &Value, attached_ns: u64) -> Out
     let mut want = want_sim(&s.expect, truths);
     if let Some(w) = want.as_mut() {
         w.onsets.retain(|&t| t >= attached_ns);
+        if matches!(s.expect, Expect::StallAtAttach { .. }) {
+            // Already going on: the time to the finding counts from the attach.
+            w.onsets = vec![attached_ns];
+        }
     }
     judge(s, want, doc)
 }
@@ -209,14 +213,14 @@ pub fn sim(s: &Scenario, truths: &[Truth], doc: &Value, attached_ns: u64) -> Out
 /// start (so the first occurrence llmdd could see is at attach).
 /// With `hang_step`, the slow rank is the stall's culprit instead (its length, a lower
 /// bound, is not scored).
-pub fn mpi(s: &Scenario, pids: &[u32], steps: MpiSteps, doc: &Value) -> Outcome {
+pub fn mpi(s: &Scenario, pids: &[u32], steps: MpiSteps, doc: &Value, attached_ns: u64) -> Outcome {
     let slow = vec![pids[steps.slow_rank as usize] as u64];
     let want = match steps.hang_step {
         Some(_) => Want {
             kinds: &["stall"],
             pids: slow,
             magnitude: None,
-            onsets: Vec::new(),
+            onsets: vec![attached_ns],
             may_withhold: false,
         },
         None => Want {

@@ -63,7 +63,7 @@ pub use graphs::GroupBasis;
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;
-pub use positions::{Place, ProcThreads, ThreadPlace};
+pub use positions::{telling, Place, ProcThreads, ThreadPlace};
 pub use procs::{job_key, ProcessHints};
 pub use requests::{RequestRecord, RequestsView};
 pub use snapshot::{

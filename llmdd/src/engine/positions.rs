@@ -89,19 +89,24 @@ pub struct ProcSample {
     pub threads: Vec<ThreadPlace>,
 }
 
+/// The thread that says most about a process: one inside a collective, else one waiting
+/// for its device, else its main thread.
+pub fn telling(threads: &[ThreadPlace], pid: u32) -> Option<&ThreadPlace> {
+    threads
+        .iter()
+        .find(|t| matches!(t.place, Place::Collective { .. }))
+        .or_else(|| {
+            threads
+                .iter()
+                .find(|t| matches!(t.place, Place::DeviceWait { .. }))
+        })
+        .or_else(|| threads.iter().find(|t| t.tid == pid))
+        .or(threads.first())
+}
+
 impl ProcSample {
-    /// The thread that says most about the process: one waiting, else its main thread.
     fn telling(&self, pid: u32) -> Option<&ThreadPlace> {
-        self.threads
-            .iter()
-            .find(|t| matches!(t.place, Place::Collective { .. }))
-            .or_else(|| {
-                self.threads
-                    .iter()
-                    .find(|t| matches!(t.place, Place::DeviceWait { .. }))
-            })
-            .or_else(|| self.threads.iter().find(|t| t.tid == pid))
-            .or(self.threads.first())
+        telling(&self.threads, pid)
     }
 
     fn waiting(&self) -> bool {

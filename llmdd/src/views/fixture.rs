@@ -35,7 +35,45 @@ pub fn sample() -> (RunInfo, Summary, Engine) {
         e.ingest(ev);
     }
     e.flush();
+    threads_now(&mut e);
     (run, summary, e)
+}
+
+/// One look at the ranks' threads: ranks 0-2 inside the all-reduce, rank 3 in Python.
+fn threads_now(e: &mut Engine) {
+    use crate::engine::{Place, ThreadPlace};
+    let at = e.snapshot().now_ns;
+    for r in 0..4u32 {
+        let pid = 100 + r;
+        let (place, site) = if r == 3 {
+            (
+                Place::Elsewhere {
+                    frame: "_PyEval_EvalFrameDefault".into(),
+                },
+                "_PyEval_EvalFrameDefault <- PyEval_EvalCode".to_string(),
+            )
+        } else {
+            (
+                Place::Collective {
+                    family: "nccl",
+                    func: "ncclAllReduce".into(),
+                },
+                "ncclAllReduce <- c10d::ProcessGroupNCCL::allreduce".to_string(),
+            )
+        };
+        let t = ThreadPlace {
+            tid: pid,
+            name: "python3".into(),
+            state: 'S',
+            syscall: Some(7),
+            regs_from: "syscall",
+            place,
+            frames: vec!["poll".into()],
+            site,
+        };
+        e.threads_now(pid, at, vec![t]);
+    }
+    e.threads_round_done(at);
 }
 
 /// The events of [`sample`], in time order.

@@ -4,7 +4,8 @@
 //! The run loop rebuilds a [`Model`] from the engine's snapshot at a bounded rate (every
 //! `--interval`) and the screen is redrawn from the model only (at most 20 times a second,
 //! on a new model, a key or a resize), so drawing never touches the engine. Panes:
-//! communicators × ops, per-rank lateness, findings, requests, and a status bar.
+//! communicators × ops, per-rank lateness, findings, where each rank is now (its threads,
+//! as last read), requests, and a status bar.
 //!
 //! Keys: Tab / Shift-Tab / ← → move between panes, ↑ ↓ select, Enter details, `p` pause
 //! (the model stops updating; tracing goes on), `/` filter rows, Esc close, `q` quit, `?`
@@ -93,6 +94,22 @@ pub struct RequestsPane {
     pub recent: Vec<RequestRow>,
 }
 
+/// One row of the "where each rank is now" pane: a traced process's most telling thread.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NowRow {
+    pub pid: u32,
+    /// Its rank by its environment.
+    pub rank: Option<u32>,
+    /// "inside ncclAllReduce", "waiting in cudaStreamSynchronize", "in time.sleep".
+    pub place: String,
+    /// Waiting on other ranks or the device.
+    pub waiting: bool,
+    pub thread: String,
+    pub site: String,
+    /// Seconds since it was read.
+    pub age_s: f64,
+}
+
 /// What the status bar shows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Status {
@@ -113,6 +130,7 @@ pub struct Model {
     pub ranks: Vec<RankRow>,
     pub findings: Vec<FindingRow>,
     pub requests: RequestsPane,
+    pub now: Vec<NowRow>,
     pub status: Status,
 }
 
@@ -263,15 +281,43 @@ impl Model {
                 })
                 .collect(),
         };
-        let _ = run;
+        let now = now_rows(snap, run, &ranks);
         Model {
             ops,
             ranks,
             findings,
             requests,
+            now,
             status,
         }
     }
+}
+
+/// Each traced process's most telling thread, as last read; its rank from its environment,
+/// else from its first communicator.
+fn now_rows(snap: &Snapshot, run: &RunInfo, ranks: &[RankRow]) -> Vec<NowRow> {
+    let mut rows: Vec<NowRow> = snap
+        .threads
+        .iter()
+        .filter_map(|p| {
+            let t = crate::engine::telling(&p.threads, p.pid)?;
+            Some(NowRow {
+                pid: p.pid,
+                rank: run
+                    .procs
+                    .get(&p.pid)
+                    .and_then(|i| i.env_rank)
+                    .or_else(|| ranks.iter().find(|r| r.pid == p.pid).and_then(|r| r.rank)),
+                place: t.place.describe(),
+                waiting: t.place.waiting(),
+                thread: format!("{} '{}'", t.tid, t.name),
+                site: t.site.clone(),
+                age_s: snap.now_ns.saturating_sub(p.at_ns) as f64 / 1e9,
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.rank, r.pid));
+    rows
 }
 
 /// The panes, in Tab order.
@@ -280,11 +326,21 @@ pub enum Pane {
     Comms,
     Ranks,
     Findings,
+    Now,
     Requests,
 }
 
+/// How many panes there are.
+pub const PANES: usize = 5;
+
 impl Pane {
-    const ALL: [Pane; 4] = [Pane::Comms, Pane::Ranks, Pane::Findings, Pane::Requests];
+    const ALL: [Pane; PANES] = [
+        Pane::Comms,
+        Pane::Ranks,
+        Pane::Findings,
+        Pane::Now,
+        Pane::Requests,
+    ];
 
     fn index(self) -> usize {
         Pane::ALL.iter().position(|p| *p == self).unwrap_or(0)
@@ -303,6 +359,7 @@ impl Pane {
             Pane::Comms => "communicators x ops",
             Pane::Ranks => "per-rank lateness",
             Pane::Findings => "findings",
+            Pane::Now => "where each rank is now",
             Pane::Requests => "requests",
         }
     }
@@ -312,7 +369,7 @@ impl Pane {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ui {
     pub focus: Pane,
-    pub selected: [usize; 4],
+    pub selected: [usize; PANES],
     pub paused: bool,
     pub filter: String,
     /// The filter is being typed.
@@ -325,7 +382,7 @@ impl Default for Ui {
     fn default() -> Ui {
         Ui {
             focus: Pane::Comms,
-            selected: [0; 4],
+            selected: [0; PANES],
             paused: false,
             filter: String::new(),
             editing: false,
@@ -354,7 +411,7 @@ impl Ui {
     }
 
     /// Handles one key; `rows` is the number of rows (after filtering) of each pane.
-    pub fn key(&mut self, k: KeyEvent, rows: [usize; 4]) -> Action {
+    pub fn key(&mut self, k: KeyEvent, rows: [usize; PANES]) -> Action {
         if k.kind == KeyEventKind::Release {
             return Action::None;
         }
@@ -374,7 +431,7 @@ impl Ui {
                 KeyCode::Char(c) if self.filter.len() < 64 => self.filter.push(c),
                 _ => return Action::None,
             }
-            self.selected = [0; 4];
+            self.selected = [0; PANES];
             return Action::Redraw;
         }
         let i = self.focus.index();

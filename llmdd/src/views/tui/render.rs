@@ -10,7 +10,7 @@ use ratatui::{
 
 use crate::engine::Severity;
 
-use super::{FindingRow, Model, OpRow, Pane, RankRow, RequestRow, Ui};
+use super::{FindingRow, Model, NowRow, OpRow, Pane, RankRow, RequestRow, Ui, PANES};
 
 /// `850ns`, `12.3us`, `4.50ms`, `1.20s`.
 pub fn dur(ns: u64) -> String {
@@ -65,12 +65,28 @@ pub fn requests<'a>(m: &'a Model, ui: &Ui) -> Vec<&'a RequestRow> {
         .collect()
 }
 
+pub fn now<'a>(m: &'a Model, ui: &Ui) -> Vec<&'a NowRow> {
+    m.now
+        .iter()
+        .filter(|r| {
+            ui.passes(&format!(
+                "rank {} pid {} {} {}",
+                r.rank.map(|r| r.to_string()).unwrap_or_default(),
+                r.pid,
+                r.place,
+                r.site
+            ))
+        })
+        .collect()
+}
+
 /// Rows per pane after filtering, in [`Pane`] order.
-pub fn row_counts(m: &Model, ui: &Ui) -> [usize; 4] {
+pub fn row_counts(m: &Model, ui: &Ui) -> [usize; PANES] {
     [
         ops(m, ui).len(),
         ranks(m, ui).len(),
         findings(m, ui).len(),
+        now(m, ui).len(),
         requests(m, ui).len(),
     ]
 }
@@ -223,6 +239,47 @@ pub fn ranks_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         ui.focus == Pane::Ranks,
     ));
     f.render_stateful_widget(t, area, &mut state(ui, Pane::Ranks, n));
+}
+
+/// Where each rank is now: each traced process's most telling thread, as last read (at
+/// attach, and while a job looks stuck).
+pub fn now_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
+    let rows = now(m, ui);
+    let body: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            let row = Row::new(vec![
+                r.rank.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
+                r.pid.to_string(),
+                r.place.clone(),
+                format!("{:.0}s ago", r.age_s),
+                r.site.clone(),
+            ]);
+            if r.waiting {
+                row
+            } else {
+                row.style(Style::default().fg(Color::Yellow))
+            }
+        })
+        .collect();
+    let n = body.len();
+    let t = Table::new(
+        body,
+        [
+            Constraint::Length(4),
+            Constraint::Length(7),
+            Constraint::Length(30),
+            Constraint::Length(8),
+            Constraint::Min(10),
+        ],
+    )
+    .header(header(&["rank", "pid", "where", "read", "frames"]))
+    .row_highlight_style(HIGHLIGHT)
+    .block(block(
+        format!(" {} ({n}) ", Pane::Now.title()),
+        ui.focus == Pane::Now,
+    ));
+    f.render_stateful_widget(t, area, &mut state(ui, Pane::Now, n));
 }
 
 fn severity_style(s: Severity) -> Style {
@@ -418,7 +475,9 @@ q, Ctrl-C                     quit (detaches, prints the final summary)
 
 Panes: communicators x ops (calls/s, latency p50/p99/max, arrival skew, bus bandwidth),
 per-rank lateness (arrival lag behind the first rank), findings (Enter shows the evidence
-and the suggestion), requests on the serving port (TTFT, inter-token gaps).";
+and the suggestion), where each rank is now (its threads as last read: at attach and while
+a job looks stuck; yellow: not waiting on other ranks or its device), requests on the
+serving port (TTFT, inter-token gaps).";
 
 /// The help overlay.
 pub fn help(f: &mut Frame, area: Rect) {
@@ -488,6 +547,19 @@ pub fn detail_text(m: &Model, ui: &Ui) -> Option<(String, String)> {
                 ),
             )
         }),
+        Pane::Now => now(m, ui).get(i).map(|r| {
+            (
+                format!(
+                    " rank {} (pid {}) now ",
+                    r.rank.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
+                    r.pid
+                ),
+                format!(
+                    "{}\nthread {}, read {:.1} s ago\nframes: {}",
+                    r.place, r.thread, r.age_s, r.site
+                ),
+            )
+        }),
         Pane::Requests => requests(m, ui).get(i).map(|q| {
             (
                 format!(" request from {} ", q.remote),
@@ -543,10 +615,15 @@ pub fn draw(f: &mut Frame, m: &Model, ui: &Ui) {
         .direction(Direction::Horizontal)
         .constraints([Constraint::Percentage(55), Constraint::Percentage(45)])
         .split(rows[1]);
+    let right = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([Constraint::Percentage(50), Constraint::Percentage(50)])
+        .split(bottom[1]);
     comms_pane(f, top[0], m, ui);
     findings_pane(f, top[1], m, ui);
     ranks_pane(f, bottom[0], m, ui);
-    requests_pane(f, bottom[1], m, ui);
+    now_pane(f, right[0], m, ui);
+    requests_pane(f, right[1], m, ui);
     hints(f, outer[2]);
     if ui.detail {
         detail(f, outer[1], m, ui);

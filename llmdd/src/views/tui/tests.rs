@@ -125,6 +125,19 @@ fn findings_pane() {
 }
 
 #[test]
+fn now_pane() {
+    let m = model();
+    let ui = Ui {
+        focus: Pane::Now,
+        ..Ui::default()
+    };
+    let got = draw_with(110, 7, |f, a| render::now_pane(f, a, &m, &ui));
+    assert!(got.contains("inside ncclAllReduce"), "{got}");
+    assert!(got.contains("in _PyEval_EvalFrameDefault"), "{got}");
+    check("now", &got);
+}
+
+#[test]
 fn requests_pane() {
     let m = model();
     let ui = Ui::default();

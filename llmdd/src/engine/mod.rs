@@ -450,6 +450,51 @@ impl Engine {
                 util::fmt_ns(v.median_lag_ns),
             ));
         }
+        out.extend(self.device_side_notes());
+        out
+    }
+
+    /// Collectives whose time goes on the device side: they complete long after the last
+    /// rank enqueued them (completion bound) while the ranks enqueue them together. A GPU
+    /// that is slower on one rank, more GPU work on one rank and a slow network all look
+    /// alike from the host (every rank's sync returns when the collective ends), so this is
+    /// said as where the time goes, never blamed on a rank: a slowdown there is not
+    /// attributable from the host. Said when the completion bound is at least
+    /// four times the arrival skew and a quarter of the lane's period (over at least 20
+    /// instances): then host-side lateness explains little of the step time.
+    fn device_side_notes(&self) -> Vec<String> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for l in self
+            .lanes
+            .iter()
+            .filter(|l| !l.ambiguous && l.period_ns > 0)
+        {
+            for s in &l.series {
+                let (done, skew) = (s.completion.pctl(now), s.skew.pctl(now));
+                if done.count < 20
+                    || done.p50 < 4 * skew.p50.max(100_000)
+                    || done.p50 * 4 < l.period_ns
+                {
+                    continue;
+                }
+                out.push(format!(
+                    "{} {}: {} completes a median {} after the last rank enqueued it (completion \
+                     bound, from the syncs that follow), while the ranks enqueue it within {} of \
+                     each other (median arrival skew), in a period of {}: that part of the step \
+                     is spent on the device side (GPU work queued before it, the collective, a \
+                     slower or throttled GPU or link on any rank), which the host cannot split \
+                     by rank; where it is longer than expected, compare the GPUs' clocks, \
+                     throttle reasons and utilisation, not the ranks' host timing",
+                    findings::wording::lane_label(l.evidence),
+                    util::fmt_id(l.id),
+                    findings::wording::op_label(s.op),
+                    util::fmt_ns(done.p50),
+                    util::fmt_ns(skew.p50),
+                    util::fmt_ns(l.period_ns),
+                ));
+            }
+        }
         out
     }
 

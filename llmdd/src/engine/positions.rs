@@ -89,18 +89,30 @@ pub struct ProcSample {
     pub threads: Vec<ThreadPlace>,
 }
 
-/// The thread that says most about a process: one inside a collective, else one waiting
-/// for its device, else its main thread.
+/// The thread that says most about a process: the one the job's calls come from, as far
+/// as the stacks tell. In order: a thread inside a named collective entry point, one
+/// blocked in a named sync call, the main thread, one polling an event query, one inside
+/// a traced library without a named entry point, any. Libraries run threads of their own
+/// that sit inside them all the time (NCCL's proxy threads, UCX progress threads, a
+/// runtime's workers; PyTorch's watchdog polls event queries): a process is placed by such
+/// a thread only when no thread of the job's own says more, else a rank stopped in its own
+/// code would look like one waiting with its peers.
 pub fn telling(threads: &[ThreadPlace], pid: u32) -> Option<&ThreadPlace> {
+    let named = |t: &&ThreadPlace, coll: bool| match &t.place {
+        Place::Collective { func, .. } => coll && !func.is_empty(),
+        Place::DeviceWait { func, .. } => {
+            !coll && !func.is_empty() && !func.ends_with("EventQuery")
+        }
+        _ => false,
+    };
+    let polling = |t: &&ThreadPlace| matches!(&t.place, Place::DeviceWait { func, .. } if func.ends_with("EventQuery"));
     threads
         .iter()
-        .find(|t| matches!(t.place, Place::Collective { .. }))
-        .or_else(|| {
-            threads
-                .iter()
-                .find(|t| matches!(t.place, Place::DeviceWait { .. }))
-        })
+        .find(|t| named(t, true))
+        .or_else(|| threads.iter().find(|t| named(t, false)))
         .or_else(|| threads.iter().find(|t| t.tid == pid))
+        .or_else(|| threads.iter().find(polling))
+        .or_else(|| threads.iter().find(|t| t.place.waiting()))
         .or(threads.first())
 }
 
@@ -109,8 +121,9 @@ impl ProcSample {
         telling(&self.threads, pid)
     }
 
-    fn waiting(&self) -> bool {
-        self.threads.iter().any(|t| t.place.waiting())
+    /// Whether the process waits, as its most telling thread does (see [`telling`]).
+    fn waiting(&self, pid: u32) -> bool {
+        self.telling(pid).is_some_and(|t| t.place.waiting())
     }
 }
 
@@ -237,7 +250,10 @@ impl Engine {
     fn judge_group(&mut self, g: u64, procs: &[ProcId], at_ns: u64) {
         let shape: Vec<(ProcId, bool)> = procs
             .iter()
-            .map(|p| (*p, self.positions.samples[p].waiting()))
+            .map(|p| {
+                let pid = self.procs.proc(*p).pid;
+                (*p, self.positions.samples[p].waiting(pid))
+            })
             .collect();
         let confirm = self.cfg.stall_at_attach_confirm_ns;
         let st = self.positions.groups.entry(g).or_default();
@@ -261,6 +277,11 @@ impl Engine {
         if at_ns.saturating_sub(st.since_ns) < confirm || !shape.iter().any(|(_, w)| *w) {
             return;
         }
+        // A stall llmdd saw begin is already named, by calls, with better evidence.
+        if st.raised.is_none() && self.stall_open_among(procs) {
+            return;
+        }
+        let st = self.positions.groups.entry(g).or_default();
         let since = st.since_ns;
         let key = FindingKey {
             kind: FindingKind::Stall,
@@ -270,6 +291,16 @@ impl Engine {
         st.raised = Some(key);
         let d = self.stuck_draft(g, procs, since, at_ns);
         self.raise(key, d);
+    }
+
+    /// Whether a stall found from calls is open on a lane one of `procs` is a member of.
+    fn stall_open_among(&self, procs: &[ProcId]) -> bool {
+        self.open_stalls.keys().any(|&(lane_id, _)| {
+            self.lanes
+                .iter()
+                .filter(|l| l.id == lane_id)
+                .any(|l| l.members.iter().any(|m| procs.contains(&m.proc)))
+        })
     }
 
     /// Whether group `g` is a communicator (else a launcher's job).
@@ -336,7 +367,7 @@ impl Engine {
                 self.procs.host(p),
             );
             let line = format!("{who} {at}");
-            if s.waiting() {
+            if s.waiting(pid) {
                 waiting.push(line);
             } else {
                 elsewhere.push((p, line));
@@ -524,5 +555,35 @@ mod tests {
             "a job between steps (data loading) is not stuck"
         );
         assert!(!e.threads_wanted());
+    }
+
+    #[test]
+    fn library_threads_do_not_place_a_rank_stopped_in_its_own_code() {
+        // Every process has a thread of its collective library or runtime waiting inside it
+        // all the time (NCCL's proxy, a stream worker); rank 2's main thread is asleep in
+        // its own code, the others' main threads wait in a sync.
+        let mut e = job();
+        let helper = |pid: u32| ThreadPlace {
+            tid: pid + 1000,
+            place: Place::Collective {
+                family: "nccl",
+                func: String::new(),
+            },
+            ..thread(pid, sleeping())
+        };
+        let synced = || Place::DeviceWait {
+            family: "cudart",
+            func: "cudaStreamSynchronize".into(),
+        };
+        for at in [10 * S, 11 * S] {
+            for r in 0..4u32 {
+                let main = thread(100 + r, if r == 2 { sleeping() } else { synced() });
+                e.threads_now(100 + r, at, vec![helper(100 + r), main]);
+            }
+            e.threads_round_done(at);
+        }
+        let f = stalls(&e);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].culprit.pid, Some(102), "{}", f[0].evidence);
     }
 }

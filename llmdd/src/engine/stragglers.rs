@@ -22,6 +22,9 @@ pub struct EvidenceEntry {
     /// Members that waited.
     pub others: u32,
     pub op: u16,
+    /// Completion after the last arrival, while it waits for a typical one to tell how
+    /// much of the lag the devices hid (0: not waiting). Not evidence until then.
+    pub after_ns: u64,
 }
 
 pub struct EvidenceRing {
@@ -44,12 +47,50 @@ impl EvidenceRing {
         self.buf.push_back(e);
     }
 
+    /// The entries that are evidence (not waiting for a typical completion time).
     pub fn iter(&self) -> impl Iterator<Item = &EvidenceEntry> {
-        self.buf.iter()
+        self.buf.iter().filter(|e| e.after_ns == 0)
+    }
+
+    /// Instance `seq` completed `after` its last arrival; its lag is held back until a
+    /// typical completion time says how much of it the devices hid.
+    pub fn park(&mut self, seq: u64, after: u64) {
+        if let Some(e) = self.buf.iter_mut().rev().find(|e| e.seq == seq) {
+            e.after_ns = after.max(1);
+        }
+    }
+
+    /// Held-back entries.
+    pub fn parked(&self) -> usize {
+        self.buf.iter().filter(|e| e.after_ns != 0).count()
+    }
+
+    /// Releases the held-back entries, less what the devices hid given the `typical`
+    /// completion time after the last arrival (None: nothing can be told, as they are).
+    pub fn settle(&mut self, typical: Option<u64>) {
+        for e in self.buf.iter_mut().filter(|e| e.after_ns != 0) {
+            let hidden = typical.map_or(0, |t| super::matching::absorbed(t, e.after_ns, e.lag_ns));
+            e.lag_ns -= hidden;
+            e.waited_ns = e.waited_ns.saturating_sub(hidden * e.others as u64);
+            e.after_ns = 0;
+        }
     }
 
     pub fn len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Takes `hidden` off the lag of instance `seq`'s late arrival, and off the waiting it
+    /// caused each other member (the device hid that much of it).
+    pub fn hide(&mut self, seq: u64, hidden: u64) {
+        if hidden == 0 {
+            return;
+        }
+        if let Some(e) = self.buf.iter_mut().rev().find(|e| e.seq == seq) {
+            let h = hidden.min(e.lag_ns);
+            e.lag_ns -= h;
+            e.waited_ns = e.waited_ns.saturating_sub(h * e.others as u64);
+        }
     }
 
     /// Drops the entries of instances from `seq` on (their matching was wrong).
@@ -377,6 +418,7 @@ mod tests {
             waited_ns: 3 * lag,
             others: 3,
             op: 0,
+            after_ns: 0,
         }
     }
 

@@ -12,7 +12,15 @@
 //! |---|---|---|
 //! | `llmdd_collective_duration_seconds` | histogram | comm, op, rank |
 //! | `llmdd_collective_arrival_skew_seconds` | histogram | comm, op |
+//! | `llmdd_collective_completion_seconds` | gauge (p50 over the window) | comm, op, size |
 //! | `llmdd_collective_bus_bandwidth_bytes_per_second` | gauge (p50 over the window) | comm, op, size |
+//!
+//! What each collective figure measures: `duration` is the host call time (entry to return;
+//! with asynchronous NCCL that is the enqueue, microseconds, never the collective's
+//! latency); `completion` is the completion bound, from the last rank's entry to the first
+//! sync that saw the collective done (an upper bound of how long it ran on the device side,
+//! GPU work queued before it included); `arrival_skew` is the matched instance's span of
+//! entries (last minus first rank).
 //! | `llmdd_request_ttft_seconds` | histogram | |
 //! | `llmdd_request_inter_token_seconds` | histogram | |
 //! | `llmdd_calls_total` | counter | pid, function |
@@ -125,6 +133,8 @@ pub struct State {
     polls_unresolved: HashMap<(u32, u64), u32>,
     skew: BTreeMap<(String, &'static str), Hist>,
     busbw: Vec<(String, &'static str, String, f64)>,
+    /// (comm, op, size, completion bound p50 in seconds).
+    completion: Vec<(String, &'static str, String, f64)>,
     ttft: Hist,
     inter_token: Hist,
     /// Last send per connection of the serving port while a request is answered.
@@ -301,6 +311,20 @@ impl State {
                 })
             })
             .collect();
+        self.completion = snap
+            .communicators
+            .iter()
+            .flat_map(|c| {
+                c.lane
+                    .ops
+                    .iter()
+                    .filter(|o| o.completion.count > 0)
+                    .map(|o| {
+                        let secs = o.completion.p50 as f64 / 1e9;
+                        (c.lane.id.clone(), o.op, o.size.clone(), secs)
+                    })
+            })
+            .collect();
         for f in &snap.findings {
             if self.findings_seen.insert(f.id) {
                 *self.findings_total.entry(f.kind.name()).or_default() += 1;
@@ -412,8 +436,9 @@ impl Collector for Shared {
         {
             let mut m = enc.encode_descriptor(
                 "llmdd_collective_duration",
-                "Time inside NCCL collective and point-to-point calls (host side: enqueue, and \
-                 the wait of blocking calls)",
+                "Host call time of collective and point-to-point calls, entry to return (with \
+                 asynchronous NCCL the enqueue, not the collective's latency: see \
+                 llmdd_collective_completion_seconds)",
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
@@ -453,6 +478,25 @@ impl Collector for Shared {
                         &h.buckets(),
                         None,
                     )?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "llmdd_collective_completion",
+                "Completion bound: from the last rank's entry to the first sync that saw the \
+                 collective done (device-side time, work queued before it included), median \
+                 over the rolling window",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            for (comm, op, size, v) in &s.completion {
+                let l = lbl(&[
+                    ("backend", s.backend_of(comm).to_string()),
+                    ("comm", comm.clone()),
+                    ("op", (*op).to_string()),
+                    ("size", size.clone()),
+                ]);
+                Gauge(*v).encode(m.encode_family(&l)?)?;
             }
         }
         {

@@ -254,6 +254,83 @@ fn sim_hang(rng: &mut Rng, ranks: u64, op: &str) -> Scenario {
     )
 }
 
+/// The same scenario with asynchronous CUDA and NCCL (simjob --async): collectives enqueue
+/// and return at once, ranks wait in their syncs, as with the real NCCL.
+fn asynchronous(mut s: Scenario) -> Scenario {
+    s.name = format!("async {}", s.name);
+    if let JobKind::Sim { jobs, .. } = &mut s.job {
+        for j in jobs.iter_mut() {
+            j.push("--async".into());
+        }
+    }
+    s
+}
+
+/// Asynchronous, rank `slow` enqueueing `delay_ms` late every `every` steps while the
+/// devices still work `gpu_ms` on what was queued before (4 kernels a step, launched before
+/// the lateness): hidden when the GPU work outlasts the lateness (nothing to name), named
+/// otherwise (with its enqueue-time lag: partly absorbed lateness is not split).
+fn hidden_straggler(rng: &mut Rng, delay_ms: u64, gpu_ms: u64) -> Scenario {
+    let slow = rng.below(4);
+    let expect = if gpu_ms >= delay_ms {
+        Expect::Nothing
+    } else {
+        Expect::Straggler {
+            job: 0,
+            rank: slow as usize,
+            may_withhold: false,
+        }
+    };
+    asynchronous(sim(
+        format!("straggler 4r r{slow} {delay_ms}ms/5 behind {gpu_ms}ms of GPU work"),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--steps",
+            "250",
+            "--compute-us",
+            "2000",
+            "--launches",
+            "4",
+            "--kernel-us",
+            &(gpu_ms * 250).to_string(),
+            "--collective",
+            "allreduce:64K",
+            "--straggler",
+            &format!("{slow}:{delay_ms}:5"),
+        ])],
+        Attach::BeforeFault,
+        expect,
+    ))
+}
+
+/// Asynchronous, rank `slow`'s GPU three times slower, its host on time: the host cannot
+/// tell which device is slow; llmdd must name nobody and say the time is on the device side.
+fn slow_gpu(rng: &mut Rng) -> Scenario {
+    let slow = rng.below(4);
+    asynchronous(sim(
+        format!("4r r{slow} GPU 3x slower, host on time"),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--steps",
+            "300",
+            "--compute-us",
+            "2000",
+            "--launches",
+            "4",
+            "--kernel-us",
+            "1000",
+            "--collective",
+            "allreduce:64K",
+            "--slow-gpu",
+            &format!("{slow}:300"),
+        ])],
+        Attach::BeforeFault,
+        Expect::DeviceSide,
+    ))
+}
+
 /// The scenarios of one matrix.
 pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
     let mut rng = Rng(seed);
@@ -283,6 +360,11 @@ pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
             out.push(mpi(&mut rng, 0));
             out.push(sim_hang(&mut rng, 4, "allreduce:64K"));
             out.push(mpi_hang(&mut rng));
+            let r = rng.below(4);
+            let a = during(&mut rng);
+            out.push(asynchronous(straggler(4, "allreduce:64K", r, 30, 5, a)));
+            out.push(asynchronous(sim_hang(&mut rng, 4, "allreduce:64K")));
+            out.push(hidden_straggler(&mut rng, 10, 20));
         }
         Size::Full { mpi_repeats } => {
             full(&mut rng, &mut out, during);
@@ -378,6 +460,8 @@ fn full(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Att
                 &ranks.to_string(),
                 "--steps",
                 "120",
+                "--collective",
+                "allreduce:64K",
                 "--stall",
                 &format!("{r}:40:{ms}"),
             ])],
@@ -418,6 +502,7 @@ fn full(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Att
     ));
     out.push(job_end());
     out.push(two_replicas(rng));
+    full_async(rng, out, &during);
     out.push(sim(
         "two 1-rank graph replicas, one slow".into(),
         vec![
@@ -435,6 +520,84 @@ fn full(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Att
         Attach::BeforeFault,
         Expect::Nothing,
     ));
+}
+
+/// Every finding kind again with asynchronous CUDA and NCCL, and what only it has: lateness
+/// the devices hide, and a slower GPU the host cannot attribute.
+fn full_async(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Attach) {
+    for (ranks, op, delay, every) in [
+        (2u64, "allreduce:256K", 20u64, 1u64),
+        (4, "allgather:64K", 50, 10),
+        (8, "reducescatter:64K", 20, 3),
+    ] {
+        let slow = rng.below(ranks);
+        let a = during(rng);
+        out.push(asynchronous(straggler(ranks, op, slow, delay, every, a)));
+    }
+    out.push(asynchronous(tp_straggler(rng, Attach::BeforeInit)));
+    out.push(hidden_straggler(rng, 10, 20));
+    out.push(hidden_straggler(rng, 20, 8));
+    out.push(slow_gpu(rng));
+    let r = rng.below(4);
+    out.push(asynchronous(sim(
+        format!("graph 4r r{r} 20ms/2"),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--graph",
+            "--steps",
+            "200",
+            "--straggler",
+            &format!("{r}:20:2"),
+        ])],
+        Attach::BeforeFault,
+        Expect::Straggler {
+            job: 0,
+            rank: r as usize,
+            may_withhold: false,
+        },
+    )));
+    out.push(asynchronous(pipeline(
+        3,
+        1,
+        Some(rng.below(3)),
+        rng.range(3, 6),
+        true,
+    )));
+    out.push(asynchronous(pipeline(3, 1, None, 0, true)));
+    let r = rng.below(4);
+    let ms = rng.range(1500, 3000);
+    out.push(asynchronous(sim(
+        format!("stall 4r r{r} {ms}ms"),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--steps",
+            "120",
+            "--collective",
+            "allreduce:64K",
+            "--stall",
+            &format!("{r}:40:{ms}"),
+        ])],
+        Attach::BeforeFault,
+        Expect::Stall {
+            job: 0,
+            rank: r as usize,
+        },
+    )));
+    out.push(asynchronous(sim_hang(rng, 2, "allgather:64K")));
+    out.push(asynchronous(sim_hang(rng, 8, "allreduce:256K")));
+    let a = during(rng);
+    out.push(asynchronous(clean(
+        "4r allreduce",
+        &["--ranks", "4", "--steps", "200", "--events"],
+        a,
+    )));
+    out.push(asynchronous(clean(
+        "4r graph",
+        &["--ranks", "4", "--graph", "--steps", "200"],
+        Attach::BeforeFault,
+    )));
 }
 
 /// A straggler in a 2x2 DP x TP job: named on its communicators when llmdd saw them made;

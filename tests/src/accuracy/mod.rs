@@ -89,6 +89,9 @@ pub enum Expect {
     StallAtAttach { job: usize, rank: usize },
     /// Nothing at all.
     Nothing,
+    /// No rank named, and a note that the time is on the device side (a slower GPU the
+    /// host cannot attribute).
+    DeviceSide,
     /// TTFT and inter-token medians as the client measured them (within 10%).
     Serving,
 }

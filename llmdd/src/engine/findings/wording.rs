@@ -262,8 +262,9 @@ pub fn straggler(f: StragglerFacts) -> (Draft, u32) {
     };
     let (k, n) = v.as_late;
     let evidence = format!(
-        "{} {what}; its median lag in those instances was {} (its call's entry after the \
-         other ranks' median entry, host time); the other ranks waited {} for it there, {:.0}% \
+        "{} {what}; its median lag in those instances was {} (host time: its call's entry \
+         after the other ranks' median entry, less any part the devices hid by still working \
+         on earlier queued work when it enqueued); the other ranks waited {} for it there, {:.0}% \
          of the waiting on late ranks, and {:.1}% of their time over the last {} was spent \
          waiting for it; {k} of the {n} instances in which any rank was {} or more late were \
          its own (chance {} were which rank is late luck)",

@@ -55,6 +55,24 @@ const MAX_RANK_SERIES: usize = 64;
 /// needed before the period is trusted.
 const PERIOD_SAMPLES: usize = 31;
 const PERIOD_MIN_SAMPLES: usize = 2;
+/// Completion bounds of a series needed before its median is its typical completion time.
+const MIN_TYPICAL: u64 = 8;
+/// The lag the devices hid, from the typical completion time after the last arrival in
+/// instances nobody was late in and this instance's: all of it when the collective still
+/// completed about when it typically does (at least 80% of the lag absorbed), else none.
+/// Partly absorbed lateness is not split: a collective's own run after the last arrival
+/// also shortens when the others were already in it, which the host cannot tell from
+/// device work it waited behind, so the lag then stays the enqueue-time lag it was.
+pub fn absorbed(typical: u64, after: u64, lag: u64) -> u64 {
+    if typical.saturating_sub(after) * 5 >= lag * 4 {
+        lag
+    } else {
+        0
+    }
+}
+
+/// Late instances waiting for a typical completion time before they count as they are.
+const MAX_PARKED: usize = 16;
 
 /// Which evidence a lane's instances are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -186,6 +204,15 @@ struct Instance {
     ub_by: u32,
     finished: bool,
     ub_recorded: bool,
+    /// Its last arrival was late (lag at least the lane's lateness threshold).
+    late: bool,
+    /// Its last arrival's lag.
+    lag: u64,
+    /// Part of the last arrival's lag the devices hid (see `record_completion`).
+    hidden: u64,
+    /// Its completion after the last arrival, waiting for a typical time to compare with
+    /// (0: none).
+    parked: u64,
     stall_raised: bool,
     /// Finished while the lane was unverified (kept out of straggler evidence).
     unverified: bool,
@@ -214,6 +241,10 @@ impl Instance {
         self.ub_by = u32::MAX;
         self.finished = false;
         self.ub_recorded = false;
+        self.late = false;
+        self.lag = 0;
+        self.hidden = 0;
+        self.parked = 0;
         self.stall_raised = false;
         self.unverified = false;
     }
@@ -230,6 +261,9 @@ pub struct OpSeries {
     pub skew: RollingHist,
     /// Completion upper bound minus last arrival, per instance with sync evidence.
     pub completion: RollingHist,
+    /// The same, of instances nobody was late in: how long the devices typically still
+    /// work after the last arrival.
+    pub on_time: RollingHist,
     /// Bus bandwidth lower bound in MB/s (bytes, nccl-tests factor, completion bound).
     pub busbw_mbps: RollingHist,
 }
@@ -586,6 +620,7 @@ impl Lane {
             latency: RollingHist::new(sn, k),
             skew: RollingHist::new(sn, k),
             completion: RollingHist::new(sn, k),
+            on_time: RollingHist::new(sn, k),
             busbw_mbps: RollingHist::new(sn, k),
         });
         Some(self.series.len() - 1)
@@ -611,6 +646,10 @@ impl Lane {
             ub_by: u32::MAX,
             finished: false,
             ub_recorded: false,
+            late: false,
+            lag: 0,
+            hidden: 0,
+            parked: 0,
             stall_raised: false,
             unverified: false,
         });
@@ -842,11 +881,17 @@ impl Lane {
         if let Some(s) = self.series_for(op, bytes) {
             self.series[s].skew.record(first, last - first);
         }
+        self.instances[i].late = lag >= cfg.straggler_lag_threshold(self.period_ns);
+        self.instances[i].lag = lag;
         if ub != 0 {
             self.record_completion(i);
         }
+        let hidden = self.instances[i].hidden.min(lag);
+        let lag = lag - hidden;
+        let waited = waited.saturating_sub(hidden * k as u64);
         // A stall is reported as the stall it was, not as a straggler's evidence.
         if !unverified && !stalled {
+            let parked = self.instances[i].parked;
             self.evidence_ring.push(EvidenceEntry {
                 seq,
                 start_ns: first,
@@ -856,22 +901,60 @@ impl Lane {
                 waited_ns: waited,
                 others: (k as u32).max(1),
                 op,
+                after_ns: parked,
             });
         }
     }
 
+    /// Records the instance's completion bound (its time after the last arrival) and how
+    /// much of the last arrival's lag the device hid. With asynchronous collectives a rank
+    /// that enqueues late costs the others nothing while the devices are still busy with
+    /// work queued before: the collective then completes as late as usual, so its time after
+    /// the last arrival is shorter than usual by the part of the lag that was hidden. When
+    /// that covers the lag (see [`absorbed`]) the instance is not late: the waiting charged
+    /// to the late rank goes with it. With blocking calls the completion follows the last arrival
+    /// by the collective's own time whoever is late, so nothing is taken off. (When a rank
+    /// is late in nearly every instance there is no typical time without it and this cannot
+    /// tell: see docs/findings.md.)
     fn record_completion(&mut self, i: usize) {
         let inst = &mut self.instances[i];
         if inst.ub_recorded || inst.ub == 0 || inst.real == 0 {
             return;
         }
         inst.ub_recorded = true;
-        let (op, bytes, first, last, ub) =
-            (inst.op, inst.bytes, inst.first_ns, inst.last_ns, inst.ub);
+        let (op, bytes, first, last, ub, seq, late) = (
+            inst.op,
+            inst.bytes,
+            inst.first_ns,
+            inst.last_ns,
+            inst.ub,
+            inst.seq,
+            inst.late,
+        );
         let dur = ub.saturating_sub(last).max(1);
         let n = self.nranks.max(inst.real);
         let bw = busbw_mbps(op, bytes, n, dur);
         if let Some(s) = self.series_for(op, bytes) {
+            let typical = self.series[s].on_time.pctl(last);
+            if late && typical.count >= MIN_TYPICAL {
+                let hidden = absorbed(typical.p50, dur, self.instances[i].lag);
+                self.instances[i].hidden = hidden;
+                self.evidence_ring.hide(seq, hidden);
+            } else if late {
+                // No typical time yet: its evidence waits for one (or, when nearly every
+                // instance is late and none comes, is taken as it is).
+                self.instances[i].parked = dur;
+                self.evidence_ring.park(seq, dur);
+                if self.evidence_ring.parked() >= MAX_PARKED {
+                    self.evidence_ring.settle(None);
+                }
+            } else {
+                self.series[s].on_time.record(first, dur);
+                let typical = self.series[s].on_time.pctl(last);
+                if typical.count >= MIN_TYPICAL {
+                    self.evidence_ring.settle(Some(typical.p50));
+                }
+            }
             self.series[s].completion.record(first, dur);
             if let Some(bw) = bw {
                 self.series[s].busbw_mbps.record(first, bw);

@@ -34,9 +34,14 @@ pub struct OpRow {
     pub size: String,
     pub calls: u64,
     pub rate: f64,
+    /// Host call time (entry to return): with asynchronous NCCL the enqueue, not the
+    /// collective's latency.
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// Completion bound after the last rank's entry (from the syncs that follow), median;
+    /// None without sync evidence.
+    pub done_p50_ns: Option<u64>,
     pub skew_p50_ns: u64,
     pub skew_p99_ns: u64,
     pub busbw_gbps: Option<f64>,
@@ -192,6 +197,7 @@ impl Model {
                     p50_ns: o.latency.p50,
                     p99_ns: o.latency.p99,
                     max_ns: o.latency.max,
+                    done_p50_ns: (o.completion.count > 0).then_some(o.completion.p50),
                     skew_p50_ns: o.skew.p50,
                     skew_p99_ns: o.skew.p99,
                     busbw_gbps: o.busbw_gbps_p50,

@@ -120,7 +120,8 @@ fn header(cells: &[&'static str]) -> Row<'static> {
         .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
 }
 
-/// Communicators × ops: calls/s, latency p50/p99/max, arrival skew, bus bandwidth.
+/// Communicators × ops: calls/s, host call time p50/p99, completion bound p50, arrival skew,
+/// bus bandwidth.
 pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     let rows = ops(m, ui);
     let body: Vec<Row> = rows
@@ -139,7 +140,7 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                 format!("{:.1}", o.rate),
                 dur(o.p50_ns),
                 dur(o.p99_ns),
-                dur(o.max_ns),
+                o.done_p50_ns.map(dur).unwrap_or_else(|| "-".into()),
                 format!("{}/{}", dur(o.skew_p50_ns), dur(o.skew_p99_ns)),
                 o.busbw_gbps
                     .map(|g| format!("{g:.2}"))
@@ -171,9 +172,9 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         "size",
         "calls",
         "calls/s",
-        "p50",
-        "p99",
-        "max",
+        "call p50",
+        "call p99",
+        "done p50",
         "skew p50/p99",
         "GB/s",
     ]))
@@ -473,7 +474,10 @@ Esc                           close details, help or filter
 ?                             this help
 q, Ctrl-C                     quit (detaches, prints the final summary)
 
-Panes: communicators x ops (calls/s, latency p50/p99/max, arrival skew, bus bandwidth),
+Panes: communicators x ops (calls/s; call p50/p99: host call time, entry to return, which
+with asynchronous NCCL is the enqueue, not the collective's latency; done p50: completion
+bound, from the last rank's entry to the sync that saw the collective done; arrival skew;
+bus bandwidth),
 per-rank lateness (arrival lag behind the first rank), findings (Enter shows the evidence
 and the suggestion), where each rank is now (its threads as last read: at attach and while
 a job looks stuck; yellow: not waiting on other ranks or its device), requests on the
@@ -497,7 +501,7 @@ pub fn detail_text(m: &Model, ui: &Ui) -> Option<(String, String)> {
             (
                 format!(" {} {} on {} ", o.op, o.size, o.comm),
                 format!(
-                    "communicator {}  ranks {}\ncalls {}  ({:.1}/s)\nlatency p50 {}  p99 {}  max {}\narrival skew p50 {}  p99 {}\nbus bandwidth p50 {}",
+                    "communicator {}  ranks {}\ncalls {}  ({:.1}/s)\nhost call time p50 {}  p99 {}  max {} (entry to return: with asynchronous NCCL, the enqueue)\ncompletion bound p50 {} (last rank's entry to the sync that saw it done)\narrival skew p50 {}  p99 {}\nbus bandwidth p50 {}",
                     o.comm,
                     o.nranks.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
                     o.calls,
@@ -505,6 +509,7 @@ pub fn detail_text(m: &Model, ui: &Ui) -> Option<(String, String)> {
                     dur(o.p50_ns),
                     dur(o.p99_ns),
                     dur(o.max_ns),
+                    o.done_p50_ns.map(dur).unwrap_or_else(|| "-".into()),
                     dur(o.skew_p50_ns),
                     dur(o.skew_p99_ns),
                     o.busbw_gbps.map(|g| format!("{g:.2} GB/s")).unwrap_or_else(|| "-".into()),

@@ -323,9 +323,10 @@ pub struct RunArgs {
     /// Example: --probe 'libvllm_C.so:vllm::custom_all_reduce,arg=3,label=car'
     #[arg(long = "probe", value_name = "SPEC", value_parser = parse_user_probe)]
     pub user_probes: Vec<crate::userprobe::UserProbe>,
-    /// Ask NCCL's RAS service (NCCL 2.24+, in every NCCL process) for its view of the job
-    /// when tracing stops, and print it beside the findings with what agrees: communicator
-    /// membership and missing ranks. `auto` (default): at localhost:28028 when a traced NCCL
+    /// Ask NCCL's RAS service (NCCL 2.24+, in every NCCL process) for its view of the job:
+    /// at attach and while a job looks stuck (a rank it cannot reach, or one behind its
+    /// peers in collective counts for a second or more, is a finding), and when tracing
+    /// stops (printed beside the findings with what agrees: membership and missing ranks). `auto` (default): at localhost:28028 when a traced NCCL
     /// is 2.24 or later; `off`; or HOST:PORT (where NCCL_RAS_ADDR put it).
     #[arg(long, default_value = "auto", value_name = "auto|off|HOST:PORT")]
     pub ras: String,

@@ -17,6 +17,75 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{RasSight, RasWhat};
+
+/// The ranks RAS names, as findings take them (see `engine::nccl_ras`): per communicator,
+/// each missing rank (unresponsive or dead), and each answering rank whose count of some
+/// collective is below the highest count of it while at least one rank has that highest
+/// count (the ranks at the top started one it has not; a rank named for several functions
+/// is named once, for the largest gap).
+pub fn sights(s: &RasStatus) -> Vec<RasSight> {
+    let mut out = Vec::new();
+    let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    for c in &s.communicators {
+        let answering = c.ranks.len() as u32;
+        for m in &c.missing_ranks {
+            out.push(RasSight {
+                comm: c.hash.clone(),
+                nranks: n(c.size),
+                rank: n(m.rank),
+                pid: n(m.pid),
+                host: m.host.clone(),
+                what: if m.status.considered_dead {
+                    RasWhat::Dead
+                } else {
+                    RasWhat::Unresponsive
+                },
+                peers: answering,
+            });
+        }
+        let ops: std::collections::BTreeSet<&String> = c
+            .ranks
+            .iter()
+            .flat_map(|r| r.collective_counts.keys())
+            .collect();
+        let mut behind: std::collections::BTreeMap<i64, (RasWhat, u32)> = Default::default();
+        for op in ops {
+            let count = |r: &RasRank| r.collective_counts.get(op).copied().unwrap_or(0);
+            let top = c.ranks.iter().map(count).max().unwrap_or(0);
+            let at_top = c.ranks.iter().filter(|r| count(r) == top).count() as u32;
+            for r in c.ranks.iter().filter(|r| count(r) < top) {
+                let gap = top - count(r);
+                let better = behind.get(&r.rank).is_none_or(|(w, _)| match w {
+                    RasWhat::Behind { count, ahead, .. } => ahead - count < gap,
+                    _ => false,
+                });
+                if better {
+                    let what = RasWhat::Behind {
+                        op: op.clone(),
+                        count: count(r),
+                        ahead: top,
+                    };
+                    behind.insert(r.rank, (what, at_top));
+                }
+            }
+        }
+        for (rank, (what, peers)) in behind {
+            let r = c.ranks.iter().find(|r| r.rank == rank);
+            out.push(RasSight {
+                comm: c.hash.clone(),
+                nranks: n(c.size),
+                rank: n(rank),
+                pid: r.map_or(0, |r| n(r.pid)),
+                host: r.map(|r| r.host.clone()).unwrap_or_default(),
+                what,
+                peers,
+            });
+        }
+    }
+    out
+}
+
 /// NCCL's default RAS client address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:28028";
 /// The client protocol version spoken here.
@@ -196,6 +265,19 @@ pub fn nccl_has_ras(version: &str) -> bool {
     (major, minor) >= (2, 24)
 }
 
+/// Where to ask, and whether the user named it (`--ras`): None when off, or when `auto` and
+/// no traced NCCL is 2.24 or later.
+pub fn address<'a>(setting: &'a str, nccl_versions: &[String]) -> Option<(&'a str, bool)> {
+    match setting {
+        "off" => None,
+        "auto" => nccl_versions
+            .iter()
+            .any(|v| nccl_has_ras(v))
+            .then_some((DEFAULT_ADDR, false)),
+        a => Some((a, true)),
+    }
+}
+
 /// The `--ras` block of the final summary: RAS's view and how it compares, or why there is
 /// none (`None` when nothing should be said: auto mode and no RAS-capable NCCL traced).
 pub fn summary_block(
@@ -203,16 +285,7 @@ pub fn summary_block(
     nccl_versions: &[String],
     snap: &crate::engine::Snapshot,
 ) -> Option<Vec<String>> {
-    let (addr, explicit) = match setting {
-        "off" => return None,
-        "auto" => {
-            if !nccl_versions.iter().any(|v| nccl_has_ras(v)) {
-                return None;
-            }
-            (DEFAULT_ADDR, false)
-        }
-        a => (a, true),
-    };
+    let (addr, explicit) = address(setting, nccl_versions)?;
     match query(addr, Duration::from_secs(6)) {
         Ok(RasReport::Json(s)) => Some(compare(&s, &ours(snap))),
         Ok(RasReport::Text(t)) => Some(
@@ -231,38 +304,45 @@ pub fn summary_block(
     }
 }
 
-/// A stand-in RAS service on a free localhost port for one client, speaking the protocol
-/// above and answering `VERBOSE STATUS` with `report` (JSON when `json`, else as a service
+/// A stand-in RAS service on a free localhost port, speaking the protocol above to every
+/// client and answering `VERBOSE STATUS` with `report` (JSON when `json`, else as a service
 /// older than the JSON format would): for tests, and for trying `--ras` without a GPU job.
 /// Returns its `HOST:PORT`.
 pub fn serve_canned(report: String, json: bool) -> std::io::Result<String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?.to_string();
+    let report = std::sync::Arc::new(report);
     std::thread::spawn(move || {
-        let Ok((s, _)) = l.accept() else { return };
-        let Ok(mut w) = s.try_clone() else { return };
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let reply = match line.trim() {
-                l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
-                l if l.starts_with("TIMEOUT") => "OK\n",
-                "SET FORMAT json" if json => "OK\n",
-                "SET FORMAT json" => "ERROR: Unknown command\n",
-                "VERBOSE STATUS" => {
-                    let _ = w.write_all(report.as_bytes());
-                    return;
-                }
-                _ => "ERROR\n",
-            };
-            let _ = w.write_all(reply.as_bytes());
+        for s in l.incoming().flatten() {
+            let report = report.clone();
+            std::thread::spawn(move || canned_client(s, &report, json));
         }
     });
     Ok(addr)
+}
+
+fn canned_client(s: TcpStream, report: &str, json: bool) {
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let reply = match line.trim() {
+            l if l.starts_with("CLIENT PROTOCOL") => "SERVER PROTOCOL 2\n",
+            l if l.starts_with("TIMEOUT") => "OK\n",
+            "SET FORMAT json" if json => "OK\n",
+            "SET FORMAT json" => "ERROR: Unknown command\n",
+            "VERBOSE STATUS" => {
+                let _ = w.write_all(report.as_bytes());
+                return;
+            }
+            _ => "ERROR\n",
+        };
+        let _ = w.write_all(reply.as_bytes());
+    }
 }
 
 /// Lines comparing RAS's communicators with llmdd's: matched by rank count and member pids;
@@ -417,6 +497,44 @@ mod tests {
         disagree[0].missing.clear();
         let lines = compare(&s, &disagree);
         assert!(lines[1].contains("differ (RAS [2], llmdd [])"), "{lines:?}");
+    }
+
+    #[test]
+    fn missing_ranks_and_ranks_behind_in_count_are_named() {
+        let json = r#"{"nccl_version": "2.27.5", "communicators": [{"hash": "c0ffee", "size": 4,
+          "ranks": [
+            {"rank": 0, "host": "10.0.0.1", "pid": 100, "collective_counts": {"AllReduce": 812, "Broadcast": 3}},
+            {"rank": 1, "host": "10.0.0.1", "pid": 101, "collective_counts": {"AllReduce": 812, "Broadcast": 3}},
+            {"rank": 2, "host": "10.0.0.2", "pid": 102, "collective_counts": {"AllReduce": 811, "Broadcast": 2}}],
+          "missing_ranks": [{"rank": 3, "host": "10.0.0.2", "pid": 103,
+            "status": {"unresponsive": true, "considered_dead": false}}]}]}"#;
+        let s: RasStatus = serde_json::from_str(json).expect("parses");
+        let v = sights(&s);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(
+            (v[0].rank, v[0].pid, &v[0].what),
+            (3, 103, &RasWhat::Unresponsive)
+        );
+        assert_eq!(v[1].rank, 2);
+        assert_eq!(v[1].peers, 2);
+        assert!(
+            matches!(
+                &v[1].what,
+                RasWhat::Behind {
+                    count: 811,
+                    ahead: 812,
+                    ..
+                }
+            ),
+            "{:?}",
+            v[1].what
+        );
+        // Every rank at the same counts: nobody behind.
+        let even = json
+            .replace("811", "812")
+            .replace("\"Broadcast\": 2", "\"Broadcast\": 3");
+        let s: RasStatus = serde_json::from_str(&even).expect("parses");
+        assert_eq!(sights(&s).len(), 1);
     }
 
     #[test]

@@ -146,6 +146,18 @@ pub struct Session {
 }
 
 impl Session {
+    /// The versions of the NCCL libraries the traced processes map.
+    pub fn nccl_versions(&self) -> Vec<String> {
+        self.outputs
+            .run
+            .procs
+            .values()
+            .flat_map(|p| p.libraries.iter())
+            .filter(|l| l.family == "nccl" && l.label == "nccl")
+            .filter_map(|l| l.version.clone())
+            .collect()
+    }
+
     /// Opens every output `opts` names (failing now on a bad path) and starts an empty engine.
     /// `host` names the machine the events come from.
     pub fn open(opts: &RunArgs, host: Option<String>) -> Result<Session> {
@@ -248,15 +260,7 @@ impl Session {
                     .render(end.duration_s, last_interval_s, end.counters)
             );
             print!("{}", render_findings_with(&self.engine, &self.node));
-            let versions: Vec<String> = self
-                .outputs
-                .run
-                .procs
-                .values()
-                .flat_map(|p| p.libraries.iter())
-                .filter(|l| l.family == "nccl" && l.label == "nccl")
-                .filter_map(|l| l.version.clone())
-                .collect();
+            let versions = self.nccl_versions();
             if let Some(lines) = crate::ras::summary_block(&self.ras, &versions, &snap) {
                 for l in lines {
                     println!("{l}");

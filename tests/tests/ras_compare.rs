@@ -69,3 +69,77 @@ fn ras_view_is_printed_beside_the_findings_and_agrees() {
         "{out}"
     );
 }
+
+/// RAS asked while tracing: a rank whose AllReduce count stays below its peers' across two
+/// looks a second apart is named, as a stall from NCCL's RAS, with its pid.
+#[test]
+fn a_rank_ras_sees_behind_in_counts_is_named() {
+    require_root();
+    let lib_dir = fake_lib_dir();
+    let mut job = Job::start(
+        &lib_dir,
+        &[
+            "--ranks",
+            "4",
+            "--steps",
+            "3000",
+            "--warmup",
+            "1",
+            "--compute-us",
+            "1000",
+            "--timeout-s",
+            "240",
+        ],
+    )
+    .expect("simjob starts");
+    let ranks: Vec<String> = job
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            let count = if r == 2 { 811 } else { 812 };
+            format!(
+                r#"{{"rank": {r}, "host": "127.0.0.1", "pid": {p}, "status": {{}},
+                    "collective_counts": {{"AllReduce": {count}}}}}"#
+            )
+        })
+        .collect();
+    let report = format!(
+        r#"{{"nccl_version": "2.28.9", "communicators": [{{"hash": "0xabc", "size": 4,
+            "ranks": [{}], "missing_ranks": []}}]}}"#,
+        ranks.join(",")
+    );
+    let addr = llmdd::ras::serve_canned(report, true).expect("a RAS service");
+    let out = std::env::temp_dir().join(format!("llmdd-ras-behind-{}.json", std::process::id()));
+    let out_s = out.to_string_lossy().into_owned();
+    let mut llmdd = start_llmdd(
+        &job.pids,
+        &[
+            "--no-tui",
+            "--ras",
+            &addr,
+            "--duration",
+            "4s",
+            "--report",
+            &out_s,
+        ],
+    )
+    .expect("llmdd attaches");
+    job.go().expect("releasing the job");
+    let status = llmdd.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(status.success(), "{}", llmdd.transcript());
+    let _ = job.proc.signal(libc::SIGTERM);
+    let text = std::fs::read_to_string(&out).expect("report");
+    let _ = std::fs::remove_file(&out);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let ras: Vec<&serde_json::Value> = doc["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["source"] == "nccl ras")
+        .collect();
+    assert_eq!(ras.len(), 1, "{:#}", doc["findings"]);
+    assert_eq!(ras[0]["kind"], "stall");
+    assert_eq!(ras[0]["culprit"]["pid"], job.pids[2]);
+    assert_eq!(ras[0]["magnitude"]["name"], "collectives_behind");
+}

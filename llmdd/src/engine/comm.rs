@@ -100,6 +100,31 @@ pub struct Comms {
     pub evicted: u64,
     /// Slots reused since the engine last looked (it drops what it keyed by them).
     pub recycled: Vec<u32>,
+    /// Ranks read through a library's layout that failed the plausibility check (see
+    /// [`plausible`]): (pid, rank, size read), once per process.
+    pub untrusted: Vec<(u32, i32, i32)>,
+}
+
+/// Processes whose untrusted reads are remembered for the notes.
+const MAX_UNTRUSTED: usize = 64;
+/// No communicator has more ranks (NCCL's largest jobs are tens of thousands).
+const MAX_RANKS: u32 = 1 << 20;
+
+/// Whether a rank and size read through a library's struct layout (NCCL's decoded from its
+/// accessors, Gloo's assumed) can be what they claim, against what the process's launcher
+/// says: the size at most the job's world (`WORLD_SIZE`: no communicator has more ranks
+/// than the job), and a communicator the size of the world has the launcher's ranks (its
+/// `RANK`). Without a launcher's word only the bound applies. A layout that is wrong for a
+/// build reads other fields or garbage, which these catch but for coincidences.
+pub fn plausible((rank, n): (u32, u32), hints: &super::ProcessHints) -> bool {
+    if n > MAX_RANKS || rank >= n {
+        return false;
+    }
+    match hints.world_size {
+        Some(w) if n > w => false,
+        Some(w) if n == w => hints.rank.is_none_or(|r| r == rank),
+        _ => true,
+    }
 }
 
 /// Facts a call carries about its communicator.
@@ -326,7 +351,8 @@ impl Comms {
             let lm = member.lane_member;
             if member.rank.is_none() {
                 // Split children learn ranks from their first calls.
-                if let Some((r, n)) = valid(f.rank, f.nranks) {
+                let hints = &procs.proc(f.proc).hints;
+                if let Some((r, n)) = valid(f.rank, f.nranks).filter(|&rn| plausible(rn, hints)) {
                     member.rank = Some(r);
                     lanes[lane as usize].set_rank(lm, r);
                     if comm.nranks.is_none() {
@@ -347,7 +373,14 @@ impl Comms {
         // process whose world handle is known (an MPI communicator split off before
         // tracing began).
         let world = hints.world_comm.is_none_or(|w| w == f.handle);
-        let (rn, source) = match valid(f.rank, f.nranks) {
+        let read = valid(f.rank, f.nranks);
+        if let Some(rn) = read.filter(|&rn| !plausible(rn, hints)) {
+            if self.untrusted.len() < MAX_UNTRUSTED && !self.untrusted.iter().any(|u| u.0 == f.pid)
+            {
+                self.untrusted.push((f.pid, rn.0 as i32, rn.1 as i32));
+            }
+        }
+        let (rn, source) = match read.filter(|&rn| plausible(rn, hints)) {
             Some(rn) => (Some(rn), "handle"),
             None => match (hints.rank, hints.world_size) {
                 (Some(r), Some(n)) if r < n && world => (Some((r, n)), "environment"),

@@ -38,6 +38,7 @@ mod links;
 mod lost;
 mod matching;
 mod memory;
+mod nccl_ras;
 mod positions;
 mod procs;
 mod reorder;
@@ -63,6 +64,7 @@ pub use graphs::GroupBasis;
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;
+pub use nccl_ras::{RasSight, RasWhat};
 pub use positions::{telling, Place, ProcThreads, ThreadPlace};
 pub use procs::{job_key, ProcessHints};
 pub use requests::{RequestRecord, RequestsView};
@@ -123,6 +125,7 @@ pub struct Engine {
     pipeline_blame: FastMap<u32, u32>,
     /// Where each traced process's threads were last found (see `positions`).
     positions: positions::Positions,
+    ras: nccl_ras::RasState,
     /// Reset findings raised, with their connections' ports, until the serving port is
     /// known (see `serving_port_known`).
     resets_raised: Vec<([u16; 2], FindingKey)>,
@@ -163,6 +166,7 @@ impl Engine {
             pipeline_blame: FastMap::default(),
             resets_raised: Vec::new(),
             positions: Default::default(),
+            ras: Default::default(),
             dirty: Vec::new(),
             out: LaneOut::default(),
             bounds: Vec::new(),
@@ -450,6 +454,24 @@ impl Engine {
                 util::fmt_ns(v.median_lag_ns),
             ));
         }
+        out.extend(self.comms.untrusted.iter().map(|&(pid, r, n)| {
+            let h = self
+                .procs
+                .find_live(pid)
+                .map(|p| self.procs.proc(p).hints.clone())
+                .unwrap_or_default();
+            let env = match (h.rank, h.world_size) {
+                (Some(r), Some(w)) => format!("rank {r} of {w}"),
+                (None, Some(w)) => format!("a world of {w}"),
+                _ => "no launcher ranks".into(),
+            };
+            format!(
+                "pid {pid}: the rank and size read from its communicator through the library's \
+                 layout (rank {r} of {n}) are not plausible against its launcher's environment \
+                 ({env}): that layout is not trusted for it, its communicators are grouped by \
+                 the environment's ranks where they describe them, else shown unidentified"
+            )
+        }));
         out.extend(self.device_side_notes());
         out
     }

@@ -173,6 +173,11 @@ impl Procs {
         &mut self.list[id as usize]
     }
 
+    /// The live incarnation of `pid`, if llmdd has seen it.
+    pub fn find_live(&self, pid: u32) -> Option<ProcId> {
+        self.live.get(&pid).copied()
+    }
+
     pub fn host(&self, id: ProcId) -> Option<&str> {
         self.list[id as usize].hints.host.as_deref()
     }

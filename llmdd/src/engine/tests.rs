@@ -1196,6 +1196,47 @@ fn env_hints_give_ranks_when_handles_cannot_be_read() {
 }
 
 #[test]
+fn ranks_read_through_a_wrong_layout_are_not_trusted() {
+    // A library whose struct layout is not the one assumed reads 32606 for the size (what a
+    // newer Gloo gave): larger than the job's world, so the environment's ranks are used and
+    // a note says the layout failed.
+    let mut job = Job::new(3);
+    job.init = false;
+    job.delay = |r, _| if r == 1 { 4 * MS } else { 0 };
+    let mut e = Engine::new(Config::default());
+    for r in 0..3usize {
+        let hints = ProcessHints {
+            rank: Some(r as u32),
+            world_size: Some(3),
+            ..Default::default()
+        };
+        e.register_process(job.pid(r), hints);
+    }
+    let events = job.events(0, 40).into_iter().map(|ev| match ev {
+        Event::Call(mut c) if c.func == ALL_REDUCE => {
+            c.nranks = Some(32606);
+            Event::Call(c)
+        }
+        ev => ev,
+    });
+    e.ingest_batch(events.collect::<Vec<_>>());
+    e.flush();
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 1, "{:#?}", s.communicators);
+    assert_eq!(s.communicators[0].nranks, Some(3));
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].culprit.rank, Some(1));
+    let notes = e.notes();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("rank 0 of 32606") && n.contains("rank 0 of 3")),
+        "{notes:?}"
+    );
+}
+
+#[test]
 fn state_stays_bounded_over_a_long_run() {
     let job = Job::new(4);
     let mut e = Engine::new(Config::default());

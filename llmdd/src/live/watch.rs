@@ -7,7 +7,8 @@
 //! previous one ended, then only while the engine says a job may be stuck (its ranks placed
 //! alike, some waiting, no collective call since), at the summary interval. A healthy job makes calls between the first rounds and is not
 //! looked at again. A traced process's thread that is running is stopped for a few
-//! microseconds per round to read its registers, unless `--no-ptrace`.
+//! microseconds per round to read its registers, unless `--no-ptrace`. Each round also asks
+//! NCCL's RAS service, where one runs (`--ras`), which ranks it cannot reach or sees behind.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct Watch {
     rounds: usize,
     last: Option<Instant>,
     interval: Duration,
+    /// NCCL's RAS service stopped answering (asked again only at the end).
+    ras_failed: bool,
 }
 
 impl Watch {
@@ -36,6 +39,31 @@ impl Watch {
             rounds: 0,
             last: None,
             interval: interval.max(Duration::from_secs(1)),
+            ras_failed: false,
+        }
+    }
+
+    /// With each round, NCCL's own view where its RAS service runs (`--ras`): the ranks it
+    /// cannot reach or that are behind in their collective counts (`engine::nccl_ras`).
+    fn ask_ras(&mut self, session: &mut Session) {
+        if self.ras_failed {
+            return;
+        }
+        let versions = session.nccl_versions();
+        let Some((addr, _)) = crate::ras::address(&session.ras, &versions) else {
+            return;
+        };
+        match crate::ras::query(addr, Duration::from_secs(2)) {
+            Ok(crate::ras::RasReport::Json(s)) => {
+                session
+                    .engine
+                    .ras_look(monotonic_ns(), crate::ras::sights(&s));
+            }
+            Ok(crate::ras::RasReport::Text(_)) => self.ras_failed = true,
+            Err(e) => {
+                tracing::info!("{e}; not asked again while tracing");
+                self.ras_failed = true;
+            }
         }
     }
 
@@ -62,6 +90,7 @@ impl Watch {
             session.engine.threads_now(pid, monotonic_ns(), threads);
         }
         session.engine.threads_round_done(monotonic_ns());
+        self.ask_ras(session);
         self.rounds += 1;
         self.last = Some(Instant::now());
         tracing::debug!(

@@ -517,8 +517,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("`{s}` must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_DURATION_S {
+        return Err(format!(
+            "`{s}` is longer than llmdd takes (at most {MAX_DURATION_S:e} s, about 31 years)"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
+
+/// The longest duration any option takes: beyond it a value is a typo, and much beyond it
+/// arithmetic on instants would overflow.
+pub const MAX_DURATION_S: f64 = 1e9;
 
 #[cfg(test)]
 mod tests {
@@ -534,6 +543,8 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("1e400").is_err());
     }
 
     #[test]
@@ -663,6 +674,47 @@ impl RunArgs {
             Stacks::Auto => self.flamegraph.is_some(),
             Stacks::On => true,
             Stacks::Off => false,
+        }
+    }
+}
+
+/// Every value parser over arbitrary text: an error or a value, never a panic.
+#[cfg(test)]
+mod parser_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all(s: &str) {
+        let _ = parse_duration(s);
+        let _ = parse_bytes(s);
+        let _ = parse_ring_size(s);
+        let _ = parse_budget(s);
+        let _ = parse_listen(s);
+        let _ = parse_family_mode(s);
+        let _ = parse_user_probe(s);
+        let _ = crate::config_file::engine_config(&Default::default(), &[s.to_string()]);
+        let _ = crate::config_file::parse(std::path::Path::new("llmdd.toml"), s);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text(s in ".{0,48}") {
+            all(&s);
+        }
+
+        #[test]
+        fn number_shaped_text(s in "[0-9]{0,30}(\\.[0-9]{0,30})?(e[0-9]{1,4})?(ms|s|m|h|K|M|G|%)?") {
+            all(&s);
+            for key in ["stall_threshold", "straggler_min_lag", "max_series"] {
+                let set = format!("thresholds.{key}={s}");
+                let _ = crate::config_file::engine_config(&Default::default(), &[set]);
+            }
+            let _ = crate::config_file::parse(
+                std::path::Path::new("llmdd.toml"),
+                &format!("[intervals]\nrefresh = \"{s}\"\n[thresholds]\nstall_threshold = \"{s}\"\n"),
+            );
         }
     }
 }

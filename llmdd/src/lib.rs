@@ -20,6 +20,7 @@ pub mod loadgen;
 pub mod merge;
 pub mod node;
 pub mod offline;
+pub mod outfile;
 pub mod privileges;
 pub mod probe;
 pub mod ras;

@@ -22,15 +22,9 @@ use crate::{
 };
 
 /// Opens an output file now, so a bad path fails before any attach rather than after a long
-/// run. Created with mode 0600: traces describe other users' processes.
+/// run: a new file of mode 0600, never a symlink followed (`outfile`).
 pub fn create_output(path: &Path) -> Result<BufWriter<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    let file = crate::outfile::create_private(path)
         .with_context(|| format!("cannot write {}: choose a writable path", path.display()))?;
     Ok(BufWriter::new(file))
 }

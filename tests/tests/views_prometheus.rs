@@ -187,3 +187,118 @@ fn a_port_in_use_fails_in_one_line_before_attaching() {
     assert!(lines[0].contains(&port), "{err}");
     drop(taken);
 }
+
+/// Descriptors llmdd holds open now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Hundreds of clients that connect to /metrics and never finish their request, all through a
+/// run: llmdd holds at most `MAX_SCRAPES` of them at once (the rest wait in the kernel's
+/// backlog), drains every event (none lost, every rank's calls counted alike) and exits when
+/// the job ends.
+#[test]
+fn a_flood_of_slow_connections_costs_no_event() {
+    require_root();
+    let lib_dir = fake_lib_dir();
+    let steps = 900;
+    let mut job = Job::start(
+        &lib_dir,
+        &[
+            "--ranks",
+            "2",
+            "--steps",
+            &steps.to_string(),
+            "--warmup",
+            "1",
+            "--compute-us",
+            "500",
+            "--timeout-s",
+            "240",
+        ],
+    )
+    .expect("simjob starts");
+    let report = std::env::temp_dir().join(format!("llmdd-flood-{}.json", std::process::id()));
+    let report_s = report.to_string_lossy().into_owned();
+    let mut llmdd = start_llmdd(
+        &job.pids,
+        &[
+            "--no-tui",
+            "--quiet",
+            "--prometheus",
+            "127.0.0.1:0",
+            "--report",
+            &report_s,
+        ],
+    )
+    .expect("llmdd attaches");
+    let line = llmdd
+        .lines_of(Stream::Stderr)
+        .into_iter()
+        .find(|l| l.starts_with("llmdd: serving metrics on http://"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no metrics line:\n{}", llmdd.transcript()));
+    let addr: SocketAddr = line
+        .trim_start_matches("llmdd: serving metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("address in the metrics line");
+    let before = open_fds(llmdd.pid());
+    job.go().expect("releasing the job");
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    let mut most = 0;
+    // Connections past the backlog time out or are refused: 200 tries, whatever they give.
+    for _ in 0..200 {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+            slow.push(s);
+        }
+        most = most.max(open_fds(llmdd.pid()));
+    }
+    assert!(slow.len() > 100, "only {} connections made", slow.len());
+    let flooded = started.elapsed();
+    let running = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    };
+    assert!(
+        job.pids.iter().all(running),
+        "the job ended before the flood did"
+    );
+    assert!(
+        most <= before + llmdd::views::metrics::MAX_SCRAPES + 4,
+        "llmdd held {most} descriptors under the flood, {before} before it"
+    );
+    job.proc
+        .wait_exit(Duration::from_secs(240))
+        .expect("job completes");
+    eprintln!(
+        "{} slow connections in {flooded:?}, the job ran {:?}; llmdd held {most} descriptors at most, {before} before",
+        slow.len(),
+        started.elapsed()
+    );
+    let status = llmdd.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(status.success(), "{}", llmdd.transcript());
+    drop(slow);
+    let text = std::fs::read_to_string(&report).expect("report");
+    let _ = std::fs::remove_file(&report);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(doc["events"]["lost"], 0, "{:#}", doc["events"]);
+    let calls: Vec<u64> = job
+        .pids
+        .iter()
+        .map(|pid| {
+            doc["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["pid"] == *pid)
+                .flat_map(|p| p["functions"].as_array().into_iter().flatten())
+                .filter(|f| f["name"] == "ncclAllReduce")
+                .filter_map(|f| f["calls"].as_u64())
+                .sum()
+        })
+        .collect();
+    assert!(calls[0] >= steps, "{calls:?}");
+    assert!(calls.iter().all(|&c| c == calls[0]), "{calls:?}");
+}

@@ -204,8 +204,7 @@ mod duration {
                             "`{t}` is not a duration ({e}): use e.g. 250ms, 2s, 1m"
                         ))
                     })?;
-                    return u64::try_from(d.as_nanos())
-                        .map_err(|_| D::Error::custom(format!("`{t}` is too long")));
+                    d.as_secs_f64()
                 }
             },
         };

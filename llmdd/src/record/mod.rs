@@ -274,33 +274,31 @@ pub struct Writer {
     pending: Vec<u8>,
     pending_records: u32,
     last_flush: std::time::Instant,
+    last_sync: std::time::Instant,
 }
 
 /// Records per events chunk at most.
 const CHUNK_RECORDS: u32 = 4096;
 /// An events chunk is written at least this often while records arrive.
 const CHUNK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Written chunks reach the disk (fsync) at least this often: what a power loss can cost.
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
-    /// Creates `path` (mode 0600: it describes other users' processes), truncating it.
+    /// Creates `path` as a new file of mode 0600 (it describes other users' processes),
+    /// replacing what was there without following a symlink (`outfile`).
     pub fn create(path: &Path) -> Result<Writer, RecordError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| RecordError::Create {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = crate::outfile::create_private(path).map_err(|source| RecordError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut w = Writer {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
             pending: Vec::new(),
             pending_records: 0,
             last_flush: std::time::Instant::now(),
+            last_sync: std::time::Instant::now(),
         };
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
@@ -339,7 +337,12 @@ impl Writer {
         head.extend_from_slice(&crc.finalize().to_le_bytes());
         self.write_all(&head)?;
         self.write_all(&payload)?;
-        self.flush()
+        self.flush()?;
+        if kind == KIND_END || self.last_sync.elapsed() >= SYNC_EVERY {
+            self.last_sync = std::time::Instant::now();
+            self.out.get_ref().sync_data().map_err(|e| self.io(e))?;
+        }
+        Ok(())
     }
 
     /// The start metadata (first chunk).

@@ -110,12 +110,12 @@ pub fn vaddr_to_offset(vaddr: u64, loads: &[LoadSegment], sections: &[FileSectio
     loads
         .iter()
         .find(|s| within(s.vaddr, s.filesz))
-        .map(|s| vaddr - s.vaddr + s.offset)
+        .and_then(|s| (vaddr - s.vaddr).checked_add(s.offset))
         .or_else(|| {
             sections
                 .iter()
                 .find(|s| within(s.addr, s.size))
-                .map(|s| vaddr - s.addr + s.offset)
+                .and_then(|s| (vaddr - s.addr).checked_add(s.offset))
         })
 }
 
@@ -310,7 +310,7 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, ElfError
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
+        match file.read_at(&mut buf[got..], offset.saturating_add(got as u64)) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

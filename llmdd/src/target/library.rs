@@ -93,7 +93,7 @@ impl MpiWorld {
             MpiWorld::Handle(h) => Some(h),
             MpiWorld::Pointer { rel, file_offset } => {
                 let m = mappings.iter().find(|m| m.offset == file_offset)?;
-                super::procfs::read_word(pid, m.start + rel)
+                super::procfs::read_word(pid, m.start.checked_add(rel)?)
                     .ok()
                     .filter(|&h| h != 0)
             }

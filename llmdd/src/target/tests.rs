@@ -253,3 +253,53 @@ fn threads_are_not_processes() {
         "{err:?}"
     );
 }
+
+/// A small real shared object to mutate: the smallest of a few every glibc system has.
+fn small_elf() -> Vec<u8> {
+    ["libdl.so.2", "libutil.so.1", "libc.so.6"]
+        .iter()
+        .flat_map(|n| {
+            [
+                "/lib/x86_64-linux-gnu/",
+                "/usr/lib/x86_64-linux-gnu/",
+                "/lib64/",
+            ]
+            .map(|d| format!("{d}{n}"))
+        })
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("a glibc shared object on this system")
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 400, failure_persistence: None, ..Default::default() })]
+
+    /// The ELF reader never panics on a damaged object: bytes flipped in its headers (the
+    /// file's start) and its section table (its end), and the file cut short. Each symbol it
+    /// still returns can be read back.
+    #[test]
+    fn damaged_objects_never_panic(
+        head in proptest::collection::vec((0usize..512, proptest::prelude::any::<u8>()), 0..6),
+        tail in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..6),
+        cut in proptest::option::of(0usize..16384),
+    ) {
+        let mut bytes = small_elf();
+        let len = bytes.len();
+        for (at, b) in head {
+            bytes[at % len] = b;
+        }
+        for (back, b) in tail {
+            bytes[len - 1 - back % len] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.min(len));
+        }
+        let dir = scratch("damaged");
+        let path = dir.join("lib.so");
+        std::fs::write(&path, &bytes).expect("writing the damaged object");
+        if let Ok(scan) = elf::scan(&path, |_| true) {
+            for s in scan.symbols.iter().take(8) {
+                let _ = elf::read_at(&path, s.file_offset, 16);
+            }
+        }
+    }
+}

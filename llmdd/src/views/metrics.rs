@@ -650,19 +650,43 @@ impl Server {
     pub fn spawn(self, state: Arc<Mutex<State>>) -> Result<()> {
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .context("registering the metrics listener")?;
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    continue;
-                };
+        tokio::spawn(serve(listener, state));
+        Ok(())
+    }
+}
+
+/// Connections answered at once; more wait in the kernel's listen backlog (no descriptor,
+/// no memory here) until one ends.
+pub const MAX_SCRAPES: usize = 16;
+/// The most one connection may take, from accept to the last byte of the answer: a client
+/// that sends its request slowly, or reads the answer slowly, is cut off then.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts and answers scrapes: at most `MAX_SCRAPES` at once, each within
+/// `REQUEST_TIMEOUT`; after a failed accept (descriptors exhausted, say) it waits, longer each
+/// time up to a second, instead of retrying in a loop on the thread that drains the ring.
+async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((sock, _)) => {
+                backoff = Duration::from_millis(10);
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(10), answer(sock, state)).await;
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(sock, state)).await;
+                    drop(slot);
                 });
             }
-        });
-        Ok(())
+            Err(_) => {
+                drop(slot);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
     }
 }
 

@@ -326,8 +326,12 @@ pub struct RunArgs {
     /// Ask NCCL's RAS service (NCCL 2.24+, in every NCCL process) for its view of the job:
     /// at attach and while a job looks stuck (a rank it cannot reach, or one behind its
     /// peers in collective counts for a second or more, is a finding), and when tracing
-    /// stops (printed beside the findings with what agrees: membership and missing ranks). `auto` (default): at localhost:28028 when a traced NCCL
-    /// is 2.24 or later; `off`; or HOST:PORT (where NCCL_RAS_ADDR put it).
+    /// stops (printed after every file is written, with what agrees: membership and
+    /// missing ranks). `auto` (default): when a traced NCCL is 2.24 or later, at the port its
+    /// NCCL_RAS_ADDR names (else 28028), and only when a traced process in llmdd's own
+    /// network namespace holds that listener (no other local user can answer; a container's
+    /// service is not dialled from outside it); `off`; or HOST:PORT, dialled as given. Each
+    /// exchange has one deadline and answers are bounded to 16 MiB.
     #[arg(long, default_value = "auto", value_name = "auto|off|HOST:PORT")]
     pub ras: String,
     /// Trace one probe family in another mode (repeatable), as FAMILY=MODE. FAMILY: nccl,

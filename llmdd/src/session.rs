@@ -141,14 +141,14 @@ pub struct Session {
 
 impl Session {
     /// The versions of the NCCL libraries the traced processes map.
-    pub fn nccl_versions(&self) -> Vec<String> {
+    pub fn nccl_versions(&self) -> Vec<(u32, String)> {
         self.outputs
             .run
             .procs
-            .values()
-            .flat_map(|p| p.libraries.iter())
-            .filter(|l| l.family == "nccl" && l.label == "nccl")
-            .filter_map(|l| l.version.clone())
+            .iter()
+            .flat_map(|(&pid, p)| p.libraries.iter().map(move |l| (pid, l)))
+            .filter(|(_, l)| l.family == "nccl" && l.label == "nccl")
+            .filter_map(|(pid, l)| Some((pid, l.version.clone()?)))
             .collect()
     }
 
@@ -254,12 +254,6 @@ impl Session {
                     .render(end.duration_s, last_interval_s, end.counters)
             );
             print!("{}", render_findings_with(&self.engine, &self.node));
-            let versions = self.nccl_versions();
-            if let Some(lines) = crate::ras::summary_block(&self.ras, &versions, &snap) {
-                for l in lines {
-                    println!("{l}");
-                }
-            }
             if end.undecodable > 0 {
                 println!("undecodable records: {}", end.undecodable);
             }
@@ -333,6 +327,16 @@ impl Session {
         for sink in &mut self.sinks {
             if let Err(e) = sink.finish() {
                 failed.push(format!("{}: {e:#}", sink.name()));
+            }
+        }
+        // Last, once every file is written: the service may take seconds to answer.
+        if !self.quiet {
+            let versions = self.nccl_versions();
+            if let Some(lines) = crate::ras::summary_block(&self.ras, &versions, &snap) {
+                for l in lines {
+                    println!("{l}");
+                }
+                std::io::stdout().flush().ok();
             }
         }
         if !failed.is_empty() {

@@ -50,10 +50,16 @@ impl Watch {
             return;
         }
         let versions = session.nccl_versions();
-        let Some((addr, _)) = crate::ras::address(&session.ras, &versions) else {
-            return;
+        let addr = match crate::ras::address(&session.ras, &versions) {
+            None => return,
+            Some(Ok((addr, _))) => addr,
+            // Asked again next round: the service starts with NCCL's first communicator.
+            Some(Err(why)) => {
+                tracing::debug!("nccl ras not asked: {why}");
+                return;
+            }
         };
-        match crate::ras::query(addr, Duration::from_secs(2)) {
+        match crate::ras::query(&addr, Duration::from_secs(2)) {
             Ok(crate::ras::RasReport::Json(s)) => {
                 session
                     .engine

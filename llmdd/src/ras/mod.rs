@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{RasSight, RasWhat};
 
+mod owner;
+
 /// The ranks RAS names, as findings take them (see `engine::nccl_ras`): per communicator,
 /// each missing rank (unresponsive or dead), and each answering rank whose count of some
 /// collective is below the highest count of it while at least one rank has that highest
@@ -188,38 +190,108 @@ pub fn query(addr: &str, timeout: Duration) -> Result<RasReport, RasError> {
         addr: addr.to_string(),
         source,
     })?;
-    let io = |e: std::io::Error| proto(addr, e.to_string());
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut w = stream.try_clone().map_err(io)?;
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    let mut ask = |w: &mut TcpStream, r: &mut BufReader<TcpStream>, msg: &str| {
-        w.write_all(msg.as_bytes()).map_err(io)?;
-        line.clear();
-        r.read_line(&mut line).map_err(io)?;
-        Ok::<String, RasError>(line.trim().to_string())
+    let mut conn = Bounded::new(stream, addr, timeout)?;
+    let ask = |c: &mut Bounded, msg: &str| {
+        c.send(msg)?;
+        c.line()
     };
-    let hello = ask(&mut w, &mut r, &format!("CLIENT PROTOCOL {PROTOCOL}\n"))?;
+    let hello = ask(&mut conn, &format!("CLIENT PROTOCOL {PROTOCOL}\n"))?;
     if !hello.to_ascii_uppercase().starts_with("SERVER PROTOCOL ") {
         return Err(proto(addr, format!("unexpected greeting `{hello}`")));
     }
     // NCCL waits this long for the other processes' answers; ours waits a little more.
     let secs = timeout.as_secs().saturating_sub(1).max(1);
-    let ok = ask(&mut w, &mut r, &format!("TIMEOUT {secs}\n"))?;
+    let ok = ask(&mut conn, &format!("TIMEOUT {secs}\n"))?;
     if !ok.eq_ignore_ascii_case("OK") {
         return Err(proto(addr, format!("TIMEOUT refused: `{ok}`")));
     }
-    let json = ask(&mut w, &mut r, "SET FORMAT json\n")?.eq_ignore_ascii_case("OK");
-    w.write_all(b"VERBOSE STATUS\n").map_err(io)?;
-    let mut body = String::new();
-    r.read_to_string(&mut body).map_err(io)?;
+    let json = ask(&mut conn, "SET FORMAT json\n")?.eq_ignore_ascii_case("OK");
+    conn.send("VERBOSE STATUS\n")?;
+    let body = conn.rest()?;
     if !json {
         return Ok(RasReport::Text(body));
     }
     serde_json::from_str(&body)
         .map(RasReport::Json)
         .map_err(|e| proto(addr, format!("the JSON report does not parse: {e}")))
+}
+
+/// The most a RAS reply may hold: a JSON report of a few thousand ranks is a few MiB.
+pub const MAX_REPLY: usize = 16 << 20;
+/// The longest protocol line (greetings, `OK`).
+const MAX_LINE: usize = 4096;
+
+/// A RAS connection read within one deadline for the whole exchange and a size bound, so a
+/// peer that trickles bytes or never stops cannot hold llmdd.
+struct Bounded<'a> {
+    stream: TcpStream,
+    addr: &'a str,
+    deadline: std::time::Instant,
+    buf: Vec<u8>,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(stream: TcpStream, addr: &'a str, timeout: Duration) -> Result<Self, RasError> {
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| proto(addr, e.to_string()))?;
+        Ok(Bounded {
+            stream,
+            addr,
+            deadline: std::time::Instant::now() + timeout,
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, msg: &str) -> Result<(), RasError> {
+        self.stream
+            .write_all(msg.as_bytes())
+            .map_err(|e| proto(self.addr, e.to_string()))
+    }
+
+    /// Reads more; false at the end of the stream.
+    fn more(&mut self) -> Result<bool, RasError> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(proto(self.addr, "no complete answer in time"));
+        }
+        if self.buf.len() > MAX_REPLY {
+            return Err(proto(
+                self.addr,
+                format!("the answer exceeds {MAX_REPLY} bytes"),
+            ));
+        }
+        let err = |e: std::io::Error| proto(self.addr, e.to_string());
+        self.stream.set_read_timeout(Some(left)).map_err(err)?;
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).map_err(err)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// One line, trimmed.
+    fn line(&mut self) -> Result<String, RasError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(String::from_utf8_lossy(&line).trim().to_string());
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(proto(self.addr, "a protocol line is too long"));
+            }
+            if !self.more()? {
+                return Err(proto(self.addr, "the service closed the connection"));
+            }
+        }
+    }
+
+    /// Everything up to the end of the stream.
+    fn rest(&mut self) -> Result<String, RasError> {
+        while self.more()? {}
+        Ok(String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned())
+    }
 }
 
 /// What llmdd knows of one communicator, for the comparison.
@@ -265,16 +337,22 @@ pub fn nccl_has_ras(version: &str) -> bool {
     (major, minor) >= (2, 24)
 }
 
-/// Where to ask, and whether the user named it (`--ras`): None when off, or when `auto` and
-/// no traced NCCL is 2.24 or later.
-pub fn address<'a>(setting: &'a str, nccl_versions: &[String]) -> Option<(&'a str, bool)> {
+/// Where to ask, and whether the user named it (`--ras`), for the traced NCCLs `nccl` (pid,
+/// version): None when off, or when `auto` and no traced NCCL is 2.24 or later; an error
+/// says why `auto` does not dial (`owner`).
+pub fn address(setting: &str, nccl: &[(u32, String)]) -> Option<Result<(String, bool), String>> {
     match setting {
         "off" => None,
-        "auto" => nccl_versions
-            .iter()
-            .any(|v| nccl_has_ras(v))
-            .then_some((DEFAULT_ADDR, false)),
-        a => Some((a, true)),
+        "auto" => {
+            let mut pids: Vec<u32> = nccl
+                .iter()
+                .filter(|(_, v)| nccl_has_ras(v))
+                .map(|(p, _)| *p)
+                .collect();
+            pids.dedup();
+            (!pids.is_empty()).then(|| owner::auto_address(&pids).map(|a| (a, false)))
+        }
+        a => Some(Ok((a.to_string(), true))),
     }
 }
 
@@ -282,11 +360,14 @@ pub fn address<'a>(setting: &'a str, nccl_versions: &[String]) -> Option<(&'a st
 /// none (`None` when nothing should be said: auto mode and no RAS-capable NCCL traced).
 pub fn summary_block(
     setting: &str,
-    nccl_versions: &[String],
+    nccl: &[(u32, String)],
     snap: &crate::engine::Snapshot,
 ) -> Option<Vec<String>> {
-    let (addr, explicit) = address(setting, nccl_versions)?;
-    match query(addr, Duration::from_secs(6)) {
+    let (addr, explicit) = match address(setting, nccl)? {
+        Ok(a) => a,
+        Err(why) => return Some(vec![format!("nccl ras: not asked: {why}")]),
+    };
+    match query(&addr, Duration::from_secs(6)) {
         Ok(RasReport::Json(s)) => Some(compare(&s, &ours(snap))),
         Ok(RasReport::Text(t)) => Some(
             std::iter::once(
@@ -555,5 +636,48 @@ mod tests {
             .port();
         let e = query(&format!("127.0.0.1:{port}"), Duration::from_secs(2)).expect_err("none");
         assert!(e.to_string().contains("no NCCL RAS service"), "{e}");
+    }
+
+    /// A peer that greets, then sends a byte every 100 ms forever: each read succeeds, yet the
+    /// whole exchange ends at the deadline.
+    #[test]
+    fn a_trickling_service_is_cut_off_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let _ = s.write_all(b"SERVER PROTOCOL 2\n");
+                while s.write_all(b"x").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        let t = std::time::Instant::now();
+        let e = query(&addr, Duration::from_secs(1)).expect_err("cut off");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(e.to_string().contains("in time"), "{e}");
+    }
+
+    /// A peer that answers with more than `MAX_REPLY` bytes: refused, not held in memory.
+    #[test]
+    fn an_endless_answer_is_refused_at_the_bound() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut w = s;
+                let mut line = String::new();
+                for answer in ["SERVER PROTOCOL 2\n", "OK\n", "OK\n"] {
+                    line.clear();
+                    let _ = r.read_line(&mut line);
+                    let _ = w.write_all(answer.as_bytes());
+                }
+                let block = vec![b'{'; 1 << 20];
+                while w.write_all(&block).is_ok() {}
+            }
+        });
+        let e = query(&addr, Duration::from_secs(20)).expect_err("too long");
+        assert!(e.to_string().contains("exceeds"), "{e}");
     }
 }

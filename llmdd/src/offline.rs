@@ -106,10 +106,6 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
     let mut session = Session::open_with(&opts, run, cfg)?;
     session.quiet = quiet;
     let counters: Vec<u64> = sum_counters(&recs);
-    let lost: u64 = llmdd_common::counters::LOSSES
-        .iter()
-        .filter_map(|&i| counters.get(i as usize))
-        .sum();
     let records: u64 = recs
         .iter()
         .map(|r| {
@@ -126,9 +122,6 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
         for p in r.processes() {
             session.register_process(p.hints(r.meta.host.clone()), p.info());
         }
-        if lost > 0 {
-            session.engine.report_lost(r.meta.start_ns, lost);
-        }
         // Stacks named while recording (`record --stacks on`) fold the flame graph. (One
         // host only: merged recordings renumber processes.)
         if let Some(f) = session.outputs.flame.as_mut() {
@@ -136,17 +129,28 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
                 f.learn_stack((s.pid, s.id, s.caller), s.frames.clone().into());
             }
         }
-        for chunk in &r.chunks {
-            let mut batch = chunk.events.clone();
-            session.ingest(&mut batch, &mut exited)?;
-            session.engine.advance(chunk.now_ns);
-        }
         let end_ns = r
             .end
             .as_ref()
             .map(|e| e.end_ns)
             .or_else(|| r.chunks.last().map(|c| c.now_ns))
             .unwrap_or(r.meta.start_ns);
+        let mut losses = Losses::default();
+        for (i, chunk) in r.chunks.iter().enumerate() {
+            losses.replay(&mut session, r.losses.iter().filter(|(at, _)| *at == i));
+            let mut batch = chunk.events.clone();
+            session.ingest(&mut batch, &mut exited)?;
+            session.engine.advance(chunk.now_ns);
+        }
+        let n = r.chunks.len();
+        losses.replay(&mut session, r.losses.iter().filter(|(at, _)| *at >= n));
+        // A recording made before loss marks were written has only its end's counters: told
+        // at the end, the only time they are known at.
+        losses.report(
+            &mut session,
+            end_ns,
+            unmarked_losses(std::slice::from_ref(r)),
+        );
         let why = format!(
             "recording of {} read back{}",
             r.meta.host.as_deref().unwrap_or("one host"),
@@ -188,17 +192,24 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
                 });
             session.register_process(hints.clone(), info);
         }
-        if lost > 0 {
-            if let Some(t) = merged.events.first().map(event_time) {
-                session.engine.report_lost(t, lost);
-            }
-        }
+        let marks = merged_marks(&recs, &merged);
+        let mut next = 0;
+        let mut losses = Losses::default();
         for part in merged.events.chunks(BATCH) {
             let last = part.last().map(event_time).unwrap_or(0);
             let mut batch = part.to_vec();
             session.ingest(&mut batch, &mut exited)?;
+            while let Some(&(t, total)) = marks.get(next).filter(|(t, _)| *t <= last) {
+                losses.report(&mut session, t, total);
+                next += 1;
+            }
             session.engine.advance(last);
         }
+        let end = merged.events.last().map(event_time).unwrap_or(0);
+        for &(t, total) in &marks[next..] {
+            losses.report(&mut session, t.max(end), total);
+        }
+        losses.report(&mut session, end, losses.told + unmarked_losses(&recs));
         let span = match merged.window_ns {
             Some((a, b)) => b.saturating_sub(a),
             None => {
@@ -224,14 +235,75 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
     )
 }
 
+/// Losses told to the offline engine as the live one was told them: each mark's new losses
+/// at the mark's time, after the events drained before it.
+#[derive(Default)]
+struct Losses {
+    told: u64,
+}
+
+impl Losses {
+    /// The losses up to a running `total` (all recordings) at `at_ns`.
+    fn report(&mut self, session: &mut Session, at_ns: u64, total: u64) {
+        if total > self.told {
+            session.engine.report_lost(at_ns, total - self.told);
+            self.told = total;
+        }
+    }
+
+    fn replay<'a>(
+        &mut self,
+        session: &mut Session,
+        marks: impl Iterator<Item = &'a (usize, crate::record::LossMark)>,
+    ) {
+        for (_, m) in marks {
+            self.report(session, m.at_ns, crate::record::LossMark::lost(&m.counters));
+        }
+    }
+}
+
+/// Losses of the recordings that carry no loss marks (made before marks were written): their
+/// end's counters. A recording with marks has told every loss the live engine was told.
+fn unmarked_losses(recs: &[Recording]) -> u64 {
+    recs.iter()
+        .filter(|r| r.losses.is_empty())
+        .map(|r| crate::record::LossMark::lost(&r.final_counters()))
+        .sum()
+}
+
+/// Every recording's loss marks on the merged clock, as (time, running total over all
+/// recordings), in time order.
+fn merged_marks(recs: &[Recording], merged: &crate::merge::Merged) -> Vec<(u64, u64)> {
+    let mut deltas: Vec<(u64, u64)> = Vec::new();
+    for h in &merged.hosts {
+        for &i in &h.recordings {
+            let Some(r) = recs.get(i) else { continue };
+            let mut before = 0;
+            for (_, m) in &r.losses {
+                let total = crate::record::LossMark::lost(&m.counters);
+                let t = m.at_ns.saturating_add_signed(h.offset.offset_ns);
+                deltas.push((t, total.saturating_sub(before)));
+                before = total;
+            }
+        }
+    }
+    deltas.sort_unstable();
+    let mut running = 0;
+    deltas
+        .into_iter()
+        .map(|(t, d)| {
+            running += d;
+            (t, running)
+        })
+        .collect()
+}
+
 /// The probes' counters of every recording, added up.
 fn sum_counters(recs: &[Recording]) -> Vec<u64> {
     let mut out = vec![0u64; llmdd_common::counters::COUNT as usize];
     for r in recs {
-        if let Some(e) = &r.end {
-            for (o, c) in out.iter_mut().zip(&e.counters) {
-                *o += c;
-            }
+        for (o, c) in out.iter_mut().zip(&r.final_counters()) {
+            *o += c;
         }
     }
     out

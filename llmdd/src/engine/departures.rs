@@ -7,7 +7,9 @@
 //! when it left instances open that the others had entered (they cannot complete), or when
 //! a survivor calls on that communicator after it left (a collective that cannot complete
 //! without it; reported by the lane, see `LaneOut::called_after_leaving`). An abort is
-//! always one: the process said something went wrong.
+//! always one: the process said something went wrong. Neither is raised on a lane touched
+//! by lost events and not yet re-checked: the member's own arrival may be the lost record
+//! (counted and said in the notes instead).
 
 use super::{
     findings::{wording, Culprit, FindingKey, FindingKind},
@@ -39,9 +41,10 @@ impl Engine {
     /// A member left a lane: no stall for it, and the lane's findings say so; a member-left
     /// finding is raised as `raise` says.
     pub(super) fn member_left(&mut self, lane: u32, m: u32, t: u64, how: &str, raise: Raise) {
-        let (open_before, open_after, id, rank, pid, proc, label) = {
+        let (open_before, open_after, id, rank, pid, proc, label, since) = {
             let l = &mut self.lanes[lane as usize];
             let before = l.open_instances();
+            let since = l.oldest_open_ns().unwrap_or(t);
             l.member_left(m, t, &self.cfg, &mut self.out);
             let mm = &l.members[m as usize];
             (
@@ -52,6 +55,7 @@ impl Engine {
                 mm.pid,
                 mm.proc,
                 l.evidence,
+                since,
             )
         };
         self.drain_out();
@@ -70,6 +74,12 @@ impl Engine {
             }
         }
         if raise == Raise::IfWaitedOn && left_open == 0 {
+            return;
+        }
+        // After lost events the open instances may be the member's own arrivals lost, not
+        // instances it never reached: a job ending normally would be named.
+        if raise == Raise::IfWaitedOn && self.loss_may_explain(lane, since, t) {
+            self.counts.departures_withheld_lost += 1;
             return;
         }
         let culprit = Culprit {
@@ -96,6 +106,12 @@ impl Engine {
             return;
         };
         let l = &self.lanes[lane];
+        // After lost events the survivor's call may fall in an instance the departed member
+        // did reach (its record lost, the numbering shifted).
+        if self.loss_may_explain(lane as u32, d_left(l, c.departed, c.at_ns), c.at_ns) {
+            self.counts.departures_withheld_lost += 1;
+            return;
+        }
         let (d, s) = (
             &l.members[c.departed as usize],
             &l.members[c.survivor as usize],
@@ -133,4 +149,24 @@ impl Engine {
         };
         self.raise(key, d);
     }
+}
+
+impl Engine {
+    /// Whether lost events may hide arrivals between `from` and `to` on `lane`: the lane is
+    /// not yet re-checked after a loss, or a loss report overlaps that span widened by the
+    /// re-check horizon (`align_timeout`: a record lost then may belong to an instance that
+    /// began up to that long before).
+    fn loss_may_explain(&self, lane: u32, from: u64, to: u64) -> bool {
+        let l = &self.lanes[lane as usize];
+        l.unverified_since.is_some()
+            || self.lost_in((from.saturating_sub(self.cfg.align_timeout_ns), to)) > 0
+    }
+}
+
+/// When member `m` left `l` (else `at`).
+fn d_left(l: &super::matching::Lane, m: u32, at: u64) -> u64 {
+    l.members
+        .get(m as usize)
+        .and_then(|mm| mm.left_ns)
+        .unwrap_or(at)
 }

@@ -420,6 +420,12 @@ impl Engine {
     /// What the engine could not conclude and why, one line each, for every view.
     pub fn notes(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let n = self.counts.departures_withheld_lost;
+        if n > 0 {
+            out.push(format!(
+                "{n} member(s) left a communicator with instances open right after lost events:                  not named, since their own arrivals may be among the records lost"
+            ));
+        }
         let n = self.counts.findings_withheld_ambiguous;
         if n > 0 {
             let comms = self.lanes.iter().filter(|l| l.ambiguous).count();

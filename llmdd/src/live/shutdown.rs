@@ -22,7 +22,7 @@ impl Run {
         self.drain(false)?;
         // Counters as of the stop: events the targets make while the probes are being
         // removed are outside the traced window and are not reported as lost.
-        self.live.report_losses(&mut self.session)?;
+        self.report_losses()?;
         self.live
             .summary_figures(&mut self.session, self.aggregating)?;
         self.live.sample_node(&mut self.session);

@@ -416,20 +416,21 @@ impl Live {
     }
 
     /// Tells the engine about records lost since the last call, so that no finding rests
-    /// on a missing event.
-    pub fn report_losses(&mut self, session: &mut Session) -> Result<()> {
-        let counters = self.tracer.counters()?;
-        let total: u64 = llmdd_common::counters::LOSSES
-            .iter()
-            .map(|&i| counters[i as usize])
-            .sum();
-        if total > self.lost_seen {
-            session
-                .engine
-                .report_lost(monotonic_ns(), total - self.lost_seen);
-            self.lost_seen = total;
+    /// on a missing event; returns the counters when there were new losses (for the
+    /// recording, which replays them offline at the same point).
+    pub fn report_losses(
+        &mut self,
+        session: &mut Session,
+    ) -> Result<Option<crate::record::LossMark>> {
+        let counters = self.tracer.counters()?.to_vec();
+        let total = crate::record::LossMark::lost(&counters);
+        if total <= self.lost_seen {
+            return Ok(None);
         }
-        Ok(())
+        let at_ns = monotonic_ns();
+        session.engine.report_lost(at_ns, total - self.lost_seen);
+        self.lost_seen = total;
+        Ok(Some(crate::record::LossMark { at_ns, counters }))
     }
 
     /// The summary's budget lines and aggregated calls, as of now.

@@ -106,6 +106,16 @@ impl Run {
         Ok(())
     }
 
+    /// New losses to the engine, and to the recording after the events drained before them.
+    pub(super) fn report_losses(&mut self) -> Result<()> {
+        if let Some(mark) = self.live.report_losses(&mut self.session)? {
+            if let Some(w) = self.recorder.as_mut() {
+                w.losses(&mark)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Probes libraries the traced processes loaded, and attaches the processes
     /// `--follow` and `--children` found.
     fn attach_new(&mut self) -> Result<()> {
@@ -138,7 +148,7 @@ impl Run {
     /// Losses, calls still in flight, the engine's clock, the duty cycle, the node's and
     /// the threads' samples.
     fn analyse(&mut self, clock: &mut Clock) -> Result<()> {
-        self.live.report_losses(&mut self.session)?;
+        self.report_losses()?;
         let now = monotonic_ns();
         if clock.scan.elapsed() >= IN_FLIGHT_SCAN {
             clock.scan = Instant::now();

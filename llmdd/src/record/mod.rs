@@ -57,6 +57,9 @@ const KIND_END: u8 = 3;
 /// Named user stacks (`--stacks`): JSON `[RecStack]`, written as they are first seen, so
 /// that `report --flamegraph` folds by them. Readers before it skip the kind.
 const KIND_STACKS: u8 = 4;
+/// The probes' counters when new losses were seen (`LossMark`, JSON), written after the
+/// events drained before them: the offline engine marks the same windows as the live one.
+const KIND_LOSS: u8 = 5;
 
 /// One named user stack of a recording.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +399,14 @@ impl Writer {
         self.chunk(KIND_STACKS, &json)
     }
 
+    /// New losses seen at `mark.at_ns`: the events drained before them go out first, so a
+    /// reader meets the mark where the live engine did.
+    pub fn losses(&mut self, mark: &LossMark) -> Result<(), RecordError> {
+        self.flush_events(mark.at_ns)?;
+        let json = serde_json::to_vec(mark).map_err(|e| self.io(e.into()))?;
+        self.chunk(KIND_LOSS, &json)
+    }
+
     /// Writes what is pending and the end metadata.
     pub fn finish(&mut self, end: &End) -> Result<(), RecordError> {
         self.flush_events(end.end_ns)?;
@@ -453,6 +464,24 @@ impl Salvage {
     }
 }
 
+/// The probes' counters (`llmdd_common::counters`) as read when the live run saw new
+/// losses, at `at_ns` (CLOCK_MONOTONIC).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossMark {
+    pub at_ns: u64,
+    pub counters: Vec<u64>,
+}
+
+impl LossMark {
+    /// Records lost in all, by the counters that count losses.
+    pub fn lost(counters: &[u64]) -> u64 {
+        llmdd_common::counters::LOSSES
+            .iter()
+            .filter_map(|&i| counters.get(i as usize))
+            .sum()
+    }
+}
+
 /// A record file read back.
 #[derive(Clone, Debug, Default)]
 pub struct Recording {
@@ -462,6 +491,8 @@ pub struct Recording {
     pub chunks: Vec<EventChunk>,
     /// Named user stacks recorded with `--stacks`.
     pub stacks: Vec<RecStack>,
+    /// Loss marks, each with the number of events chunks read before it.
+    pub losses: Vec<(usize, LossMark)>,
     pub salvage: Salvage,
 }
 
@@ -469,6 +500,16 @@ impl Recording {
     /// Every event, in file order.
     pub fn events(&self) -> impl Iterator<Item = &Event> {
         self.chunks.iter().flat_map(|c| c.events.iter())
+    }
+
+    /// The probes' counters at the end: the end metadata's, else (the recorder did not stop
+    /// cleanly) the last loss mark's, else none.
+    pub fn final_counters(&self) -> Vec<u64> {
+        match (&self.end, self.losses.last()) {
+            (Some(e), _) => e.counters.clone(),
+            (None, Some((_, m))) => m.counters.clone(),
+            (None, None) => Vec::new(),
+        }
     }
 
     pub fn event_count(&self) -> usize {
@@ -640,6 +681,13 @@ pub fn parse(
                 Ok(s) => rec.stacks.extend(s),
                 Err(_) => {
                     stop("unreadable stack names", &mut rec);
+                    break;
+                }
+            },
+            KIND_LOSS => match serde_json::from_slice::<LossMark>(&raw) {
+                Ok(m) => rec.losses.push((rec.chunks.len(), m)),
+                Err(_) => {
+                    stop("an unreadable loss mark", &mut rec);
                     break;
                 }
             },

@@ -206,3 +206,32 @@ proptest! {
         let _ = parse(&p, &v, &mut |_, _| {});
     }
 }
+
+/// A loss mark goes after the records drained before it, and a recording without end
+/// metadata (the recorder was killed) still gives the counters of its last mark.
+#[test]
+fn loss_marks_keep_their_place_and_count_when_the_end_is_missing() {
+    let p = tmp("losses.rec");
+    let mut w = Writer::create(&p).expect("create");
+    w.meta(&meta()).expect("meta");
+    w.record(&call_bytes(7, 2000), 5000).expect("record");
+    let ring_full = llmdd_common::counters::LOSSES[0] as usize;
+    let mut counters = vec![0u64; llmdd_common::counters::COUNT as usize];
+    counters[ring_full] = 12;
+    let mark = LossMark {
+        at_ns: 6000,
+        counters,
+    };
+    w.losses(&mark).expect("mark");
+    w.record(&call_bytes(7, 7000), 8000).expect("record");
+    w.tick(8000).expect("tick");
+    drop(w);
+    let r = read(&p, |_, _| {}).expect("read");
+    assert_eq!(
+        r.losses,
+        vec![(1, mark.clone())],
+        "after the first events chunk"
+    );
+    assert!(r.end.is_none());
+    assert_eq!(LossMark::lost(&r.final_counters()), 12);
+}

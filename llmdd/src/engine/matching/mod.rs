@@ -1140,6 +1140,15 @@ impl Lane {
 
     // ---- views ----
 
+    /// The first arrival of the oldest instance still open, if any.
+    pub fn oldest_open_ns(&self) -> Option<u64> {
+        self.instances
+            .iter()
+            .filter(|x| !x.finished && x.arrived > 0)
+            .map(|x| x.first_ns)
+            .min()
+    }
+
     pub fn open_instances(&self) -> usize {
         self.open
     }

@@ -110,7 +110,10 @@ pub struct AttachArgs {
     /// are found in /proc/PID/maps.
     #[arg(long = "pid", short = 'p', value_name = "PID")]
     pub pids: Vec<u32>,
-    /// Trace every process that maps libnccl, librccl, libcudart or libcuda.
+    /// Trace every process that maps libnccl, librccl, libcudart or libcuda: those running
+    /// now and those that start, or load one, later (looked for every 100 ms; a process
+    /// without one is looked at again each second for a minute). Tracing goes on when none
+    /// is left, until --duration or Ctrl-C.
     #[arg(long, conflicts_with = "pids")]
     pub all: bool,
     /// A serving front process (the HTTP server in front of the ranks; repeatable). Its

@@ -1,6 +1,8 @@
-//! `attach --follow NAME` and `--children`: processes by command name, including ones that
-//! start (or restart, with a new pid) after llmdd did, and the children of traced processes
-//! (workers a launcher forks or execs). Found by a scan of /proc every
+//! `attach --follow NAME`, `--children` and `--all`: processes by command name, including
+//! ones that start (or restart, with a new pid) after llmdd did, the children of traced
+//! processes (workers a launcher forks or execs), and with `--all` every process that maps a
+//! supported library, now or later (a DaemonSet's llmdd picks up the jobs that start on its
+//! node). Found by a scan of /proc every
 //! [`SCAN_INTERVAL`]: reading every process's `comm` costs well under a millisecond on a
 //! node with a few hundred processes, and needs no extra kernel probe; a process found is
 //! probed once it maps a supported library (a freshly exec'd one may not have loaded them
@@ -17,6 +19,9 @@ use crate::target::{self, procfs};
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a process with the name but no supported library yet keeps being looked at.
 pub const GRACE: Duration = Duration::from_secs(60);
+/// `--all`: every process without a supported library is looked at again at most this often
+/// during its grace (a node runs hundreds; a Python worker maps NCCL seconds after it starts).
+pub const ALL_RELOOK: Duration = Duration::from_secs(1);
 
 /// The processes to follow and what was already seen.
 #[derive(Debug, Default)]
@@ -24,8 +29,10 @@ pub struct Follow {
     names: Vec<String>,
     /// `--children`: also the children (forked or exec'd) of traced processes, and theirs.
     children: bool,
-    /// Pids with a followed name that mapped nothing traceable yet, since when.
-    waiting: BTreeMap<u32, Instant>,
+    /// `--all`: every process that maps a supported library, now or later.
+    all: bool,
+    /// Pids wanted that mapped nothing traceable yet: since when, and when last looked at.
+    waiting: BTreeMap<u32, (Instant, Instant)>,
     /// Pids given up on or already handed out.
     done: BTreeSet<u32>,
     last_scan: Option<Instant>,
@@ -57,6 +64,12 @@ impl Follow {
         }
     }
 
+    /// Also follows every process (`--all`): any that maps a supported library later.
+    pub fn with_all(mut self, all: bool) -> Follow {
+        self.all = all;
+        self
+    }
+
     /// Also takes followed processes that map one of these libraries (user probes).
     pub fn with_probe_libraries(mut self, libs: Vec<String>) -> Follow {
         self.probe_libraries = libs;
@@ -83,12 +96,13 @@ impl Follow {
 
     /// Whether anything is followed.
     pub fn active(&self) -> bool {
-        !self.names.is_empty() || self.children
+        !self.names.is_empty() || self.children || self.all
     }
 
-    /// Whether tracing should go on with no target left (waiting for a name to appear).
+    /// Whether tracing should go on with no target left (waiting for a name, or with
+    /// `--all` any process, to appear).
     pub fn waits(&self) -> bool {
-        !self.names.is_empty()
+        !self.names.is_empty() || self.all
     }
 
     /// Marks pids that are traced already (so they are not handed out again).
@@ -117,7 +131,13 @@ impl Follow {
             if pid == me || self.done.contains(&pid) {
                 continue;
             }
-            let wanted = self.waiting.contains_key(&pid)
+            if let Some((_, last)) = self.waiting.get(&pid) {
+                if self.all && last.elapsed() < ALL_RELOOK {
+                    continue;
+                }
+            }
+            let wanted = self.all
+                || self.waiting.contains_key(&pid)
                 || named(pid, &self.names)
                 || (self.children && parent(pid).is_some_and(|p| traced.contains(&p)));
             if !wanted {
@@ -139,8 +159,10 @@ impl Follow {
                     }
                 }
                 Err(target::TargetError::NoSupportedLibrary { .. }) => {
-                    let since = *self.waiting.entry(pid).or_insert_with(Instant::now);
-                    if since.elapsed() > GRACE {
+                    let now = Instant::now();
+                    let w = self.waiting.entry(pid).or_insert((now, now));
+                    w.1 = now;
+                    if w.0.elapsed() > GRACE {
                         self.waiting.remove(&pid);
                         self.done.insert(pid);
                     }

@@ -103,3 +103,58 @@ fn attach_all_finds_every_rank() {
         );
     }
 }
+
+/// `attach --all` started on a node with no job: it waits, picks up the job's ranks when they
+/// start, traces their calls, and keeps running once the job has ended (a DaemonSet's case).
+#[test]
+fn attach_all_picks_up_a_job_that_starts_later() {
+    require_root();
+    let mut cmd = Command::new(built("llmdd"));
+    cmd.args(["attach", "--all", "--quiet", "--duration", "90"]);
+    let mut llmdd = Proc::spawn("llmdd", cmd).expect("llmdd");
+    llmdd
+        .wait_line(
+            "'tracing' or 'waiting' line",
+            Duration::from_secs(60),
+            |s, l| {
+                s == Stream::Stderr
+                    && (l.starts_with("llmdd: tracing") || l.contains("waiting for one"))
+            },
+        )
+        .expect("llmdd starts");
+    let mut job = Job::start(
+        &fake_lib_dir(),
+        &["--ranks", "2", "--steps", "20", "--timeout-s", "120"],
+    )
+    .expect("simjob");
+    for pid in job.pids.clone() {
+        llmdd
+            .wait_line("the rank attached", Duration::from_secs(60), |s, l| {
+                s == Stream::Stderr && l.contains(&format!("attached to pid {pid}"))
+            })
+            .unwrap_or_else(|e| panic!("rank {pid} not picked up: {e}\n{}", llmdd.transcript()));
+    }
+    job.go().expect("go");
+    job.proc
+        .wait_exit(Duration::from_secs(120))
+        .expect("job ends");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        std::fs::read_to_string(format!("/proc/{}/stat", llmdd.pid()))
+            .is_ok_and(|s| !s.contains(") Z ")),
+        "llmdd stopped when the job ended:\n{}",
+        llmdd.transcript()
+    );
+    llmdd.signal(libc::SIGINT).expect("stop llmdd");
+    let status = llmdd
+        .wait_exit(Duration::from_secs(60))
+        .expect("llmdd exits");
+    assert!(status.success(), "{}", llmdd.transcript());
+    let out = llmdd.lines_of(Stream::Stdout).join("\n");
+    for pid in &job.pids {
+        assert!(
+            out.contains(&format!("{pid:>8}  ncclAllReduce")),
+            "no calls from {pid}:\n{out}"
+        );
+    }
+}

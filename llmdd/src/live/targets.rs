@@ -28,9 +28,9 @@ pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
     let mut targets = if args.all {
         let found = target::discover_all();
         if found.is_empty() {
-            bail!(
-                "no process maps libnccl, librccl, libcudart, libcuda or libamdhip64: nothing to trace \
-                 (`llmdd doctor` lists what it can see)"
+            eprintln!(
+                "llmdd: no process maps libnccl, librccl, libcudart, libcuda or libamdhip64 yet; \
+                 waiting for one (Ctrl-C to stop; `llmdd doctor` lists what it can see)"
             );
         }
         found
@@ -55,6 +55,7 @@ pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
         found
     };
     let mut follow = Follow::new(args.follow.clone(), args.children)
+        .with_all(args.all)
         .with_probe_libraries(opts.user_probes.iter().map(|p| p.library.clone()).collect());
     follow.known(targets.iter().map(|t| t.pid));
     loop {
@@ -66,7 +67,7 @@ pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
         }
         targets.extend(more);
     }
-    if targets.is_empty() && follow.active() {
+    if targets.is_empty() && !args.follow.is_empty() {
         eprintln!(
             "llmdd: no process named {} yet; waiting for one (Ctrl-C to stop)",
             args.follow.join(" or ")

@@ -32,7 +32,9 @@ pub struct Config {
     pub max_open_instances: usize,
     /// Communicators and graph groups tracked at most (new ones beyond are counted, not kept).
     pub max_communicators: usize,
-    /// Distribution series (communicator × op × size bucket, and per rank) at most.
+    /// Distribution series per communicator at most: its op × size-bucket series (32 at
+    /// most) and the members with per-rank series (arrival lag, call time; members beyond
+    /// have none).
     pub max_series: usize,
     /// Socket connections tracked at most (least recently active are evicted, counted).
     pub max_connections: usize,

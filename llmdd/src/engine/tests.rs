@@ -1780,3 +1780,37 @@ fn a_member_leaving_right_after_lost_events_is_not_named() {
         }
     }
 }
+
+/// A 128-rank communicator with its last rank late: every member has its own arrival-lag
+/// series (none is cut at a fixed count), and the late one is named.
+#[test]
+fn a_128_rank_communicator_is_handled_whole() {
+    let mut job = Job::new(128);
+    job.delay = |r, _| if r == 127 { 15 * MS } else { 0 };
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(job.events(0, 40));
+    e.advance(T0 + 50 * job.period);
+    let s = e.snapshot();
+    let c = &s.communicators[0];
+    assert_eq!(c.lane.members.len(), 128);
+    assert!(
+        c.lane.members.iter().all(|m| m.lag.count > 0),
+        "members without a lag series: {:?}",
+        c.lane
+            .members
+            .iter()
+            .filter(|m| m.lag.count == 0)
+            .map(|m| m.rank)
+            .collect::<Vec<_>>()
+    );
+    let late = c
+        .lane
+        .members
+        .iter()
+        .find(|m| m.rank == Some(127))
+        .expect("rank 127");
+    assert!(late.lag.p50 >= 10 * MS, "{:?}", late.lag);
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].culprit.rank, Some(127));
+}

@@ -48,9 +48,9 @@ pub const GROUP_OP: u16 = u16::MAX;
 pub const GRAPH_OP: u16 = u16::MAX - 1;
 /// Recent calls remembered per member (for alignment and late completions).
 const MEMBER_RING: usize = 256;
-/// Op × size series kept per lane; rank series kept per lane.
+/// Op × size series kept per lane (fewer when `Config::max_series` is lower). Per-rank
+/// series (arrival lag, call time) are kept for the first `Config::max_series` members.
 const MAX_OP_SERIES: usize = 32;
-const MAX_RANK_SERIES: usize = 64;
 /// Gaps between consecutive instances kept for the lane's typical period, and how many are
 /// needed before the period is trusted.
 const PERIOD_SAMPLES: usize = 31;
@@ -341,6 +341,9 @@ pub struct Lane {
     pub last_ns: u64,
     pub series: Vec<OpSeries>,
     pub series_dropped: u64,
+    /// `Config::max_series`: op series at most (with `MAX_OP_SERIES`), and the members with
+    /// per-rank series.
+    series_cap: usize,
     pub evidence_ring: EvidenceRing,
     /// nranks for bus-bandwidth factors (the communicator size when known).
     pub nranks: u32,
@@ -398,6 +401,7 @@ impl Lane {
             realignments: 0,
             slice_ns: cfg.slice_ns(),
             slices: cfg.window_slices,
+            series_cap: cfg.max_series,
             gaps: VecDeque::new(),
             prev_finished: None,
             period_ns: 0,
@@ -591,7 +595,7 @@ impl Lane {
             self.series[s].latency.record(t, d);
         }
         let (slice_ns, slices) = (self.slice_ns, self.slices);
-        if (m as usize) < MAX_RANK_SERIES {
+        if (m as usize) < self.series_cap {
             self.members[m as usize]
                 .rank_latency
                 .get_or_insert_with(|| RollingHist::new(slice_ns, slices))
@@ -608,7 +612,7 @@ impl Lane {
         {
             return Some(i);
         }
-        if self.series.len() >= MAX_OP_SERIES {
+        if self.series.len() >= MAX_OP_SERIES.min(self.series_cap) {
             self.series_dropped += 1;
             return None;
         }
@@ -868,7 +872,7 @@ impl Lane {
         let (op, bytes, ub, seq) = (inst.op, inst.bytes, inst.ub, inst.seq);
         let (slice_ns, slices) = (self.slice_ns, self.slices);
         // Per-rank arrival lag behind the first arrival.
-        for mi in 0..self.instances[i].slots.len().min(MAX_RANK_SERIES) {
+        for mi in 0..self.instances[i].slots.len().min(self.series_cap) {
             let e = self.instances[i].slots[mi];
             if e >= EXCUSED {
                 continue;

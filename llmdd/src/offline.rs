@@ -169,6 +169,7 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
             }
         }
         session.job = serde_json::to_value(&merged).ok();
+        session.engine.set_host_clocks(merged.host_clocks());
         for (id, hints) in &merged.registrations {
             let proc = merged.process(*id);
             let info = proc

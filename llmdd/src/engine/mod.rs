@@ -34,6 +34,7 @@ mod departures;
 mod device;
 mod findings;
 mod graphs;
+mod host_clocks;
 mod links;
 mod lost;
 mod matching;
@@ -61,6 +62,7 @@ pub use comm::Identity;
 pub use config::Config;
 pub use findings::{Culprit, Finding, FindingKind, Magnitude, Severity};
 pub use graphs::GroupBasis;
+pub use host_clocks::HostClock;
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;
@@ -126,6 +128,7 @@ pub struct Engine {
     /// Where each traced process's threads were last found (see `positions`).
     positions: positions::Positions,
     ras: nccl_ras::RasState,
+    host_clocks: host_clocks::HostClocks,
     /// Reset findings raised, with their connections' ports, until the serving port is
     /// known (see `serving_port_known`).
     resets_raised: Vec<([u16; 2], FindingKey)>,
@@ -167,6 +170,7 @@ impl Engine {
             resets_raised: Vec::new(),
             positions: Default::default(),
             ras: Default::default(),
+            host_clocks: Default::default(),
             dirty: Vec::new(),
             out: LaneOut::default(),
             bounds: Vec::new(),
@@ -419,7 +423,7 @@ impl Engine {
 
     /// What the engine could not conclude and why, one line each, for every view.
     pub fn notes(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.clock_notes();
         let n = self.counts.departures_withheld_lost;
         if n > 0 {
             out.push(format!(

@@ -54,6 +54,8 @@ pub struct Counts {
     pub graph_launches_ungrouped: u64,
     /// Verdicts not raised because their communicator's members were grouped by a guess.
     pub findings_withheld_ambiguous: u64,
+    /// Straggler verdicts not raised because the lag was within the hosts' clock error.
+    pub stragglers_withheld_clock: u64,
     /// Member-left findings not raised because the lane had lost events not yet re-checked.
     pub departures_withheld_lost: u64,
     /// Resets of serving-port connections (clients closing): counted, not findings.

@@ -146,18 +146,24 @@ impl Engine {
         let l = &self.lanes[lane as usize];
         let mm = &l.members[v.member as usize];
         let host = self.procs.host(mm.proc);
-        let d = wording::straggler(wording::StragglerFacts {
-            who: wording::describe_member(mm.rank, mm.pid, host),
+        let who = wording::describe_member(mm.rank, mm.pid, host);
+        let proc = mm.proc;
+        let mut d = wording::straggler(wording::StragglerFacts {
+            who: who.clone(),
             rank_name: wording::rank_name(mm.rank, v.member),
             evidence: l.evidence,
             lane_id: l.id,
             critical_lag_ns: self.cfg.straggler_critical_lag_ns,
             culprit: self.member_culprit(mm.rank, mm.pid, mm.proc, l.id),
-            verdict: v,
+            verdict: v.clone(),
         });
+        let scope = l.id;
+        if !self.clock_check(lane, &v, proc, &who, &mut d.0) {
+            return;
+        }
         let key = FindingKey {
             kind: FindingKind::Straggler,
-            scope: l.id,
+            scope,
             culprit: d.1 as u64,
         };
         self.raise(key, d.0);

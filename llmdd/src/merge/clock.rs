@@ -28,8 +28,10 @@
 //! recording started before the job connected). See [`choose_alignment`].
 //!
 //! Offsets are then the tightest bounds through any chain of hosts (longest paths in the
-//! constraint graph, Bellman-Ford): the estimate is the middle of the allowed interval and
-//! the error its half-width. A host the constraints do not bound on both sides falls back to
+//! constraint graph, Bellman-Ford): the estimate is the wall-clock offset kept within the
+//! allowed interval when the recorders sampled their wall clocks (the middle of the interval
+//! is biased by a host late on every collective), else the middle; the error is the distance
+//! to the farther bound. A host the constraints do not bound on both sides falls back to
 //! the wall-clock offset (clamped into the one-sided bound when there is one).
 
 use std::{
@@ -64,8 +66,11 @@ pub enum BoundSource {
 pub enum ClockMethod {
     /// The reference host: offset 0 by definition.
     Reference,
-    /// Bounded on both sides by the data (TCP and/or collectives).
+    /// Bounded on both sides by the data (TCP and/or collectives): the middle of the interval.
     Data,
+    /// Bounded on both sides by the data, and the wall-clock offsets the recorders sampled
+    /// taken within those bounds (see [`solve`]).
+    DataRealtime,
     /// Not bounded on both sides: the wall-clock offsets the recorders sampled.
     Realtime,
     /// Neither: no data bound and no wall-clock sample. Offset 0, error unknown.
@@ -569,12 +574,22 @@ pub fn solve(priors: &[Option<i64>], bounds: &[Bound]) -> Vec<Offset> {
                 (Some(l), Some(u)) => {
                     let crossed = l > u;
                     let (a, b) = if crossed { (u, l) } else { (l, u) };
+                    // The middle of the interval is biased when the bounds are: a host late
+                    // on every collective widens its interval on one side only, and the middle
+                    // moves by half its lateness, hiding half of it. The wall clocks do not
+                    // depend on who is late: taken when there are some, kept within the proven
+                    // bounds, the error then being the distance to the farther bound.
+                    let (offset, method) = match prior {
+                        Some(p) if !crossed => (p.clamp(a, b), ClockMethod::DataRealtime),
+                        _ => (a + (b - a) / 2, ClockMethod::Data),
+                    };
+                    let error = (offset - a).max(b - offset) as u64;
                     Offset {
-                        offset_ns: a + (b - a) / 2,
-                        error_ns: Some(((b - a) as u64).div_ceil(2)),
+                        offset_ns: offset,
+                        error_ns: Some(error),
                         lower_ns: lo,
                         upper_ns: hi,
-                        method: ClockMethod::Data,
+                        method,
                         bounds: count,
                         inconsistent: inconsistent || crossed,
                     }

@@ -136,6 +136,24 @@ impl Merged {
         self.processes.iter().find(|p| p.id == id)
     }
 
+    /// Each host's clock alignment, as the engine weighs cross-host findings with it.
+    pub fn host_clocks(&self) -> Vec<(String, crate::engine::HostClock)> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let o = &h.offset;
+                let clock = crate::engine::HostClock {
+                    error_ns: o.error_ns,
+                    wall_clock: matches!(
+                        o.method,
+                        ClockMethod::DataRealtime | ClockMethod::Realtime
+                    ),
+                };
+                (h.host.clone(), clock)
+            })
+            .collect()
+    }
+
     /// One line per host: offset, error and how it was found.
     pub fn clock_lines(&self) -> Vec<String> {
         self.hosts
@@ -158,6 +176,16 @@ impl Merged {
                     ClockMethod::Reference => "reference clock".to_string(),
                     ClockMethod::Data => format!(
                         "from {} bound(s) in the data ({}){}",
+                        o.bounds,
+                        sources.join(", "),
+                        if o.inconsistent {
+                            " (bounds contradict each other: drift or misaligned streams)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    ClockMethod::DataRealtime => format!(
+                        "from the recorders' wall clocks, within {} bound(s) in the data ({}){}",
                         o.bounds,
                         sources.join(", "),
                         if o.inconsistent {

@@ -140,7 +140,10 @@ fn rec(host: &str, events: Vec<Event>, realtime: Option<i64>) -> HostRecording {
 
 fn assert_brackets(h: &HostClock, theta: i64, max_err: u64) {
     let o = &h.offset;
-    assert_eq!(o.method, ClockMethod::Data, "{h:?}");
+    assert!(
+        matches!(o.method, ClockMethod::Data | ClockMethod::DataRealtime),
+        "{h:?}"
+    );
     let (lo, hi) = (o.lower_ns.expect("lower"), o.upper_ns.expect("upper"));
     assert!(
         lo <= theta && theta <= hi,
@@ -533,4 +536,103 @@ fn ipv4_mapped_ipv6_endpoints_match_their_ipv4_twins() {
     ])
     .expect("merges");
     assert_brackets(&m.hosts[1], THETA_B, 100_000);
+}
+
+/// Two hosts, one rank each, no TCP between them; host b's rank enters every all-reduce
+/// `late` after host a's. Merged and analysed: (host b's rank, its lag p50 as the engine
+/// measured it) when named, and the engine's notes.
+/// (rank, lag p50) of each straggler named.
+type Named = Vec<(Option<u32>, u64)>;
+
+fn late_host(late: u64, priors: bool) -> (Named, Vec<String>, Merged) {
+    let mut rng = Rng(7);
+    let uid = 0x1234_5678_9abc_def0;
+    // Host b's clock reads 5 s ahead of host a's (local + θ = true).
+    let theta = -5_000_000_000i64;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    a.push((0, synth::init(10, uid, 0, 2, 0x1000, 1_000, 50_000)));
+    b.push((0, synth::init(20, uid, 1, 2, 0x2000, 2_000, 60_000)));
+    for k in 0..300u64 {
+        let t = 1_000_000 + k * 50_000_000;
+        let ea = t + rng.between(0, 200_000);
+        let eb = t + late + rng.between(0, 200_000);
+        let xa = eb + rng.between(50_000, 80_000);
+        let xb = eb + rng.between(50_000, 80_000);
+        a.push((
+            0,
+            synth::coll(synth::ALL_REDUCE, 10, 0x1000, Some(0), 2, 4096, 1, ea, xa),
+        ));
+        b.push((
+            0,
+            synth::coll(synth::ALL_REDUCE, 20, 0x2000, Some(1), 2, 4096, 1, eb, xb),
+        ));
+    }
+    let (pa, pb) = if priors {
+        (Some(0), Some(theta))
+    } else {
+        (None, None)
+    };
+    // Both recorders ran from true time 0 to 20 s.
+    let (mut ra, mut rb) = (
+        rec("a", local(a, 0, 0), pa),
+        rec("b", local(b, theta, 0), pb),
+    );
+    ra.span_ns = Some((0, 20_000_000_000));
+    ra.processes = vec![(10, Default::default())];
+    rb.processes = vec![(20, Default::default())];
+    rb.span_ns = Some(((-theta) as u64, (20_000_000_000 - theta) as u64));
+    let m = merge(vec![ra, rb]).expect("merges");
+    let mut e = crate::engine::Engine::new(crate::engine::Config::default());
+    for (id, hints) in &m.registrations {
+        e.register_process(*id, hints.clone());
+    }
+    e.set_host_clocks(m.host_clocks());
+    e.ingest_batch(m.events.clone());
+    let end = m.events.last().map_or(0, |ev| match ev {
+        Event::Call(c) => c.exit_ns.unwrap_or(c.entry_ns),
+        _ => 0,
+    });
+    e.advance(end + 10_000_000_000);
+    let s = e.snapshot();
+    let named = e
+        .findings()
+        .iter()
+        .filter(|f| f.kind == crate::engine::FindingKind::Straggler)
+        .map(|f| {
+            let lag = s.communicators[0]
+                .lane
+                .members
+                .iter()
+                .find(|mm| mm.rank == f.culprit.rank)
+                .map_or(0, |mm| mm.lag.p50);
+            (f.culprit.rank, lag)
+        })
+        .collect();
+    (named, e.notes(), m)
+}
+
+/// A host late on every collective, with no TCP between the hosts: the collective bounds
+/// alone cannot tell its lateness from its clock's offset (the middle of the interval they
+/// allow hides half the lateness). With the recorders' wall clocks the offset is theirs
+/// (within the bounds): the rank is named with its whole lag, and the finding says how far
+/// the data alone could move it. Without them it is not named, and the notes say why.
+#[test]
+fn a_host_late_on_every_collective_is_neither_halved_nor_guessed() {
+    let late = 20_000_000;
+    let (named, _, m) = late_host(late, true);
+    assert_eq!(m.hosts[1].offset.method, ClockMethod::DataRealtime);
+    assert_eq!(named.len(), 1, "{named:?}");
+    let (rank, lag) = named[0];
+    assert_eq!(rank, Some(1));
+    assert!(
+        (18_000_000..=22_000_000).contains(&lag),
+        "lag {lag} ns, late by {late}: the whole lateness, not half"
+    );
+    let (named, notes, m) = late_host(late, false);
+    assert_eq!(m.hosts[1].offset.method, ClockMethod::Data);
+    assert!(named.is_empty(), "{named:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("clock alignment error")),
+        "{notes:?}"
+    );
 }

@@ -263,7 +263,13 @@ impl<'a> Bounded<'a> {
                 format!("the answer exceeds {MAX_REPLY} bytes"),
             ));
         }
-        let err = |e: std::io::Error| proto(self.addr, e.to_string());
+        let err = |e: std::io::Error| match e.kind() {
+            // The read timeout (the rest of the deadline) ran out.
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                proto(self.addr, "no complete answer in time")
+            }
+            _ => proto(self.addr, e.to_string()),
+        };
         self.stream.set_read_timeout(Some(left)).map_err(err)?;
         let mut chunk = [0u8; 8192];
         let n = self.stream.read(&mut chunk).map_err(err)?;

@@ -39,6 +39,36 @@ fn load(path: &Path) -> Result<Recording> {
     Ok(r)
 }
 
+/// Reads several files against one table of user probes (`record::read_all`), with the
+/// same progress and salvage messages as [`load`].
+fn load_all(paths: &[std::path::PathBuf]) -> Result<Vec<Recording>> {
+    if let [one] = paths {
+        return Ok(vec![load(one)?]);
+    }
+    let sizes: Vec<u64> = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let recs = record::read_all(paths, |i, done, total| {
+        if sizes.get(i).is_some_and(|&s| s > 64 << 20) && total > 0 {
+            eprint!(
+                "\rllmdd: reading {}: {:.0}%",
+                paths[i].display(),
+                done as f64 * 100.0 / total as f64
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    })?;
+    for r in &recs {
+        if let Some(msg) = r.salvage.message(&r.path) {
+            eprintln!("llmdd: warning: {msg}");
+        }
+    }
+    Ok(recs)
+}
+
 /// The outputs of `report`, as the session takes them.
 fn run_args(a: &ReportArgs) -> RunArgs {
     RunArgs {
@@ -89,10 +119,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
-    let mut recs = Vec::new();
-    for f in &args.files {
-        recs.push(load(f)?);
-    }
+    let recs = load_all(&args.files)?;
     let first = &recs[0];
     let mut run = RunInfo::start(first.meta.host.clone());
     run.kernel = KernelInfo {

@@ -584,6 +584,18 @@ pub fn parse(
     data: &[u8],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Recording, RecordError> {
+    parse_with(path, data, progress, None)
+}
+
+/// [`parse`], the recording's user probes registered as its own (`remap` None), or its user
+/// function ids renumbered through `remap` into a table registered for several recordings
+/// (`probes::read_all`).
+fn parse_with(
+    path: &Path,
+    data: &[u8],
+    progress: &mut dyn FnMut(u64, u64),
+    remap: Option<&[llmdd_common::funcs::FuncId]>,
+) -> Result<Recording, RecordError> {
     if data.len() < HEADER_LEN || &data[..8] != MAGIC {
         return Err(RecordError::NotARecord {
             path: path.to_path_buf(),
@@ -656,8 +668,10 @@ pub fn parse(
             KIND_META => match serde_json::from_slice::<Meta>(&raw) {
                 Ok(m) if meta.is_none() => {
                     // The recording's user probes give meaning to its user function ids.
-                    if let Err(e) = crate::userprobe::register(&m.user_probes) {
-                        tracing::warn!("{}: {e}", path.display());
+                    if remap.is_none() {
+                        if let Err(e) = crate::userprobe::register(&m.user_probes) {
+                            tracing::warn!("{}: {e}", path.display());
+                        }
                     }
                     meta = Some(m);
                 }
@@ -692,7 +706,7 @@ pub fn parse(
                 }
             },
             KIND_EVENTS => {
-                let chunk = decode_events(&raw, &mut rec.salvage);
+                let chunk = decode_events(&raw, &mut rec.salvage, remap);
                 rec.chunks.push(chunk);
             }
             // A chunk kind from a later writer: skipped, its frame is intact.
@@ -712,7 +726,11 @@ pub fn parse(
     Ok(rec)
 }
 
-fn decode_events(raw: &[u8], salvage: &mut Salvage) -> EventChunk {
+fn decode_events(
+    raw: &[u8],
+    salvage: &mut Salvage,
+    remap: Option<&[llmdd_common::funcs::FuncId]>,
+) -> EventChunk {
     let mut chunk = EventChunk::default();
     let Some(now) = raw.get(..8) else {
         return chunk;
@@ -727,7 +745,8 @@ fn decode_events(raw: &[u8], salvage: &mut Salvage) -> EventChunk {
             salvage.undecodable += 1;
             break;
         };
-        match Event::decode(bytes) {
+        let renumbered = remap.and_then(|m| probes::renumber(bytes, m));
+        match Event::decode(renumbered.as_deref().unwrap_or(bytes)) {
             Ok(ev) => chunk.events.push(ev),
             Err(crate::events::DecodeError::NotAnEvent(_)) => salvage.notices += 1,
             Err(_) => salvage.undecodable += 1,
@@ -736,6 +755,9 @@ fn decode_events(raw: &[u8], salvage: &mut Salvage) -> EventChunk {
     }
     chunk
 }
+
+mod probes;
+pub use probes::{read_all, union_of};
 
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,20 @@ fn scrape(addr: SocketAddr) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Where llmdd says it serves its metrics.
+fn metrics_addr(llmdd: &llmdd_tests::harness::Proc) -> SocketAddr {
+    let line = llmdd
+        .lines_of(Stream::Stderr)
+        .into_iter()
+        .find(|l| l.starts_with("llmdd: serving metrics on http://"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no metrics line:\n{}", llmdd.transcript()));
+    line.trim_start_matches("llmdd: serving metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("address in the metrics line")
+}
+
 /// (types by name, summed value by sample name and label fragment).
 struct Exposition {
     types: BTreeMap<String, String>,
@@ -87,17 +101,7 @@ fn live_metrics_endpoint_serves_conventional_metrics() {
         &["--no-tui", "--quiet", "--prometheus", "127.0.0.1:0"],
     )
     .expect("llmdd attaches");
-    let line = llmdd
-        .lines_of(Stream::Stderr)
-        .into_iter()
-        .find(|l| l.starts_with("llmdd: serving metrics on http://"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no metrics line:\n{}", llmdd.transcript()));
-    let addr: SocketAddr = line
-        .trim_start_matches("llmdd: serving metrics on http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .expect("address in the metrics line");
+    let addr = metrics_addr(&llmdd);
     assert!(addr.ip().is_loopback(), "{addr}");
     job.go().expect("releasing the job");
 
@@ -232,17 +236,7 @@ fn a_flood_of_slow_connections_costs_no_event() {
         ],
     )
     .expect("llmdd attaches");
-    let line = llmdd
-        .lines_of(Stream::Stderr)
-        .into_iter()
-        .find(|l| l.starts_with("llmdd: serving metrics on http://"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no metrics line:\n{}", llmdd.transcript()));
-    let addr: SocketAddr = line
-        .trim_start_matches("llmdd: serving metrics on http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .expect("address in the metrics line");
+    let addr = metrics_addr(&llmdd);
     let before = open_fds(llmdd.pid());
     job.go().expect("releasing the job");
     let started = Instant::now();

@@ -172,28 +172,22 @@ impl Merged {
                     .collect();
                 sources.sort_unstable();
                 sources.dedup();
+                let bounds = format!(
+                    "{} bound(s) in the data ({}){}",
+                    o.bounds,
+                    sources.join(", "),
+                    if o.inconsistent {
+                        " (bounds contradict each other: drift or misaligned streams)"
+                    } else {
+                        ""
+                    }
+                );
                 let how = match o.method {
                     ClockMethod::Reference => "reference clock".to_string(),
-                    ClockMethod::Data => format!(
-                        "from {} bound(s) in the data ({}){}",
-                        o.bounds,
-                        sources.join(", "),
-                        if o.inconsistent {
-                            " (bounds contradict each other: drift or misaligned streams)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    ClockMethod::DataRealtime => format!(
-                        "from the recorders' wall clocks, within {} bound(s) in the data ({}){}",
-                        o.bounds,
-                        sources.join(", "),
-                        if o.inconsistent {
-                            " (bounds contradict each other: drift or misaligned streams)"
-                        } else {
-                            ""
-                        }
-                    ),
+                    ClockMethod::Data => format!("from {bounds}"),
+                    ClockMethod::DataRealtime => {
+                        format!("from the recorders' wall clocks, within {bounds}")
+                    }
                     ClockMethod::Realtime => {
                         "from the recorders' wall clocks (no two-sided bound in the data)"
                             .to_string()

@@ -127,7 +127,12 @@ impl Follow {
         self.last_scan = Some(Instant::now());
         let me = std::process::id();
         let mut out = Vec::new();
-        for pid in procfs::all_pids() {
+        let live: BTreeSet<u32> = procfs::all_pids().into_iter().collect();
+        // Pids that are gone are forgotten (a node's churn would grow these sets without
+        // bound, and a reused pid is a new process to look at).
+        self.done.retain(|p| live.contains(p));
+        self.waiting.retain(|p, _| live.contains(p));
+        for &pid in &live {
             if pid == me || self.done.contains(&pid) {
                 continue;
             }

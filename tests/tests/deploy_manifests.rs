@@ -217,13 +217,31 @@ fn the_daemonset_has_what_tracing_needs() {
     // the container, the scrape annotations and the Service declare.
     let command = c.command.clone().unwrap_or_default();
     assert_eq!(command, ["/usr/local/bin/llmdd-node"], "{command:?}");
-    let args = c.args.clone().expect("args");
+    // It listens on the pod's IP (the node's address under host networking), which
+    // Kubernetes puts in $(POD_IP) from the downward API: not on every interface.
+    let pod_ip = c
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "POD_IP")
+        .and_then(|e| e.value_from?.field_ref)
+        .map(|f| f.field_path);
+    assert_eq!(pod_ip.as_deref(), Some("status.podIP"));
+    let args: Vec<String> = c
+        .args
+        .clone()
+        .expect("args")
+        .into_iter()
+        .map(|a| a.replace("$(POD_IP)", "10.1.2.3"))
+        .collect();
     let attach = parse_llmdd(&args).unwrap_or_else(|e| panic!("llmdd rejects {args:?}: {e}"));
     assert!(attach.all && attach.no_tui, "{args:?}");
     let listen = attach.run.prometheus.expect("--prometheus");
-    assert!(
-        listen.ip().is_unspecified(),
-        "{listen}: reachable from the scraper"
+    assert_eq!(
+        listen.ip().to_string(),
+        "10.1.2.3",
+        "{listen}: the pod's IP, reachable from the scraper"
     );
     let port = c
         .ports
@@ -816,7 +834,7 @@ fn scrape(addr: std::net::SocketAddr) -> String {
 fn every_label_the_queries_use_is_on_the_metrics_of_a_live_daemonset_command() {
     llmdd_tests::harness::require_root();
     // The DaemonSet's own command line, aimed at the simulated job instead of `--all` and
-    // at a free local port instead of 0.0.0.0:9400.
+    // at a free local port instead of the pod's IP, port 9400.
     let c = daemonset()
         .spec
         .and_then(|s| s.template.spec)
@@ -850,7 +868,7 @@ fn every_label_the_queries_use_is_on_the_metrics_of_a_live_daemonset_command() {
                     cmd.args(["--pid", &p.to_string()]);
                 }
             }
-            "0.0.0.0:9400" => {
+            "$(POD_IP):9400" => {
                 cmd.arg("127.0.0.1:0");
             }
             other => {

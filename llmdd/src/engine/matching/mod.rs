@@ -598,7 +598,7 @@ impl Lane {
         if (m as usize) < self.series_cap {
             self.members[m as usize]
                 .rank_latency
-                .get_or_insert_with(|| RollingHist::new(slice_ns, slices))
+                .get_or_insert_with(|| RollingHist::coarse(slice_ns, slices))
                 .record(t, d);
         }
     }
@@ -879,7 +879,7 @@ impl Lane {
             }
             self.members[mi]
                 .rank_lag
-                .get_or_insert_with(|| RollingHist::new(slice_ns, slices))
+                .get_or_insert_with(|| RollingHist::coarse(slice_ns, slices))
                 .record(first, e - first);
         }
         if let Some(s) = self.series_for(op, bytes) {

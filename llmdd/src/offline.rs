@@ -119,19 +119,126 @@ pub fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
-    let recs = load_all(&args.files)?;
-    let first = &recs[0];
-    let mut run = RunInfo::start(first.meta.host.clone());
+    match args.files.as_slice() {
+        [one] => report_one(&args, one, quiet),
+        _ => report_merged(&args, quiet),
+    }
+}
+
+/// The session of an offline report, described by the first recording's metadata.
+fn start(args: &ReportArgs, meta: &record::Meta, quiet: bool) -> Result<Session> {
+    let mut run = RunInfo::start(meta.host.clone());
     run.kernel = KernelInfo {
-        release: first.meta.kernel_release.clone(),
-        version: first.meta.kernel_version.clone(),
-        machine: first.meta.machine.clone(),
+        release: meta.kernel_release.clone(),
+        version: meta.kernel_version.clone(),
+        machine: meta.machine.clone(),
     };
-    run.started_unix_s = first.meta.started_unix_s;
-    let opts = run_args(&args);
+    run.started_unix_s = meta.started_unix_s;
+    let opts = run_args(args);
     let cfg = opts.engine_config.clone().unwrap_or_default();
     let mut session = Session::open_with(&opts, run, cfg)?;
     session.quiet = quiet;
+    Ok(session)
+}
+
+/// Prints how far a large file has been read (over 64 MiB), on one line.
+fn progress_line(path: &Path) -> impl FnMut(u64, u64) + '_ {
+    let show = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) > 64 << 20;
+    move |done, total| {
+        if show && total > 0 {
+            eprint!(
+                "\rllmdd: reading {}: {:.0}%",
+                path.display(),
+                done as f64 * 100.0 / total as f64
+            );
+            if done >= total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// One recording, streamed: a first pass reads everything but the events (processes,
+/// stacks, loss marks, the end), a second feeds the events to the engine a chunk at a time,
+/// so memory does not grow with the file.
+fn report_one(args: &ReportArgs, path: &Path, quiet: bool) -> Result<()> {
+    let r = record::scan(path, &mut |_, _| {})?;
+    let mut session = start(args, &r.meta, quiet)?;
+    for p in r.processes() {
+        session.register_process(p.hints(r.meta.host.clone()), p.info());
+    }
+    // Stacks named while recording (`record --stacks on`) fold the flame graph. (One host
+    // only: merged recordings renumber processes.)
+    if let Some(f) = session.outputs.flame.as_mut() {
+        for s in &r.stacks {
+            f.learn_stack((s.pid, s.id, s.caller), s.frames.clone().into());
+        }
+    }
+    let mut losses = Losses::default();
+    let (mut exited, mut failed) = (Vec::new(), None);
+    let (mut i, mut events, mut last_ns) = (0usize, 0u64, None);
+    let mut show = progress_line(path);
+    let read = record::visit(path, &mut show, &mut |chunk| {
+        if failed.is_some() {
+            return;
+        }
+        losses.replay(&mut session, r.losses.iter().filter(|(at, _)| *at == i));
+        events += chunk.events.len() as u64;
+        let mut batch = chunk.events;
+        if let Err(e) = session.ingest(&mut batch, &mut exited) {
+            failed = Some(e);
+        }
+        session.engine.advance(chunk.now_ns);
+        last_ns = Some(chunk.now_ns);
+        i += 1;
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(msg) = read.salvage.message(path) {
+        eprintln!("llmdd: warning: {msg}");
+    }
+    losses.replay(&mut session, r.losses.iter().filter(|(at, _)| *at >= i));
+    let end_ns = r
+        .end
+        .as_ref()
+        .map(|e| e.end_ns)
+        .or(last_ns)
+        .unwrap_or(r.meta.start_ns);
+    // A recording made before loss marks were written has only its end's counters: told at
+    // the end, the only time they are known at.
+    losses.report(
+        &mut session,
+        end_ns,
+        unmarked_losses(std::slice::from_ref(&r)),
+    );
+    let why = format!(
+        "recording of {} read back{}",
+        r.meta.host.as_deref().unwrap_or("one host"),
+        r.end
+            .as_ref()
+            .map(|e| format!("; recorder: {}", e.stopped_because))
+            .unwrap_or_else(|| "; the recorder did not stop cleanly".to_string())
+    );
+    let span = end_ns.saturating_sub(r.meta.start_ns);
+    let counters = sum_counters(std::slice::from_ref(&r));
+    session.finish(
+        &End {
+            records: r.end.as_ref().map_or(events, |e| e.records),
+            undecodable: read.salvage.undecodable,
+            counters: &counters,
+            why: &why,
+            duration_s: span as f64 / 1e9,
+        },
+        span as f64 / 1e9,
+    )
+}
+
+/// Several recordings merged into one job on one clock (every event held: the merge sorts
+/// them all).
+fn report_merged(args: &ReportArgs, quiet: bool) -> Result<()> {
+    let mut recs = load_all(&args.files)?;
+    let mut session = start(args, &recs[0].meta, quiet)?;
     let counters: Vec<u64> = sum_counters(&recs);
     let records: u64 = recs
         .iter()
@@ -144,113 +251,68 @@ fn report_inner(args: ReportArgs, quiet: bool) -> Result<()> {
         .sum();
     let undecodable: u64 = recs.iter().map(|r| r.salvage.undecodable).sum();
     let mut exited = Vec::new();
-    let (span, why) = if recs.len() == 1 {
-        let r = &recs[0];
-        for p in r.processes() {
-            session.register_process(p.hints(r.meta.host.clone()), p.info());
+    let hosts: Vec<crate::merge::HostRecording> = recs.iter_mut().map(|r| r.take_host()).collect();
+    let merged = crate::merge::merge(hosts).context("merging the recordings")?;
+    if !quiet {
+        for line in merged.clock_lines() {
+            eprintln!("llmdd: {line}");
         }
-        // Stacks named while recording (`record --stacks on`) fold the flame graph. (One
-        // host only: merged recordings renumber processes.)
-        if let Some(f) = session.outputs.flame.as_mut() {
-            for s in &r.stacks {
-                f.learn_stack((s.pid, s.id, s.caller), s.frames.clone().into());
-            }
+    }
+    session.job = serde_json::to_value(&merged).ok();
+    session.engine.set_host_clocks(merged.host_clocks());
+    for (id, hints) in &merged.registrations {
+        let proc = merged.process(*id);
+        let info = proc
+            .and_then(|jp| {
+                let r = recs
+                    .iter()
+                    .find(|r| r.meta.host.as_deref() == Some(jp.host.as_str()))?;
+                r.processes().into_iter().find(|p| p.pid == jp.pid)
+            })
+            .map(|p| {
+                let mut i = p.info();
+                i.pid = *id;
+                i
+            })
+            .unwrap_or_else(|| crate::views::run::ProcInfo {
+                pid: *id,
+                comm: proc
+                    .map(|p| format!("{}:{}", p.host, p.pid))
+                    .unwrap_or_default(),
+                ..Default::default()
+            });
+        session.register_process(hints.clone(), info);
+    }
+    let marks = merged_marks(&recs, &merged);
+    let mut next = 0;
+    let mut losses = Losses::default();
+    for part in merged.events.chunks(BATCH) {
+        let last = part.last().map(event_time).unwrap_or(0);
+        let mut batch = part.to_vec();
+        session.ingest(&mut batch, &mut exited)?;
+        while let Some(&(t, total)) = marks.get(next).filter(|(t, _)| *t <= last) {
+            losses.report(&mut session, t, total);
+            next += 1;
         }
-        let end_ns = r
-            .end
-            .as_ref()
-            .map(|e| e.end_ns)
-            .or_else(|| r.chunks.last().map(|c| c.now_ns))
-            .unwrap_or(r.meta.start_ns);
-        let mut losses = Losses::default();
-        for (i, chunk) in r.chunks.iter().enumerate() {
-            losses.replay(&mut session, r.losses.iter().filter(|(at, _)| *at == i));
-            let mut batch = chunk.events.clone();
-            session.ingest(&mut batch, &mut exited)?;
-            session.engine.advance(chunk.now_ns);
+        session.engine.advance(last);
+    }
+    let end = merged.events.last().map(event_time).unwrap_or(0);
+    for &(t, total) in &marks[next..] {
+        losses.report(&mut session, t.max(end), total);
+    }
+    losses.report(&mut session, end, losses.told + unmarked_losses(&recs));
+    let span = match merged.window_ns {
+        Some((a, b)) => b.saturating_sub(a),
+        None => {
+            let first = merged.events.first().map(event_time).unwrap_or(0);
+            let last = merged.events.last().map(event_time).unwrap_or(0);
+            last.saturating_sub(first)
         }
-        let n = r.chunks.len();
-        losses.replay(&mut session, r.losses.iter().filter(|(at, _)| *at >= n));
-        // A recording made before loss marks were written has only its end's counters: told
-        // at the end, the only time they are known at.
-        losses.report(
-            &mut session,
-            end_ns,
-            unmarked_losses(std::slice::from_ref(r)),
-        );
-        let why = format!(
-            "recording of {} read back{}",
-            r.meta.host.as_deref().unwrap_or("one host"),
-            r.end
-                .as_ref()
-                .map(|e| format!("; recorder: {}", e.stopped_because))
-                .unwrap_or_else(|| "; the recorder did not stop cleanly".to_string())
-        );
-        (end_ns.saturating_sub(r.meta.start_ns), why)
-    } else {
-        let hosts: Vec<crate::merge::HostRecording> = recs.iter().map(|r| r.to_host()).collect();
-        let merged = crate::merge::merge(hosts).context("merging the recordings")?;
-        if !quiet {
-            for line in merged.clock_lines() {
-                eprintln!("llmdd: {line}");
-            }
-        }
-        session.job = serde_json::to_value(&merged).ok();
-        session.engine.set_host_clocks(merged.host_clocks());
-        for (id, hints) in &merged.registrations {
-            let proc = merged.process(*id);
-            let info = proc
-                .and_then(|jp| {
-                    let r = recs
-                        .iter()
-                        .find(|r| r.meta.host.as_deref() == Some(jp.host.as_str()))?;
-                    r.processes().into_iter().find(|p| p.pid == jp.pid)
-                })
-                .map(|p| {
-                    let mut i = p.info();
-                    i.pid = *id;
-                    i
-                })
-                .unwrap_or_else(|| crate::views::run::ProcInfo {
-                    pid: *id,
-                    comm: proc
-                        .map(|p| format!("{}:{}", p.host, p.pid))
-                        .unwrap_or_default(),
-                    ..Default::default()
-                });
-            session.register_process(hints.clone(), info);
-        }
-        let marks = merged_marks(&recs, &merged);
-        let mut next = 0;
-        let mut losses = Losses::default();
-        for part in merged.events.chunks(BATCH) {
-            let last = part.last().map(event_time).unwrap_or(0);
-            let mut batch = part.to_vec();
-            session.ingest(&mut batch, &mut exited)?;
-            while let Some(&(t, total)) = marks.get(next).filter(|(t, _)| *t <= last) {
-                losses.report(&mut session, t, total);
-                next += 1;
-            }
-            session.engine.advance(last);
-        }
-        let end = merged.events.last().map(event_time).unwrap_or(0);
-        for &(t, total) in &marks[next..] {
-            losses.report(&mut session, t.max(end), total);
-        }
-        losses.report(&mut session, end, losses.told + unmarked_losses(&recs));
-        let span = match merged.window_ns {
-            Some((a, b)) => b.saturating_sub(a),
-            None => {
-                let first = merged.events.first().map(event_time).unwrap_or(0);
-                let last = merged.events.last().map(event_time).unwrap_or(0);
-                last.saturating_sub(first)
-            }
-        };
-        (
-            span,
-            format!("{} recordings merged into one job", recs.len()),
-        )
     };
+    let (span, why) = (
+        span,
+        format!("{} recordings merged into one job", recs.len()),
+    );
     session.finish(
         &End {
             records,
@@ -351,15 +413,30 @@ pub fn export(args: ExportArgs) -> Result<()> {
     if args.format != "jsonl" {
         bail!("unknown format `{}`: use jsonl", args.format);
     }
-    let r = load(&args.file)?;
+    // Streamed: a chunk of events in memory at a time, whatever the file's size.
+    record::scan(&args.file, &mut |_, _| {})?;
     let mut out = create_output(&args.output)?;
-    let mut n = 0u64;
-    for ev in r.events() {
-        serde_json::to_writer(&mut out, ev)
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        out.write_all(b"\n")
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        n += 1;
+    let (mut n, mut failed) = (0u64, None);
+    let mut show = progress_line(&args.file);
+    let read = record::visit(&args.file, &mut show, &mut |chunk| {
+        for ev in &chunk.events {
+            if failed.is_some() {
+                return;
+            }
+            let written = serde_json::to_writer(&mut out, ev)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            match written {
+                Ok(()) => n += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e).with_context(|| format!("writing {}", args.output.display()));
+    }
+    if let Some(msg) = read.salvage.message(&args.file) {
+        eprintln!("llmdd: warning: {msg}");
     }
     out.flush()
         .with_context(|| format!("writing {}", args.output.display()))?;

@@ -493,6 +493,8 @@ pub struct Recording {
     pub stacks: Vec<RecStack>,
     /// Loss marks, each with the number of events chunks read before it.
     pub losses: Vec<(usize, LossMark)>,
+    /// Events chunks read (or skipped, by [`scan`]).
+    pub event_chunks: usize,
     pub salvage: Salvage,
 }
 
@@ -555,6 +557,15 @@ impl Recording {
             span_ns: self.end.as_ref().map(|e| (self.meta.start_ns, e.end_ns)),
         }
     }
+
+    /// [`Recording::to_host`], moving the events out instead of copying them (the
+    /// recording keeps everything else).
+    pub fn take_host(&mut self) -> crate::merge::HostRecording {
+        let chunks = std::mem::take(&mut self.chunks);
+        let mut h = self.to_host();
+        h.events = chunks.into_iter().flat_map(|c| c.events).collect();
+        h
+    }
 }
 
 /// Reads a whole record file, salvaging what precedes any damage. `progress` is called
@@ -584,28 +595,54 @@ pub fn parse(
     data: &[u8],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Recording, RecordError> {
-    parse_with(path, data, progress, None)
+    parse_with(path, data, progress, Probes::Register)
 }
 
-/// [`parse`], the recording's user probes registered as its own (`remap` None), or its user
-/// function ids renumbered through `remap` into a table registered for several recordings
-/// (`probes::read_all`).
+/// What the parser does with the user probes in a recording's metadata.
+#[derive(Clone, Copy)]
+pub(super) enum Probes<'a> {
+    /// Registers them as the run's (one recording).
+    Register,
+    /// Renumbers the recording's user function ids into a table registered for several
+    /// recordings (`probes::read_all`).
+    Renumber(&'a [llmdd_common::funcs::FuncId]),
+    /// Leaves them: already registered by an earlier pass over the same file.
+    AsRegistered,
+}
+
+/// What the parser does with events chunks.
+pub(super) enum Events<'a> {
+    /// Decodes them into `Recording::chunks`.
+    Keep,
+    /// Skips them unread (counted, for the loss marks' places).
+    Skip,
+    /// Decodes each and hands it over, keeping none.
+    Visit(&'a mut dyn FnMut(EventChunk)),
+}
+
+/// [`parse`], the recording's user probes handled as `probes` says.
 fn parse_with(
     path: &Path,
     data: &[u8],
     progress: &mut dyn FnMut(u64, u64),
-    remap: Option<&[llmdd_common::funcs::FuncId]>,
+    probes: Probes<'_>,
 ) -> Result<Recording, RecordError> {
-    if data.len() < HEADER_LEN || &data[..8] != MAGIC {
+    check_header(path, data.get(..HEADER_LEN))?;
+    let mut frames = frames::Slice {
+        data,
+        at: HEADER_LEN,
+    };
+    parse_frames(path, &mut frames, progress, probes, Events::Keep)
+}
+
+/// Checks the file header: magic, version and record layout.
+fn check_header(path: &Path, head: Option<&[u8]>) -> Result<(), RecordError> {
+    let Some(head) = head.filter(|h| h.len() >= HEADER_LEN && &h[..8] == MAGIC) else {
         return Err(RecordError::NotARecord {
             path: path.to_path_buf(),
         });
-    }
-    let word = |at: usize| -> u32 {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(&data[at..at + 4]);
-        u32::from_le_bytes(b)
     };
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
     let version = word(8);
     if version != VERSION {
         return Err(RecordError::Version {
@@ -621,109 +658,149 @@ fn parse_with(
             expected: llmdd_common::FORMAT_VERSION,
         });
     }
+    Ok(())
+}
+
+/// Reads every frame of `frames`: the metadata, stacks and loss marks into the recording,
+/// events as `events` says, stopping at the first damaged frame (said in the salvage).
+fn parse_frames(
+    path: &Path,
+    frames: &mut dyn frames::Frames,
+    progress: &mut dyn FnMut(u64, u64),
+    probes: Probes<'_>,
+    mut events: Events<'_>,
+) -> Result<Recording, RecordError> {
     let mut rec = Recording::default();
     let mut meta: Option<Meta> = None;
-    let mut at = HEADER_LEN;
-    let total = data.len() as u64;
-    let mut since_progress = 0usize;
-    while at < data.len() {
-        let stop = |why: &str, rec: &mut Recording| {
-            rec.salvage.stopped_early = Some(format!("{why} at byte {at}"));
-            rec.salvage.bytes_skipped = (data.len() - at) as u64;
-        };
-        let Some(head) = data.get(at..at + CHUNK_HEADER_LEN) else {
-            stop("a chunk header cut short", &mut rec);
-            break;
-        };
-        if &head[..4] != CHUNK_MAGIC {
-            stop("no chunk starts", &mut rec);
-            break;
-        }
-        let field = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-        let (kind, len, raw_len, crc) = (head[4], field(8), field(12), field(16));
-        if len > MAX_CHUNK || raw_len > MAX_CHUNK {
-            stop("a chunk with an impossible length", &mut rec);
-            break;
-        }
-        let body_at = at + CHUNK_HEADER_LEN;
-        let Some(payload) = data.get(body_at..body_at + len as usize) else {
-            stop("a chunk cut short", &mut rec);
-            break;
-        };
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&head[4..16]);
-        hasher.update(payload);
-        if hasher.finalize() != crc {
-            stop("a chunk failing its checksum", &mut rec);
-            break;
-        }
-        let raw = match zstd::bulk::decompress(payload, raw_len as usize) {
-            Ok(r) if r.len() == raw_len as usize => r,
-            _ => {
-                stop("a chunk that does not decompress", &mut rec);
+    let total = frames.total();
+    let mut event_chunks = 0usize;
+    let mut last_progress = 0u64;
+    let remap = match probes {
+        Probes::Renumber(m) => Some(m),
+        _ => None,
+    };
+    loop {
+        let at = frames.at();
+        let (kind, raw) = match frames.next(matches!(events, Events::Skip)) {
+            frames::Next::Done => break,
+            frames::Next::Stop(why) => {
+                rec.salvage.stopped_early = Some(format!("{why} at byte {at}"));
+                rec.salvage.bytes_skipped = total.saturating_sub(at);
                 break;
             }
+            frames::Next::Frame { kind, raw } => (kind, raw),
         };
-        match kind {
+        let raw = raw.unwrap_or_default();
+        let bad = match kind {
             KIND_META => match serde_json::from_slice::<Meta>(&raw) {
                 Ok(m) if meta.is_none() => {
                     // The recording's user probes give meaning to its user function ids.
-                    if remap.is_none() {
+                    if matches!(probes, Probes::Register) {
                         if let Err(e) = crate::userprobe::register(&m.user_probes) {
                             tracing::warn!("{}: {e}", path.display());
                         }
                     }
                     meta = Some(m);
+                    None
                 }
-                Ok(_) => {}
-                Err(_) => {
-                    stop("unreadable metadata", &mut rec);
-                    break;
-                }
+                Ok(_) => None,
+                Err(_) => Some("unreadable metadata"),
             },
             KIND_END => match serde_json::from_slice::<End>(&raw) {
                 Ok(e) => {
                     rec.end = Some(e);
                     rec.salvage.complete = true;
+                    None
                 }
-                Err(_) => {
-                    stop("unreadable end metadata", &mut rec);
-                    break;
-                }
+                Err(_) => Some("unreadable end metadata"),
             },
             KIND_STACKS => match serde_json::from_slice::<Vec<RecStack>>(&raw) {
-                Ok(s) => rec.stacks.extend(s),
-                Err(_) => {
-                    stop("unreadable stack names", &mut rec);
-                    break;
+                Ok(s) => {
+                    rec.stacks.extend(s);
+                    None
                 }
+                Err(_) => Some("unreadable stack names"),
             },
             KIND_LOSS => match serde_json::from_slice::<LossMark>(&raw) {
-                Ok(m) => rec.losses.push((rec.chunks.len(), m)),
-                Err(_) => {
-                    stop("an unreadable loss mark", &mut rec);
-                    break;
+                Ok(m) => {
+                    rec.losses.push((event_chunks, m));
+                    None
                 }
+                Err(_) => Some("an unreadable loss mark"),
             },
             KIND_EVENTS => {
-                let chunk = decode_events(&raw, &mut rec.salvage, remap);
-                rec.chunks.push(chunk);
+                event_chunks += 1;
+                match &mut events {
+                    Events::Skip => {}
+                    Events::Keep => rec
+                        .chunks
+                        .push(decode_events(&raw, &mut rec.salvage, remap)),
+                    Events::Visit(f) => f(decode_events(&raw, &mut rec.salvage, remap)),
+                }
+                None
             }
             // A chunk kind from a later writer: skipped, its frame is intact.
-            _ => {}
+            _ => None,
+        };
+        if let Some(why) = bad {
+            rec.salvage.stopped_early = Some(format!("{why} at byte {at}"));
+            rec.salvage.bytes_skipped = total.saturating_sub(at);
+            break;
         }
         rec.salvage.chunks += 1;
-        at = body_at + len as usize;
-        since_progress += CHUNK_HEADER_LEN + len as usize;
-        if since_progress >= 8 << 20 {
-            since_progress = 0;
-            progress(at as u64, total);
+        if frames.at() - last_progress >= 8 << 20 {
+            last_progress = frames.at();
+            progress(last_progress, total);
         }
     }
+    rec.event_chunks = event_chunks;
     rec.meta = meta.ok_or_else(|| RecordError::NoMeta {
         path: path.to_path_buf(),
     })?;
     Ok(rec)
+}
+
+/// Opens a record file for streaming: its frames after a checked header.
+fn stream(path: &Path) -> Result<frames::Stream, RecordError> {
+    let open_err = |source| RecordError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let total = file.metadata().map(|m| m.len()).map_err(open_err)?;
+    let mut head = [0u8; HEADER_LEN];
+    let got = file.read(&mut head).map_err(open_err)?;
+    check_header(path, head.get(..got))?;
+    Ok(frames::Stream::new(file, HEADER_LEN as u64, total))
+}
+
+/// Reads a record file without its events, streaming it (one chunk in memory at a time):
+/// metadata, end, stacks, loss marks (placed by events chunk), the salvage, and
+/// `event_chunks`. The recording's user probes are registered. Events come with [`visit`].
+pub fn scan(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Recording, RecordError> {
+    let mut frames = stream(path)?;
+    let mut r = parse_frames(path, &mut frames, progress, Probes::Register, Events::Skip)?;
+    r.path = path.to_path_buf();
+    Ok(r)
+}
+
+/// Streams the events of a record file [`scan`]ned before, one chunk at a time, to `f`;
+/// returns the recording without its events (its salvage counts undecodable records).
+pub fn visit(
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    f: &mut dyn FnMut(EventChunk),
+) -> Result<Recording, RecordError> {
+    let mut frames = stream(path)?;
+    let mut r = parse_frames(
+        path,
+        &mut frames,
+        progress,
+        Probes::AsRegistered,
+        Events::Visit(f),
+    )?;
+    r.path = path.to_path_buf();
+    Ok(r)
 }
 
 fn decode_events(
@@ -756,6 +833,7 @@ fn decode_events(
     chunk
 }
 
+mod frames;
 mod probes;
 pub use probes::{read_all, union_of};
 

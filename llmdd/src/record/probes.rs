@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use llmdd_common::funcs::{FuncId, USER_BASE};
 
-use super::{parse_with, Meta, RecordError, Recording};
+use super::{parse_with, Meta, Probes, RecordError, Recording};
 use crate::userprobe::{UserProbe, MAX_LABEL};
 
 /// Reads `paths` against one table of user probes (see the module), registered for the
@@ -31,7 +31,12 @@ pub fn read_all(
     for (i, (p, map)) in paths.iter().zip(&maps).enumerate() {
         let data = read_bytes(p)?;
         let size = data.len() as u64;
-        let mut r = parse_with(p, &data, &mut |d, t| progress(i, d, t), Some(map))?;
+        let mut r = parse_with(
+            p,
+            &data,
+            &mut |d, t| progress(i, d, t),
+            Probes::Renumber(map),
+        )?;
         progress(i, size, size);
         r.path = p.clone();
         out.push(r);
@@ -63,7 +68,7 @@ fn meta_of(path: &Path) -> Result<Meta, RecordError> {
     let got = f.read(&mut body).unwrap_or(0);
     body.truncate(got);
     head.extend_from_slice(&body);
-    parse_with(path, &head, &mut |_, _| {}, Some(&[])).map(|r| r.meta)
+    parse_with(path, &head, &mut |_, _| {}, Probes::Renumber(&[])).map(|r| r.meta)
 }
 
 /// The union of the recordings' user probes, and for each recording the union index of each

@@ -235,3 +235,57 @@ fn loss_marks_keep_their_place_and_count_when_the_end_is_missing() {
     assert!(r.end.is_none());
     assert_eq!(LossMark::lost(&r.final_counters()), 12);
 }
+
+/// Streaming gives what reading the whole file gives: `scan` everything but the events (and
+/// the loss marks' places), `visit` the events a chunk at a time; on a damaged file both
+/// stop at the same byte.
+#[test]
+fn scan_and_visit_stream_what_read_reads() {
+    let p = tmp("stream.rec");
+    let mut w = Writer::create(&p).expect("create");
+    w.meta(&meta()).expect("meta");
+    for i in 0..6000u64 {
+        w.record(&call_bytes(7, 2000 + i), 5000 + i)
+            .expect("record");
+        if i == 4500 {
+            w.losses(&LossMark {
+                at_ns: 7000,
+                counters: vec![1; llmdd_common::counters::COUNT as usize],
+            })
+            .expect("mark");
+        }
+    }
+    w.finish(&End {
+        records: 6000,
+        ..End::default()
+    })
+    .expect("finish");
+    drop(w);
+    let whole = read(&p, |_, _| {}).expect("read");
+    let scanned = scan(&p, &mut |_, _| {}).expect("scan");
+    assert!(scanned.chunks.is_empty());
+    assert_eq!(scanned.event_chunks, whole.chunks.len());
+    assert_eq!(scanned.losses, whole.losses);
+    assert_eq!(
+        (scanned.end.clone(), scanned.meta.clone()),
+        (whole.end.clone(), whole.meta.clone())
+    );
+    let mut seen = Vec::new();
+    let visited = visit(&p, &mut |_, _| {}, &mut |c| seen.push(c.events.len())).expect("visit");
+    assert_eq!(
+        seen,
+        whole
+            .chunks
+            .iter()
+            .map(|c| c.events.len())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(visited.salvage, whole.salvage);
+    // Cut inside the last events chunk.
+    let data = std::fs::read(&p).expect("bytes");
+    std::fs::write(&p, &data[..data.len() - 200]).expect("cut");
+    let cut = read(&p, |_, _| {}).expect("salvaged");
+    let streamed = visit(&p, &mut |_, _| {}, &mut |_| {}).expect("salvaged");
+    assert_eq!(streamed.salvage, cut.salvage);
+    assert!(cut.salvage.stopped_early.is_some());
+}

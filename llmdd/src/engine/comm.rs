@@ -103,7 +103,14 @@ pub struct Comms {
     /// Ranks read through a library's layout that failed the plausibility check (see
     /// [`plausible`]): (pid, rank, size read), once per process.
     pub untrusted: Vec<(u32, i32, i32)>,
+    /// Handles whose rank and size, read on a later call, differed from what placed the
+    /// member: (pid, placed (rank, size), read (rank, size)), once per process. A layout that
+    /// reads the right fields reads the same values on every call of one communicator.
+    pub unstable: Vec<(u32, RankRead, RankRead)>,
 }
+
+/// A (rank, size) pair read through a layout.
+pub type RankRead = (u32, u32);
 
 /// Processes whose untrusted reads are remembered for the notes.
 const MAX_UNTRUSTED: usize = 64;
@@ -347,8 +354,22 @@ impl Comms {
             let comm = &mut self.list[c as usize];
             comm.last_sig = f.sig;
             let lane = comm.lane;
+            let placed = comm.members[m as usize].rank.zip(comm.nranks);
+            let lm = comm.members[m as usize].lane_member;
+            // Read again on this call: the same values, or a layout not to be trusted. (An
+            // implausible read was said when the member was placed from its environment.)
+            let hints = &procs.proc(f.proc).hints;
+            let now = valid(f.rank, f.nranks).filter(|&rn| plausible(rn, hints));
+            if let (Some(p), Some(now)) = (placed, now) {
+                if p != now
+                    && self.unstable.len() < MAX_UNTRUSTED
+                    && !self.unstable.iter().any(|u| u.0 == f.pid)
+                {
+                    self.unstable.push((f.pid, p, now));
+                }
+            }
+            let comm = &mut self.list[c as usize];
             let member = &mut comm.members[m as usize];
-            let lm = member.lane_member;
             if member.rank.is_none() {
                 // Split children learn ranks from their first calls.
                 let hints = &procs.proc(f.proc).hints;

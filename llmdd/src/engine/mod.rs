@@ -464,6 +464,13 @@ impl Engine {
                 util::fmt_ns(v.median_lag_ns),
             ));
         }
+        out.extend(self.comms.unstable.iter().map(|&(pid, (r, n), (r2, n2))| {
+            format!(
+                "pid {pid}: its communicator handle read rank {r} of {n} when it was placed and \
+                 rank {r2} of {n2} on a later call: the library's layout does not read stable \
+                 fields, so findings on that communicator rest on the first values read"
+            )
+        }));
         out.extend(self.comms.untrusted.iter().map(|&(pid, r, n)| {
             let h = self
                 .procs

@@ -1814,3 +1814,43 @@ fn a_128_rank_communicator_is_handled_whole() {
     assert_eq!(f.len(), 1, "{:#?}", e.findings());
     assert_eq!(f[0].culprit.rank, Some(127));
 }
+
+/// A layout that reads other fields may read plausible values that change from call to call:
+/// the member stays where its first read placed it, and a note says the reads were not stable.
+#[test]
+fn ranks_that_change_between_calls_are_noted() {
+    let mut job = Job::new(3);
+    job.init = false;
+    let mut e = Engine::new(Config::default());
+    let events = job.events(0, 20).into_iter().map(|ev| match ev {
+        Event::Call(mut c)
+            if c.func == ALL_REDUCE && c.pid == job.pid(2) && c.entry_ns > T0 + 10 * job.period =>
+        {
+            c.rank = Some(1);
+            Event::Call(c)
+        }
+        ev => ev,
+    });
+    e.ingest_batch(events.collect::<Vec<_>>());
+    e.flush();
+    let notes = e.notes();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&format!("pid {}", job.pid(2)))
+                && n.contains("rank 2 of 3")
+                && n.contains("rank 1 of 3")),
+        "{notes:?}"
+    );
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 1);
+    assert_eq!(
+        s.communicators[0]
+            .lane
+            .members
+            .iter()
+            .filter(|m| m.rank == Some(2))
+            .count(),
+        1
+    );
+}

@@ -45,6 +45,21 @@ pub struct OpRow {
     pub skew_p50_ns: u64,
     pub skew_p99_ns: u64,
     pub busbw_gbps: Option<f64>,
+    /// Arrival skew p50 at each of the last refreshes, oldest first (at most [`TREND`]).
+    pub trend: Vec<u64>,
+}
+
+/// Refreshes a row's trend remembers.
+pub const TREND: usize = 12;
+
+/// `prev`'s trend with `now` appended, the oldest dropped past [`TREND`].
+fn extend_trend(prev: Option<&[u64]>, now: u64) -> Vec<u64> {
+    let mut t: Vec<u64> = prev.unwrap_or_default().to_vec();
+    t.push(now);
+    if t.len() > TREND {
+        t.drain(..t.len() - TREND);
+    }
+    t
 }
 
 /// One row of the per-rank lateness pane.
@@ -62,6 +77,8 @@ pub struct RankRow {
     pub latency_p50_ns: u64,
     /// Named in an active straggler finding.
     pub straggler: bool,
+    /// Lag p50 at each of the last refreshes, oldest first (at most [`TREND`]).
+    pub trend: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -160,6 +177,22 @@ impl Model {
                     .collect()
             })
             .unwrap_or_default();
+        let prev_op_trend: BTreeMap<(&str, &str, &str), &[u64]> = prev
+            .map(|p| {
+                p.ops
+                    .iter()
+                    .map(|o| ((o.comm.as_str(), o.op, o.size.as_str()), o.trend.as_slice()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prev_rank_trend: BTreeMap<(&str, u32), &[u64]> = prev
+            .map(|p| {
+                p.ranks
+                    .iter()
+                    .map(|r| ((r.comm.as_str(), r.pid), r.trend.as_slice()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut ops = Vec::new();
         let mut ranks = Vec::new();
         let stragglers: Vec<(Option<u32>, Option<String>)> = snap
@@ -201,6 +234,12 @@ impl Model {
                     skew_p50_ns: o.skew.p50,
                     skew_p99_ns: o.skew.p99,
                     busbw_gbps: o.busbw_gbps_p50,
+                    trend: extend_trend(
+                        prev_op_trend
+                            .get(&(lane.id.as_str(), o.op, o.size.as_str()))
+                            .copied(),
+                        o.skew.p50,
+                    ),
                 });
             }
             for m in &lane.members {
@@ -218,6 +257,10 @@ impl Model {
                     straggler: stragglers.iter().any(|(p, c)| {
                         *p == Some(m.pid) && c.as_deref().is_none_or(|c| c == lane.id)
                     }),
+                    trend: extend_trend(
+                        prev_rank_trend.get(&(lane.id.as_str(), m.pid)).copied(),
+                        m.lag.p50,
+                    ),
                 });
             }
         }

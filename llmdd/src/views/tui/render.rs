@@ -23,6 +23,38 @@ pub fn dur(ns: u64) -> String {
     }
 }
 
+/// A sparkline of `values` in block characters, scaled from 0 to the largest of them (so a
+/// flat row reads flat and one that climbs reads as climbing), the latest on the right.
+pub fn spark(values: &[u64]) -> String {
+    spark_to(values, values.iter().copied().max().unwrap_or(0))
+}
+
+/// A sparkline of `values` scaled from 0 to `top` (values above it show full).
+pub fn spark_to(values: &[u64], top: u64) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    values
+        .iter()
+        .map(|&v| match top {
+            0 => BARS[0],
+            t => BARS[((v.min(t) as u128 * 7 + t as u128 / 2) / t as u128) as usize],
+        })
+        .collect()
+}
+
+/// The latest values of `trend` that fit what `widths` (the other columns) leave of `area`
+/// (borders and one space between columns taken off), as a sparkline; none when nothing is
+/// left (a narrow terminal keeps the figures).
+fn trend_cell(trend: &[u64], top: Option<u64>, area: Rect, widths: &[u16]) -> (String, u16) {
+    let used: u16 = widths.iter().sum::<u16>() + widths.len() as u16 + 2;
+    let w = area.width.saturating_sub(used).min(super::TREND as u16);
+    let shown = &trend[trend.len().saturating_sub(w as usize)..];
+    let line = match top {
+        Some(t) => spark_to(shown, t),
+        None => spark(shown),
+    };
+    (line, w)
+}
+
 fn short(id: &str) -> &str {
     &id[..8.min(id.len())]
 }
@@ -123,7 +155,9 @@ fn header(cells: &[&'static str]) -> Row<'static> {
 /// Communicators × ops: calls/s, host call time p50/p99, completion bound p50, arrival skew,
 /// bus bandwidth.
 pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
+    const WIDTHS: [u16; 11] = [11, 7, 12, 8, 7, 7, 8, 8, 8, 15, 6];
     let rows = ops(m, ui);
+    let trend_w = trend_cell(&[], None, area, &WIDTHS).1;
     let body: Vec<Row> = rows
         .iter()
         .map(|o| {
@@ -145,50 +179,49 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                 o.busbw_gbps
                     .map(|g| format!("{g:.2}"))
                     .unwrap_or_else(|| "-".into()),
+                trend_cell(&o.trend, None, area, &WIDTHS).0,
             ])
         })
         .collect();
     let n = body.len();
-    let t = Table::new(
-        body,
-        [
-            Constraint::Length(11),
-            Constraint::Length(7),
-            Constraint::Length(12),
-            Constraint::Length(8),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(15),
-            Constraint::Length(6),
-        ],
-    )
-    .header(header(&[
-        "comm/n",
-        "backend",
-        "op",
-        "size",
-        "calls",
-        "calls/s",
-        "call p50",
-        "call p99",
-        "done p50",
-        "skew p50/p99",
-        "GB/s",
-    ]))
-    .row_highlight_style(HIGHLIGHT)
-    .block(block(
-        format!(" {} ({n}) ", Pane::Comms.title()),
-        ui.focus == Pane::Comms,
-    ));
+    let widths = WIDTHS
+        .iter()
+        .chain(std::iter::once(&trend_w))
+        .map(|&w| Constraint::Length(w));
+    let t = Table::new(body, widths)
+        .header(header(&[
+            "comm/n",
+            "backend",
+            "op",
+            "size",
+            "calls",
+            "calls/s",
+            "call p50",
+            "call p99",
+            "done p50",
+            "skew p50/p99",
+            "GB/s",
+            "skew trend",
+        ]))
+        .row_highlight_style(HIGHLIGHT)
+        .block(block(
+            format!(" {} ({n}) ", Pane::Comms.title()),
+            ui.focus == Pane::Comms,
+        ));
     f.render_stateful_widget(t, area, &mut state(ui, Pane::Comms, n));
 }
 
 /// Per-rank lateness: arrival lag behind the first rank, per communicator.
 pub fn ranks_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
+    const WIDTHS: [u16; 10] = [8, 4, 7, 7, 6, 8, 8, 8, 8, 9];
     let rows = ranks(m, ui);
+    let trend_w = trend_cell(&[], None, area, &WIDTHS).1;
+    // Every rank of a communicator on one scale: the late one's bars stand out.
+    let mut tops: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in &rows {
+        let t = tops.entry(r.comm.as_str()).or_default();
+        *t = (*t).max(r.trend.iter().copied().max().unwrap_or(0));
+    }
     let body: Vec<Row> = rows
         .iter()
         .map(|r| {
@@ -207,6 +240,7 @@ pub fn ranks_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                 } else {
                     String::new()
                 },
+                trend_cell(&r.trend, tops.get(r.comm.as_str()).copied(), area, &WIDTHS).0,
             ]);
             if r.straggler {
                 row.style(Style::default().fg(Color::Yellow))
@@ -216,29 +250,29 @@ pub fn ranks_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         })
         .collect();
     let n = body.len();
-    let t = Table::new(
-        body,
-        [
-            Constraint::Length(8),
-            Constraint::Length(4),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(6),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(9),
-        ],
-    )
-    .header(header(&[
-        "comm", "rank", "pid", "state", "calls", "lag p50", "lag p99", "lag max", "lat p50", "",
-    ]))
-    .row_highlight_style(HIGHLIGHT)
-    .block(block(
-        format!(" {} ({n}) ", Pane::Ranks.title()),
-        ui.focus == Pane::Ranks,
-    ));
+    let widths = WIDTHS
+        .iter()
+        .chain(std::iter::once(&trend_w))
+        .map(|&w| Constraint::Length(w));
+    let t = Table::new(body, widths)
+        .header(header(&[
+            "comm",
+            "rank",
+            "pid",
+            "state",
+            "calls",
+            "lag p50",
+            "lag p99",
+            "lag max",
+            "lat p50",
+            "",
+            "lag trend",
+        ]))
+        .row_highlight_style(HIGHLIGHT)
+        .block(block(
+            format!(" {} ({n}) ", Pane::Ranks.title()),
+            ui.focus == Pane::Ranks,
+        ));
     f.render_stateful_widget(t, area, &mut state(ui, Pane::Ranks, n));
 }
 
@@ -477,15 +511,16 @@ q, Ctrl-C                     quit (detaches, prints the final summary)
 Panes: communicators x ops (calls/s; call p50/p99: host call time, entry to return, which
 with asynchronous NCCL is the enqueue, not the collective's latency; done p50: completion
 bound, from the last rank's entry to the sync that saw the collective done; arrival skew;
-bus bandwidth),
-per-rank lateness (arrival lag behind the first rank), findings (Enter shows the evidence
+bus bandwidth; skew trend: its p50 at each of the last 12 refreshes, scaled to the row),
+per-rank lateness (arrival lag behind the first rank; lag trend likewise, every rank of a
+communicator on one scale), findings (Enter shows the evidence
 and the suggestion), where each rank is now (its threads as last read: at attach and while
 a job looks stuck; yellow: not waiting on other ranks or its device), requests on the
 serving port (TTFT, inter-token gaps).";
 
 /// The help overlay.
 pub fn help(f: &mut Frame, area: Rect) {
-    let r = centered(area, 92, 16);
+    let r = centered(area, 92, HELP.lines().count() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(HELP).block(block(" help (Esc to close) ".into(), true)),

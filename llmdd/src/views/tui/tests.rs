@@ -220,3 +220,35 @@ fn keys_filter_pause_and_quit() {
     }
     assert_eq!(ui.selected(), rows[0].saturating_sub(1));
 }
+
+/// Each refresh adds the row's current figure to its trend (kept to `TREND`), and the
+/// sparkline shows a climbing lag as climbing.
+#[test]
+fn trends_accumulate_across_refreshes() {
+    let (run, _summary, e) = fixture::sample();
+    let snap = e.snapshot();
+    let status = Status {
+        elapsed_s: 1.0,
+        events: 0,
+        event_rate: 0.0,
+        lost: 0,
+        live_pids: Vec::new(),
+        total_pids: 0,
+        note: None,
+    };
+    let mut m = Model::build(&snap, &run, status.clone(), None, 0.0);
+    for _ in 0..super::TREND + 5 {
+        m = Model::build(&snap, &run, status.clone(), Some(&m), 1.0);
+    }
+    assert!(m.ops.iter().all(|o| o.trend.len() == super::TREND));
+    let late = m
+        .ranks
+        .iter()
+        .find(|r| r.straggler)
+        .expect("the straggler's row");
+    assert_eq!(late.trend.len(), super::TREND);
+    assert!(late.trend.iter().all(|&v| v == late.lag_p50_ns));
+    assert_eq!(render::spark(&[0, 1, 2, 4, 8]), "▁▂▃▅█");
+    assert_eq!(render::spark(&[5, 5, 5]), "███");
+    assert_eq!(render::spark(&[0, 0]), "▁▁");
+}

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use llmdd_common::funcs::{self, CallKind, Family, FuncId};
+use llmdd_common::funcs::{self, Family, FuncId};
 
 /// Length of one duty cycle.
 pub const PERIOD_NS: u64 = 2_000_000_000;
@@ -24,19 +24,7 @@ pub const PERIOD_NS: u64 = 2_000_000_000;
 /// rate estimate needs some attached time, and the run loop switches at about 10 ms.
 pub const MIN_DUTY: f64 = 0.01;
 
-/// Whether calls of `func` may be duty-cycled: hot calls that findings do not depend on.
-pub fn cyclable(func: FuncId) -> bool {
-    funcs::spec(func).is_some_and(|f| {
-        matches!(
-            f.kind,
-            CallKind::Launch
-                | CallKind::Memcpy
-                | CallKind::EventQuery
-                | CallKind::EventRecord
-                | CallKind::StreamWait
-        )
-    })
-}
+pub use crate::probe::cyclable;
 
 /// Whether `family` has any cyclable function (only those families get a duty cycle).
 pub fn family_cycles(family: Family) -> bool {

@@ -32,4 +32,5 @@ pub mod target;
 pub mod threads;
 pub mod transport;
 pub mod userprobe;
+pub mod values;
 pub mod views;

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::cli::parse_bytes;
+use crate::values::parse_bytes;
 use sweep::{Op, Point};
 
 /// Environment variable carrying a worker's plan (JSON).
@@ -180,7 +180,11 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
     let out = args
         .baseline
         .as_deref()
-        .map(crate::session::create_output)
+        .map(|p| {
+            crate::outfile::create_private(p)
+                .map(std::io::BufWriter::new)
+                .with_context(|| format!("cannot write {}: choose a writable path", p.display()))
+        })
         .transpose()?;
     let found = gpus_available()?;
     let world = args.gpus.unwrap_or(found).min(found).max(1);

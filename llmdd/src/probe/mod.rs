@@ -503,11 +503,8 @@ impl Tracer {
         scope: UProbeScope,
     ) -> Result<(), ProbeError> {
         if self.split_hot {
-            let (hot, kept): (Vec<_>, Vec<_>) = obj
-                .points
-                .iter()
-                .copied()
-                .partition(|(f, _)| crate::budget::cyclable(*f));
+            let (hot, kept): (Vec<_>, Vec<_>) =
+                obj.points.iter().copied().partition(|(f, _)| cyclable(*f));
             for (points, is_hot) in [(kept, false), (hot, true)] {
                 if !points.is_empty() {
                     let part = ObjectPlan {
@@ -674,7 +671,7 @@ impl Tracer {
                 .points
                 .iter()
                 .copied()
-                .filter(|(f, _)| crate::budget::cyclable(*f))
+                .filter(|(f, _)| cyclable(*f))
                 .collect();
             if !points.is_empty() {
                 out.push((
@@ -919,6 +916,23 @@ impl Detached {
             }
         });
     }
+}
+
+/// Whether calls of `func` may be duty-cycled (their probes given links of their own, to be
+/// detached and attached again by the overhead budget): hot calls that findings do not
+/// depend on.
+pub fn cyclable(func: llmdd_common::funcs::FuncId) -> bool {
+    use llmdd_common::funcs::CallKind;
+    llmdd_common::funcs::spec(func).is_some_and(|f| {
+        matches!(
+            f.kind,
+            CallKind::Launch
+                | CallKind::Memcpy
+                | CallKind::EventQuery
+                | CallKind::EventRecord
+                | CallKind::StreamWait
+        )
+    })
 }
 
 #[cfg(test)]

@@ -239,6 +239,14 @@ fn run(cli: Cli) -> Result<()> {
                     "-D",
                     "warnings",
                 ])?;
+                let cycles = Command::new("python3")
+                    .arg("scripts/module-cycles.py")
+                    .current_dir(setup::workspace_root())
+                    .status()
+                    .context("running scripts/module-cycles.py")?;
+                if !cycles.success() {
+                    bail!("llmdd's modules import each other in a circle (listed above)");
+                }
             }
             cargo(&["build", "--workspace"])?;
             let mut args = vec!["test", "--workspace", "--no-fail-fast", "--"];

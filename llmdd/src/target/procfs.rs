@@ -88,7 +88,7 @@ pub struct RankHints {
     /// `CUDA_VISIBLE_DEVICES` (else `HIP_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`), verbatim.
     pub cuda_visible_devices: Option<String>,
     /// What names the job the process belongs to, from its launcher's variables (see
-    /// [`crate::engine::job_key`]).
+    /// [`crate::launcher::job_key`]).
     pub job: Option<String>,
 }
 
@@ -131,7 +131,7 @@ pub fn rank_hints<S: AsRef<str>>(environ: &[S]) -> RankHints {
         cuda_visible_devices: get("CUDA_VISIBLE_DEVICES")
             .or_else(|| get("HIP_VISIBLE_DEVICES"))
             .or_else(|| get("ROCR_VISIBLE_DEVICES")),
-        job: crate::engine::job_key(&get),
+        job: crate::launcher::job_key(&get),
     }
 }
 

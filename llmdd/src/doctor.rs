@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::{kernel, privileges, probe::Tracer, target};
+use crate::{kernel, privileges, probe::Tracer, tracee};
 
 struct Check {
     name: &'static str,
@@ -112,7 +112,7 @@ pub fn run() -> bool {
     }
 
     println!();
-    let targets = target::discover_all();
+    let targets = tracee::discover_all();
     if targets.is_empty() {
         println!("no traceable process found (none maps libnccl, librccl, libcudart or libcuda)");
     } else {

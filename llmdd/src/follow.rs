@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::target::{self, procfs};
+use crate::tracee::{self, procfs};
 
 /// Time between scans.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
@@ -84,7 +84,7 @@ impl Follow {
         let Ok(raw) = procfs::read(pid, "maps") else {
             return false;
         };
-        let Ok(maps) = crate::target::maps::parse_maps(&raw) else {
+        let Ok(maps) = crate::tracee::maps::parse_maps(&raw) else {
             return false;
         };
         maps.iter().filter_map(|m| m.path()).any(|p| {
@@ -112,7 +112,7 @@ impl Follow {
 
     /// When a scan is due: the processes with a followed name, or (`--children`) whose
     /// parent is in `traced`, not seen before, that map a supported library now.
-    pub fn scan(&mut self, traced: &BTreeSet<u32>) -> Vec<target::Target> {
+    pub fn scan(&mut self, traced: &BTreeSet<u32>) -> Vec<tracee::Target> {
         if self.last_scan.is_some_and(|t| t.elapsed() < SCAN_INTERVAL) {
             return Vec::new();
         }
@@ -120,7 +120,7 @@ impl Follow {
     }
 
     /// [`Follow::scan`] without waiting for the interval.
-    pub fn scan_now(&mut self, traced: &BTreeSet<u32>) -> Vec<target::Target> {
+    pub fn scan_now(&mut self, traced: &BTreeSet<u32>) -> Vec<tracee::Target> {
         if !self.active() {
             return Vec::new();
         }
@@ -148,22 +148,22 @@ impl Follow {
             if !wanted {
                 continue;
             }
-            match target::inspect(pid) {
+            match tracee::inspect(pid) {
                 Ok(t) => {
                     self.waiting.remove(&pid);
                     self.done.insert(pid);
                     out.push(t);
                 }
-                Err(target::TargetError::NoSupportedLibrary { .. })
+                Err(tracee::TargetError::NoSupportedLibrary { .. })
                     if self.maps_probe_library(pid) =>
                 {
-                    if let Ok(t) = target::sockets_only(pid) {
+                    if let Ok(t) = tracee::sockets_only(pid) {
                         self.waiting.remove(&pid);
                         self.done.insert(pid);
                         out.push(t);
                     }
                 }
-                Err(target::TargetError::NoSupportedLibrary { .. }) => {
+                Err(tracee::TargetError::NoSupportedLibrary { .. }) => {
                     let now = Instant::now();
                     let w = self.waiting.entry(pid).or_insert((now, now));
                     w.1 = now;

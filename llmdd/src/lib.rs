@@ -1,6 +1,6 @@
 //! llmdd: attach eBPF probes to running NCCL/CUDA processes and name what is wrong.
 //!
-//! Data flows one way: `target` finds processes, their libraries and symbol offsets →
+//! Data flows one way: `tracee` finds processes, their libraries and symbol offsets →
 //! `probe` loads the embedded BPF object and attaches it per target → `transport` reads the
 //! ring buffer into typed `events` → `session` hands each event to the `engine` (the
 //! analysis: plain Rust over the event stream, no I/O) and to the sinks (`record`, the
@@ -12,8 +12,8 @@
 //!   trace loop, finish), `offline` (`report`, `export` of recordings), `doctor`, `diff`,
 //!   `loadgen` (the pre-launch collective load), `config_file` (`llmdd.toml`), `values`
 //!   (value parsers shared by flags, file and loadgen).
-//! - probing: `target` (processes, mappings, ELF symbols, NCCL offsets), `probe` (BPF load and
-//!   attach), `transport` (ring buffer), `events` (decoded records), `budget` (overhead
+//! - probing: `tracee` (traced processes, their mappings, ELF symbols, NCCL offsets),
+//!   `probe` (BPF load and attach), `transport` (ring buffer), `events` (decoded records), `budget` (overhead
 //!   budget and duty cycle), `follow` (processes found after the start: `--follow`,
 //!   `--children`, `--all`), `userprobe` (`--probe` specs, their registry and placement),
 //!   `kernel` (BTF offsets, kernel features), `privileges` (capabilities and their drop).
@@ -50,8 +50,8 @@ pub mod record;
 pub mod session;
 pub mod stacks;
 pub mod summary;
-pub mod target;
 pub mod threads;
+pub mod tracee;
 pub mod transport;
 pub mod userprobe;
 pub mod values;

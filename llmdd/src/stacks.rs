@@ -18,7 +18,7 @@ use aya::maps::{MapData, StackTraceMap};
 
 use crate::{
     events::Event,
-    target::{
+    tracee::{
         maps::{parse_maps, Mapping, MappingName},
         procfs,
         symbols::{without_params, SymbolTable},

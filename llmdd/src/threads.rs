@@ -24,7 +24,7 @@ use std::{
 use llmdd_common::funcs::{self, CallKind, Family, FuncSpec};
 
 pub use crate::engine::{Place, ThreadPlace as ThreadNow};
-use crate::{stacks::Symbolizer, target::procfs};
+use crate::{stacks::Symbolizer, tracee::procfs};
 
 /// Bytes of stack scanned above the stack pointer.
 const STACK_BYTES: usize = 64 << 10;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     probe::ObjectPlan,
-    target::{
+    tracee::{
         maps::{mapped_files, parse_maps, MappedFile},
         symbols::SymbolTable,
     },
@@ -128,7 +128,7 @@ fn parse_u64(v: &str) -> Option<u64> {
 /// The default label: the symbol without parameters and namespaces (`sched::Scheduler::step`
 /// gives `Scheduler::step`).
 fn default_label(symbol: &str) -> String {
-    let bare = crate::target::symbols::without_params(symbol);
+    let bare = crate::tracee::symbols::without_params(symbol);
     let parts: Vec<&str> = bare.rsplit("::").take(2).collect();
     let label: String = parts.into_iter().rev().collect::<Vec<_>>().join("::");
     label.chars().take(MAX_LABEL).collect()
@@ -382,7 +382,7 @@ pub fn place(
                 path: f.path.clone(),
                 why,
             };
-            let loaded = crate::target::open_path(pid, f)
+            let loaded = crate::tracee::open_path(pid, f)
                 .map_err(|e| unreadable(e.to_string()))
                 .and_then(|(host, _)| match tables.get(&host) {
                     Some(t) => Ok((host, t.clone())),

@@ -8,7 +8,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use llmdd::target::{self, library};
+use llmdd::tracee::{self, library};
 use llmdd_common::funcs::{Family, FUNCS};
 use llmdd_tests::{
     harness::Stream,
@@ -61,7 +61,7 @@ fn one_probe_point_per_nccl_alias_pair() {
     );
 
     // Both names of each pair are exported, at the same address.
-    let scan = target::elf::scan(&libs.nccl, |n| n.contains("ncc")).expect("scan");
+    let scan = tracee::elf::scan(&libs.nccl, |n| n.contains("ncc")).expect("scan");
     for f in FUNCS.iter().filter(|f| f.family == Family::Nccl) {
         let points: Vec<_> = nccl.points.iter().filter(|p| p.func == f.id).collect();
         assert_eq!(
@@ -133,7 +133,7 @@ fn live_process_with_both_libraries_is_inspected() {
     let libs = libs();
     let mut caller = start_caller(&libs, 3).expect("caller loads the libraries");
 
-    let t = target::inspect(caller.pid()).unwrap_or_else(|e| panic!("inspect: {e}"));
+    let t = tracee::inspect(caller.pid()).unwrap_or_else(|e| panic!("inspect: {e}"));
     assert_eq!(t.pid, caller.pid());
     assert_eq!(t.comm, "reallib-caller");
     assert!(t.cmdline.iter().any(|a| a == "--iters"));

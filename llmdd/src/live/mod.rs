@@ -34,7 +34,7 @@ use crate::{
     probe::{Mode, ObjectPlan, ProbeSet, Tracer},
     record,
     session::{hostname, monotonic_ns, Session},
-    target::Target,
+    tracee::Target,
     transport::Reader,
     views::metrics,
 };

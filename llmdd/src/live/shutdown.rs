@@ -10,7 +10,7 @@ use crate::{
     probe::Detached,
     record,
     session::{monotonic_ns, End, Session},
-    target::Target,
+    tracee::Target,
     userprobe::UserProbe,
 };
 

@@ -15,7 +15,7 @@ use crate::{
     gpu::DeviceHints,
     probe::{AttachedObject, ObjectPlan, SwapDone, Tracer},
     session::{monotonic_ns, Session},
-    target,
+    tracee,
 };
 
 /// How a target came to be traced (for what is said about it).
@@ -110,7 +110,7 @@ impl Live {
     }
 
     /// Keeps what a new target's environment says about its GPU.
-    pub fn note_devices(&mut self, t: &target::Target) {
+    pub fn note_devices(&mut self, t: &tracee::Target) {
         self.device_hints.insert(
             t.pid,
             DeviceHints {
@@ -304,7 +304,7 @@ impl Live {
     /// start that could not be probed.
     pub fn attach_target(
         &mut self,
-        t: &target::Target,
+        t: &tracee::Target,
         extra: Vec<ObjectPlan>,
         front: bool,
         found: Found,
@@ -316,7 +316,7 @@ impl Live {
             Ok(a) => a,
             // Ended between being found and being probed (a job finishing as llmdd
             // starts): said, and the others are traced.
-            Err(_) if !target::procfs::proc_path(t.pid, "").exists() => {
+            Err(_) if !tracee::procfs::proc_path(t.pid, "").exists() => {
                 self.console.say(format!(
                     "llmdd: note: pid {} exited before it could be probed",
                     t.pid
@@ -377,7 +377,7 @@ impl Live {
     /// A traced process mapped a file executable: probes any library it did not have
     /// before (NCCL opened lazily with dlopen, as PyTorch does).
     pub fn probe_new_libraries(&mut self, pid: u32) {
-        let Ok(t) = target::inspect(pid) else {
+        let Ok(t) = tracee::inspect(pid) else {
             return;
         };
         match self.tracer.attach_new(pid, &targets::plan(&t)) {
@@ -452,7 +452,7 @@ impl Live {
 const IN_FLIGHT_AGE_NS: u64 = 200_000_000;
 
 /// A target's traced objects as its threads' stacks name them.
-fn traced_paths(t: &target::Target) -> Vec<crate::threads::TracedPath> {
+fn traced_paths(t: &tracee::Target) -> Vec<crate::threads::TracedPath> {
     t.objects
         .iter()
         .map(|o| (o.path.clone(), o.family))

@@ -14,7 +14,7 @@ use crate::{
     engine::ProcessHints,
     follow::Follow,
     probe::{AttachedObject, ObjectPlan},
-    target::{self, symbols::SymbolTable},
+    tracee::{self, symbols::SymbolTable},
     views::run::{LibInfo, ProcInfo},
 };
 
@@ -23,10 +23,10 @@ pub type UserTables = HashMap<PathBuf, Arc<SymbolTable>>;
 
 /// The targets of a run as the command line names them, with the follower that finds the
 /// later ones.
-pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
+pub fn resolve(args: &AttachArgs) -> Result<(Vec<tracee::Target>, Follow)> {
     let opts = &args.run;
     let mut targets = if args.all {
-        let found = target::discover_all();
+        let found = tracee::discover_all();
         if found.is_empty() {
             eprintln!(
                 "llmdd: no process maps libnccl, librccl, libcudart, libcuda or libamdhip64 yet; \
@@ -39,14 +39,14 @@ pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
         let mut found = Vec::new();
         for &pid in &args.pids {
             if seen.insert(pid) {
-                found.push(match target::inspect(pid) {
+                found.push(match tracee::inspect(pid) {
                     Ok(t) => t,
                     // A launcher: its workers are what matters. With user probes, any
                     // process may hold what they name (checked when they are placed).
-                    Err(target::TargetError::NoSupportedLibrary { .. })
+                    Err(tracee::TargetError::NoSupportedLibrary { .. })
                         if args.children || !opts.user_probes.is_empty() =>
                     {
-                        target::sockets_only(pid)?
+                        tracee::sockets_only(pid)?
                     }
                     Err(e) => return Err(e.into()),
                 });
@@ -77,10 +77,10 @@ pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
         if targets.iter().any(|t| t.pid == pid) {
             continue;
         }
-        targets.push(match target::inspect(pid) {
+        targets.push(match tracee::inspect(pid) {
             Ok(t) => t,
             // A front needs no GPU library: its sockets are what matters.
-            Err(target::TargetError::NoSupportedLibrary { .. }) => target::sockets_only(pid)?,
+            Err(tracee::TargetError::NoSupportedLibrary { .. }) => tracee::sockets_only(pid)?,
             Err(e) => return Err(e.into()),
         });
     }
@@ -88,7 +88,7 @@ pub fn resolve(args: &AttachArgs) -> Result<(Vec<target::Target>, Follow)> {
 }
 
 /// What the engine should assume about a target.
-pub fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
+pub fn hints_of(t: &tracee::Target, host: Option<String>) -> ProcessHints {
     ProcessHints {
         rank: t.rank_hints.rank,
         local_rank: t.rank_hints.local_rank,
@@ -101,7 +101,7 @@ pub fn hints_of(t: &target::Target, host: Option<String>) -> ProcessHints {
 }
 
 /// What the views keep about an attached target.
-pub fn proc_info(t: &target::Target, attached: &[AttachedObject]) -> ProcInfo {
+pub fn proc_info(t: &tracee::Target, attached: &[AttachedObject]) -> ProcInfo {
     let libraries = t
         .objects
         .iter()
@@ -129,7 +129,7 @@ pub fn proc_info(t: &target::Target, attached: &[AttachedObject]) -> ProcInfo {
 }
 
 /// The probe plan for a target: every traced object with its points and offsets.
-pub fn plan(t: &target::Target) -> Vec<ObjectPlan> {
+pub fn plan(t: &tracee::Target) -> Vec<ObjectPlan> {
     t.objects
         .iter()
         .map(|o| ObjectPlan {
@@ -150,7 +150,7 @@ pub fn plan(t: &target::Target) -> Vec<ObjectPlan> {
 /// that names why; one that only some targets take is a note for the others.
 pub fn place_user_probes(
     opts: &RunArgs,
-    targets: &[target::Target],
+    targets: &[tracee::Target],
     following: bool,
     tables: &mut UserTables,
 ) -> Result<BTreeMap<u32, Vec<ObjectPlan>>> {
@@ -202,7 +202,7 @@ pub fn place_user_probes(
 }
 
 /// ` (env rank R of W)` from the environment hints, or nothing.
-pub fn describe_rank(t: &target::Target) -> String {
+pub fn describe_rank(t: &tracee::Target) -> String {
     match (t.rank_hints.rank, t.rank_hints.world_size) {
         (Some(r), Some(w)) => format!(" (env rank {r} of {w})"),
         (Some(r), None) => format!(" (env rank {r})"),
@@ -211,7 +211,7 @@ pub fn describe_rank(t: &target::Target) -> String {
 }
 
 /// Things worth telling the user about a target before tracing it.
-pub fn target_notes(t: &target::Target) -> Vec<String> {
+pub fn target_notes(t: &tracee::Target) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(ns) = t.ns_pid.filter(|ns| *ns != t.pid) {
         notes.push(format!("runs in its own pid namespace as pid {ns}"));
@@ -231,7 +231,7 @@ pub fn target_notes(t: &target::Target) -> Vec<String> {
         }
     }
     for i in &t.issues {
-        if i.reason == target::NO_GLOO {
+        if i.reason == tracee::NO_GLOO {
             notes.push(format!("{} {}", i.path.display(), i.reason));
         }
     }
@@ -239,7 +239,7 @@ pub fn target_notes(t: &target::Target) -> Vec<String> {
 }
 
 /// One paragraph describing a target (for `doctor`).
-pub fn describe_target(t: &target::Target) -> String {
+pub fn describe_target(t: &tracee::Target) -> String {
     let mut s = format!("  pid {} ({}){}", t.pid, t.comm, describe_rank(t));
     for o in &t.objects {
         let offs = match &o.comm_offsets {

@@ -6,7 +6,7 @@
 //! descriptors), and only when that process shares llmdd's network namespace; otherwise it
 //! says why and asks nothing. A `--ras HOST:PORT` the user gives is dialled as given.
 
-use crate::target::procfs;
+use crate::tracee::procfs;
 
 /// The RAS port of a traced process: from its `NCCL_RAS_ADDR` (`HOST:PORT`), else NCCL's
 /// default.

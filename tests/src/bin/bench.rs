@@ -83,7 +83,7 @@ fn main() -> Result<()> {
         s == Stream::Stdout && l == "READY"
     })?;
     let pid = lp.pid();
-    let target = llmdd::target::inspect(pid)?;
+    let target = llmdd::tracee::inspect(pid)?;
     let nccl = target
         .objects_of(Family::Nccl)
         .next()

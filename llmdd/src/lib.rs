@@ -13,10 +13,11 @@
 //!   `loadgen` (the pre-launch collective load), `config_file` (`llmdd.toml`), `values`
 //!   (value parsers shared by flags, file and loadgen).
 //! - probing: `tracee` (traced processes, their mappings, ELF symbols, NCCL offsets),
-//!   `probe` (BPF load and attach), `transport` (ring buffer), `events` (decoded records), `budget` (overhead
-//!   budget and duty cycle), `follow` (processes found after the start: `--follow`,
-//!   `--children`, `--all`), `userprobe` (`--probe` specs, their registry and placement),
-//!   `kernel` (BTF offsets, kernel features), `privileges` (capabilities and their drop).
+//!   `probe` (BPF load and attach), `transport` (ring buffer), `events` (decoded records),
+//!   `budget` (overhead budget and duty cycle), `follow` (processes found after the start:
+//!   `--follow`, `--children`, `--all`), `userprobe` (`--probe` specs, their registry and
+//!   placement), `kernel` (BTF offsets, kernel features), `privileges` (capabilities and
+//!   their drop).
 //! - host context: `node` (CPU, memory, NICs), `gpu` (NVML), `threads` (where each thread is
 //!   now), `stacks` (user stacks of calls), `ras` (NCCL's RAS service), `launcher` (what a
 //!   process's launcher put in its environment).

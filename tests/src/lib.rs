@@ -8,5 +8,6 @@ pub mod job;
 pub mod kernel_objects;
 pub mod mpi;
 pub mod reallibs;
+pub mod records;
 pub mod serving;
 pub mod soak;

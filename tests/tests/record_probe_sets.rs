@@ -5,31 +5,8 @@
 //! functions names both. (Its own process: user probes are registered once per process.)
 
 use llmdd::record::{self, End, Meta, Writer};
-use llmdd_common::call::{CallRecord, F_RETURNED};
 use llmdd_common::funcs::USER_BASE;
-
-fn call(pid: u32, func: u16, entry: u64) -> Vec<u8> {
-    let rec = CallRecord {
-        kind: llmdd_common::RecordKind::Call as u32,
-        func,
-        pid,
-        tid: pid,
-        entry_ns: entry,
-        exit_ns: entry + 500,
-        flags: F_RETURNED,
-        rank: -1,
-        nranks: -1,
-        ..CallRecord::default()
-    };
-    // SAFETY: a plain `repr(C)` struct of integers, read as bytes.
-    unsafe {
-        std::slice::from_raw_parts(
-            &rec as *const CallRecord as *const u8,
-            std::mem::size_of::<CallRecord>(),
-        )
-    }
-    .to_vec()
-}
+use llmdd_tests::records::call;
 
 fn probe(spec: &str) -> llmdd::userprobe::UserProbe {
     llmdd::userprobe::parse(spec).expect("a valid probe")
@@ -46,7 +23,12 @@ fn write(path: &std::path::Path, host: &str, pid: u32, probes: &[&str]) {
     .expect("meta");
     for i in 0..probes.len() {
         w.record(
-            &call(pid, USER_BASE + i as u16, 1_000 + i as u64 * 10),
+            &call(
+                pid,
+                USER_BASE + i as u16,
+                1_000 + i as u64 * 10,
+                1_500 + i as u64 * 10,
+            ),
             2_000,
         )
         .expect("record");

@@ -6,35 +6,11 @@
 use std::process::Command;
 
 use llmdd::record::{End, Meta, Writer};
-use llmdd_common::call::{CallRecord, F_RETURNED};
-use llmdd_tests::harness::built;
+use llmdd_tests::{harness::built, records::call};
 
 const CALLS: u64 = 1_500_000;
 /// `cudaLaunchKernel`: cheap for the engine, so the file's size is what the run is about.
 const LAUNCH: u16 = 19;
-
-fn call(pid: u32, entry: u64) -> Vec<u8> {
-    let rec = CallRecord {
-        kind: llmdd_common::RecordKind::Call as u32,
-        func: LAUNCH,
-        pid,
-        tid: pid,
-        entry_ns: entry,
-        exit_ns: entry + 2_000,
-        flags: F_RETURNED,
-        rank: -1,
-        nranks: -1,
-        ..CallRecord::default()
-    };
-    // SAFETY: a plain `repr(C)` struct of integers, read as bytes.
-    unsafe {
-        std::slice::from_raw_parts(
-            &rec as *const CallRecord as *const u8,
-            std::mem::size_of::<CallRecord>(),
-        )
-    }
-    .to_vec()
-}
 
 /// Peak resident memory of the children waited for so far, in bytes.
 fn children_max_rss() -> u64 {
@@ -65,7 +41,7 @@ fn a_long_recording_is_reported_in_bounded_memory() {
     .expect("meta");
     for i in 0..CALLS {
         let t = 1_000_000 + i * 10_000;
-        w.record(&call(7 + (i % 4) as u32, t), t + 5_000)
+        w.record(&call(7 + (i % 4) as u32, LAUNCH, t, t + 2_000), t + 5_000)
             .expect("record");
     }
     w.finish(&End {

@@ -55,6 +55,15 @@ fn trend_cell(trend: &[u64], top: Option<u64>, area: Rect, widths: &[u16]) -> (S
     (line, w)
 }
 
+/// The fixed columns' widths, then the trend column's.
+fn columns(widths: &[u16], trend_w: u16) -> Vec<Constraint> {
+    widths
+        .iter()
+        .chain(std::iter::once(&trend_w))
+        .map(|&w| Constraint::Length(w))
+        .collect()
+}
+
 fn short(id: &str) -> &str {
     &id[..8.min(id.len())]
 }
@@ -184,11 +193,7 @@ pub fn comms_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         })
         .collect();
     let n = body.len();
-    let widths = WIDTHS
-        .iter()
-        .chain(std::iter::once(&trend_w))
-        .map(|&w| Constraint::Length(w));
-    let t = Table::new(body, widths)
+    let t = Table::new(body, columns(&WIDTHS, trend_w))
         .header(header(&[
             "comm/n",
             "backend",
@@ -250,11 +255,7 @@ pub fn ranks_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         })
         .collect();
     let n = body.len();
-    let widths = WIDTHS
-        .iter()
-        .chain(std::iter::once(&trend_w))
-        .map(|&w| Constraint::Length(w));
-    let t = Table::new(body, widths)
+    let t = Table::new(body, columns(&WIDTHS, trend_w))
         .header(header(&[
             "comm",
             "rank",

@@ -427,7 +427,8 @@ impl Engine {
         let n = self.counts.departures_withheld_lost;
         if n > 0 {
             out.push(format!(
-                "{n} member(s) left a communicator with instances open right after lost events:                  not named, since their own arrivals may be among the records lost"
+                "{n} member(s) left a communicator with instances open right after lost events: \
+                 not named, since their own arrivals may be among the records lost"
             ));
         }
         let n = self.counts.findings_withheld_ambiguous;

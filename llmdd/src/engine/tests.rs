@@ -1770,7 +1770,9 @@ fn a_member_leaving_right_after_lost_events_is_not_named() {
             assert!(left.is_empty(), "{left:#?}");
             assert_eq!(e.snapshot().counts.departures_withheld_lost, 1);
             assert!(
-                e.notes().iter().any(|n| n.contains("not named")),
+                e.notes()
+                    .iter()
+                    .any(|n| n.contains("after lost events: not named")),
                 "{:?}",
                 e.notes()
             );

@@ -16,49 +16,13 @@ use crate::{
 /// Records fed to the engine per step when replaying a merged job.
 const BATCH: usize = 4096;
 
-/// Reads one file with a progress line on stderr for large files, and says what was
-/// salvaged from a damaged one.
-fn load(path: &Path) -> Result<Recording> {
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let show = size > 64 << 20;
-    let r = record::read(path, |done, total| {
-        if show && total > 0 {
-            eprint!(
-                "\rllmdd: reading {}: {:.0}%",
-                path.display(),
-                done as f64 * 100.0 / total as f64
-            );
-        }
-    })?;
-    if show {
-        eprintln!();
-    }
-    if let Some(msg) = r.salvage.message(path) {
-        eprintln!("llmdd: warning: {msg}");
-    }
-    Ok(r)
-}
-
-/// Reads several files against one table of user probes (`record::read_all`), with the
-/// same progress and salvage messages as [`load`].
+/// Reads several files against one table of user probes (`record::read_all`), each with
+/// its progress line when large, and says what was salvaged from damaged ones.
 fn load_all(paths: &[std::path::PathBuf]) -> Result<Vec<Recording>> {
-    if let [one] = paths {
-        return Ok(vec![load(one)?]);
-    }
-    let sizes: Vec<u64> = paths
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .collect();
+    let mut lines: Vec<_> = paths.iter().map(|p| progress_line(p)).collect();
     let recs = record::read_all(paths, |i, done, total| {
-        if sizes.get(i).is_some_and(|&s| s > 64 << 20) && total > 0 {
-            eprint!(
-                "\rllmdd: reading {}: {:.0}%",
-                paths[i].display(),
-                done as f64 * 100.0 / total as f64
-            );
-            if done == total {
-                eprintln!();
-            }
+        if let Some(show) = lines.get_mut(i) {
+            show(done, total);
         }
     })?;
     for r in &recs {
@@ -309,10 +273,7 @@ fn report_merged(args: &ReportArgs, quiet: bool) -> Result<()> {
             last.saturating_sub(first)
         }
     };
-    let (span, why) = (
-        span,
-        format!("{} recordings merged into one job", recs.len()),
-    );
+    let why = format!("{} recordings merged into one job", recs.len());
     session.finish(
         &End {
             records,

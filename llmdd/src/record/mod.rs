@@ -571,21 +571,20 @@ impl Recording {
 /// Reads a whole record file, salvaging what precedes any damage. `progress` is called
 /// with the bytes read so far and the file's size.
 pub fn read(path: &Path, mut progress: impl FnMut(u64, u64)) -> Result<Recording, RecordError> {
-    let mut file = File::open(path).map_err(|source| RecordError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)
-        .map_err(|source| RecordError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let data = read_bytes(path)?;
+    let size = data.len() as u64;
     parse(path, &data, &mut progress).map(|mut r| {
         progress(size, size);
         r.path = path.to_path_buf();
         r
+    })
+}
+
+/// A whole record file's bytes.
+fn read_bytes(path: &Path) -> Result<Vec<u8>, RecordError> {
+    std::fs::read(path).map_err(|source| RecordError::Open {
+        path: path.to_path_buf(),
+        source,
     })
 }
 

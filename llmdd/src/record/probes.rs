@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use llmdd_common::funcs::{FuncId, USER_BASE};
 
-use super::{parse_with, Meta, Probes, RecordError, Recording};
+use super::{
+    frames::{Frames, Next},
+    parse_with, read_bytes, Meta, Probes, RecordError, Recording,
+};
 use crate::userprobe::{UserProbe, MAX_LABEL};
 
 /// Reads `paths` against one table of user probes (see the module), registered for the
@@ -44,31 +47,23 @@ pub fn read_all(
     Ok(out)
 }
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>, RecordError> {
-    std::fs::read(path).map_err(|source| RecordError::Open {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// The start metadata of a recording (its first chunk), without decoding its events.
+/// The start metadata of a recording, streamed: frames are read until the metadata's (the
+/// first one a writer writes), events chunks skipped unread.
 fn meta_of(path: &Path) -> Result<Meta, RecordError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|source| RecordError::Open {
+    let no_meta = || RecordError::NoMeta {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let mut head = vec![0u8; super::HEADER_LEN + super::CHUNK_HEADER_LEN];
-    let got = f.read(&mut head).unwrap_or(0);
-    head.truncate(got);
-    let len = head
-        .get(super::HEADER_LEN + 8..super::HEADER_LEN + 12)
-        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let mut body = vec![0u8; len.min(super::MAX_CHUNK) as usize];
-    let got = f.read(&mut body).unwrap_or(0);
-    body.truncate(got);
-    head.extend_from_slice(&body);
-    parse_with(path, &head, &mut |_, _| {}, Probes::Renumber(&[])).map(|r| r.meta)
+    };
+    let mut frames = super::stream(path)?;
+    loop {
+        match frames.next(true) {
+            Next::Frame {
+                kind: super::KIND_META,
+                raw: Some(raw),
+            } => return serde_json::from_slice(&raw).map_err(|_| no_meta()),
+            Next::Frame { .. } => {}
+            Next::Stop(_) | Next::Done => return Err(no_meta()),
+        }
+    }
 }
 
 /// The union of the recordings' user probes, and for each recording the union index of each

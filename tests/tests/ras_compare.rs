@@ -11,26 +11,30 @@ use llmdd_tests::{
     job::Job,
 };
 
-#[test]
-fn ras_view_is_printed_beside_the_findings_and_agrees() {
-    require_root();
-    let lib_dir = fake_lib_dir();
-    let mut job = Job::start(
-        &lib_dir,
+/// The simulated job on 4 ranks, `steps` steps of `compute_us` each, waiting for `go`.
+fn four_ranks(steps: &str, compute_us: &str) -> Job {
+    Job::start(
+        &fake_lib_dir(),
         &[
             "--ranks",
             "4",
             "--steps",
-            "40",
+            steps,
             "--warmup",
             "1",
             "--compute-us",
-            "300",
+            compute_us,
             "--timeout-s",
             "240",
         ],
     )
-    .expect("simjob starts");
+    .expect("simjob starts")
+}
+
+#[test]
+fn ras_view_is_printed_beside_the_findings_and_agrees() {
+    require_root();
+    let mut job = four_ranks("40", "300");
     let ranks: Vec<String> = job
         .pids
         .iter()
@@ -75,23 +79,7 @@ fn ras_view_is_printed_beside_the_findings_and_agrees() {
 #[test]
 fn a_rank_ras_sees_behind_in_counts_is_named() {
     require_root();
-    let lib_dir = fake_lib_dir();
-    let mut job = Job::start(
-        &lib_dir,
-        &[
-            "--ranks",
-            "4",
-            "--steps",
-            "3000",
-            "--warmup",
-            "1",
-            "--compute-us",
-            "1000",
-            "--timeout-s",
-            "240",
-        ],
-    )
-    .expect("simjob starts");
+    let mut job = four_ranks("3000", "1000");
     let ranks: Vec<String> = job
         .pids
         .iter()

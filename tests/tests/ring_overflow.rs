@@ -9,26 +9,27 @@ mod common;
 use common::{nothing, run, serial};
 use llmdd_tests::harness::Stream;
 
+/// A job far too busy for the ring: 40 launches and a 64 KiB copy per step besides its
+/// all-reduce.
+const JOB: &[&str] = &[
+    "--steps",
+    "150",
+    "--compute-us",
+    "1000",
+    "--launches",
+    "40",
+    "--memcpy-bytes",
+    "64K",
+    "--collective",
+    "allreduce:16K",
+];
+/// The ring far too small for it, the reader draining on its own timer.
+const TRACE: &[&str] = &["--ring-size", "4K", "--overhead-budget", "off"];
+
 #[test]
 fn overflow_is_counted_and_raises_no_false_finding() {
     let _one = serial();
-    let r = run(
-        "ring_overflow",
-        &[
-            "--steps",
-            "150",
-            "--compute-us",
-            "1000",
-            "--launches",
-            "40",
-            "--memcpy-bytes",
-            "64K",
-            "--collective",
-            "allreduce:16K",
-        ],
-        &["--ring-size", "4K", "--overhead-budget", "off"],
-        &mut nothing(),
-    );
+    let r = run("ring_overflow", JOB, TRACE, &mut nothing());
     let lost = r.report["events"]["lost"].as_u64().expect("lost count");
     assert!(lost > 0, "a 4 KiB ring overflows: {}", r.report["events"]);
     assert_eq!(
@@ -69,42 +70,13 @@ fn a_recording_replays_its_losses_where_the_live_run_saw_them() {
         work.join("live.json"),
         work.join("offline.json"),
     );
-    let mut job = Job::start(
-        &fake_lib_dir(),
-        &[
-            "--ranks",
-            "4",
-            "--warmup",
-            "2",
-            "--steps",
-            "150",
-            "--compute-us",
-            "1000",
-            "--launches",
-            "40",
-            "--memcpy-bytes",
-            "64K",
-            "--collective",
-            "allreduce:16K",
-            "--timeout-s",
-            "240",
-        ],
-    )
-    .expect("simjob starts");
+    let mut job_args = vec!["--ranks", "4", "--warmup", "2", "--timeout-s", "240"];
+    job_args.extend_from_slice(JOB);
+    let mut job = Job::start(&fake_lib_dir(), &job_args).expect("simjob starts");
     let live_arg = live.to_string_lossy().into_owned();
-    let mut r = start_record(
-        &job.pids,
-        &rec,
-        &[
-            "--ring-size",
-            "4K",
-            "--overhead-budget",
-            "off",
-            "--report",
-            &live_arg,
-        ],
-    )
-    .expect("records");
+    let mut trace = TRACE.to_vec();
+    trace.extend(["--report", &live_arg]);
+    let mut r = start_record(&job.pids, &rec, &trace).expect("records");
     job.go().expect("go");
     job.proc
         .wait_exit(Duration::from_secs(240))

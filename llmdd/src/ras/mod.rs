@@ -644,18 +644,26 @@ mod tests {
         assert!(e.to_string().contains("no NCCL RAS service"), "{e}");
     }
 
+    /// A peer on a free local port that serves its first client with `serve`; its address.
+    fn peer(serve: impl FnOnce(TcpStream) + Send + 'static) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                serve(s);
+            }
+        });
+        addr
+    }
+
     /// A peer that greets, then sends a byte every 100 ms forever: each read succeeds, yet the
     /// whole exchange ends at the deadline.
     #[test]
     fn a_trickling_service_is_cut_off_at_the_deadline() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let _ = s.write_all(b"SERVER PROTOCOL 2\n");
-                while s.write_all(b"x").is_ok() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        let addr = peer(|mut s| {
+            let _ = s.write_all(b"SERVER PROTOCOL 2\n");
+            while s.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
             }
         });
         let t = std::time::Instant::now();
@@ -667,21 +675,17 @@ mod tests {
     /// A peer that answers with more than `MAX_REPLY` bytes: refused, not held in memory.
     #[test]
     fn an_endless_answer_is_refused_at_the_bound() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
-        std::thread::spawn(move || {
-            if let Ok((s, _)) = l.accept() {
-                let mut r = BufReader::new(s.try_clone().expect("clone"));
-                let mut w = s;
-                let mut line = String::new();
-                for answer in ["SERVER PROTOCOL 2\n", "OK\n", "OK\n"] {
-                    line.clear();
-                    let _ = r.read_line(&mut line);
-                    let _ = w.write_all(answer.as_bytes());
-                }
-                let block = vec![b'{'; 1 << 20];
-                while w.write_all(&block).is_ok() {}
+        let addr = peer(|s| {
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut w = s;
+            let mut line = String::new();
+            for answer in ["SERVER PROTOCOL 2\n", "OK\n", "OK\n"] {
+                line.clear();
+                let _ = r.read_line(&mut line);
+                let _ = w.write_all(answer.as_bytes());
             }
+            let block = vec![b'{'; 1 << 20];
+            while w.write_all(&block).is_ok() {}
         });
         let e = query(&addr, Duration::from_secs(20)).expect_err("too long");
         assert!(e.to_string().contains("exceeds"), "{e}");

@@ -26,6 +26,10 @@ pub enum Family {
     /// Gloo (PyTorch's CPU collectives, linked into libtorch_cpu): C++ functions found by
     /// their demangled names.
     Gloo,
+    /// vLLM's own collectives (its custom all-reduce in `_C_stable_libtorch.abi3.so`): C++
+    /// member functions of `vllm::CustomAllreduce`, found by their demangled names. Like
+    /// NCCL's, they enqueue kernels on a stream and return.
+    Vllm,
 }
 
 impl Family {
@@ -45,6 +49,7 @@ impl Family {
             Family::Mpi => "mpi",
             Family::User => "user",
             Family::Gloo => "gloo",
+            Family::Vllm => "vllm",
         }
     }
 
@@ -170,6 +175,11 @@ pub struct Roles {
     pub comm_is_deref: bool,
     /// What a collective or point-to-point call does, whatever the library calls it.
     pub comm_op: Option<CommOp>,
+    /// The element type when the function fixes it (a C++ template instance such as
+    /// `allreduce<float>`), as an `ncclDataType_t` code; `NO_SLOT` when it does not.
+    pub fixed_dtype: u8,
+    /// The count is a C `int` (the register's upper half is not part of it).
+    pub count_is_int: bool,
 }
 
 const R: Roles = Roles {
@@ -189,6 +199,8 @@ const R: Roles = Roles {
     unique_id: false,
     comm_is_deref: false,
     comm_op: None,
+    fixed_dtype: N,
+    count_is_int: false,
 };
 
 /// One traced function.
@@ -338,6 +350,22 @@ funcs! {
     81 MPI_IRECV "MPI_Irecv" Mpi P2p ["MPI_Irecv", "PMPI_Irecv"] { count: 1, peer: 3, comm: 5, comm_op: Some(Recv) }
     82 MPI_WAIT "MPI_Wait" Mpi Other ["MPI_Wait", "PMPI_Wait"] {}
     83 MPI_WAITALL "MPI_Waitall" Mpi Other ["MPI_Waitall", "PMPI_Waitall"] {}
+    // ---- vLLM's custom all-reduce (`vllm::CustomAllreduce`, in _C_stable_libtorch): member
+    // functions matched by demangled name without parameters. `this` (slot 0) is the
+    // communicator: it holds `int rank_; int world_size_;` first. Then (stream, input,
+    // output, int size, int threads, int block_limit); `size` counts elements of the
+    // template's type, except allgather's, which counts bytes. ----
+    84 VLLM_ALLREDUCE_F32 "vllm::CustomAllreduce::allreduce<float>" Vllm Collective ["vllm::CustomAllreduce::allreduce<float>"] { comm: 0, stream: 1, count: 4, count_is_int: true, fixed_dtype: 7, comm_op: Some(AllReduce) }
+    85 VLLM_ALLREDUCE_F16 "vllm::CustomAllreduce::allreduce<__half>" Vllm Collective ["vllm::CustomAllreduce::allreduce<__half>"] { comm: 0, stream: 1, count: 4, count_is_int: true, fixed_dtype: 6, comm_op: Some(AllReduce) }
+    86 VLLM_ALLREDUCE_BF16 "vllm::CustomAllreduce::allreduce<__nv_bfloat16>" Vllm Collective ["vllm::CustomAllreduce::allreduce<__nv_bfloat16>"] { comm: 0, stream: 1, count: 4, count_is_int: true, fixed_dtype: 9, comm_op: Some(AllReduce) }
+    87 VLLM_REDUCE_SCATTER_F32 "vllm::CustomAllreduce::reduce_scatter<float>" Vllm Collective ["vllm::CustomAllreduce::reduce_scatter<float>"] { comm: 0, stream: 1, count: 4, count_is_int: true, fixed_dtype: 7, comm_op: Some(ReduceScatter) }
+    88 VLLM_REDUCE_SCATTER_F16 "vllm::CustomAllreduce::reduce_scatter<__half>" Vllm Collective ["vllm::CustomAllreduce::reduce_scatter<__half>"] { comm: 0, stream: 1, count: 4, count_is_int: true, fixed_dtype: 6, comm_op: Some(ReduceScatter) }
+    89 VLLM_REDUCE_SCATTER_BF16 "vllm::CustomAllreduce::reduce_scatter<__nv_bfloat16>" Vllm Collective ["vllm::CustomAllreduce::reduce_scatter<__nv_bfloat16>"] { comm: 0, stream: 1, count: 4, count_is_int: true, fixed_dtype: 9, comm_op: Some(ReduceScatter) }
+    90 VLLM_ALLGATHER "vllm::CustomAllreduce::allgather" Vllm Collective ["vllm::CustomAllreduce::allgather"] { comm: 0, stream: 1, count: 4, count_is_int: true, count_is_bytes: true, comm_op: Some(AllGather) }
+    // register_graph_buffers(handles, offsets): after a CUDA-graph capture, every rank
+    // registers the buffers its captured all-reduces use (collective over the group, on the
+    // host, not on a stream).
+    91 VLLM_REGISTER_GRAPH_BUFFERS "vllm::CustomAllreduce::register_graph_buffers" Vllm Other ["vllm::CustomAllreduce::register_graph_buffers"] { comm: 0 }
 }
 
 impl FuncSpec {
@@ -362,11 +390,11 @@ impl FuncSpec {
         }
     }
 
-    /// The name ops of this call are shown under: NCCL's collectives by what they do
-    /// ("all-reduce"), every other library's by the function's own name ("MPI_Allreduce").
+    /// The name ops of this call are shown under: NCCL's and vLLM's collectives by what they
+    /// do ("all-reduce"; the backend says whose), every other library's by the function's own name ("MPI_Allreduce").
     pub fn op_label(&self) -> &'static str {
         match (self.family, self.roles.comm_op) {
-            (Family::Nccl, Some(op)) => op.label(),
+            (Family::Nccl | Family::Vllm, Some(op)) => op.label(),
             _ => self.name,
         }
     }

@@ -22,6 +22,7 @@ mod nccl;
 mod proc;
 mod sock;
 mod user;
+mod vllm;
 
 #[cfg(not(test))]
 #[panic_handler]

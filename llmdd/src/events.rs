@@ -182,8 +182,18 @@ impl CallEvent {
         let roles = &spec.roles;
         let args = r.args;
         let returned = r.flags & F_RETURNED != 0;
-        let count = slot(&args, roles.count);
-        let dtype = slot(&args, roles.dtype).map(|d| d & 0xffff_ffff);
+        let count = slot(&args, roles.count).map(|c| {
+            if roles.count_is_int {
+                c & 0xffff_ffff
+            } else {
+                c
+            }
+        });
+        let dtype = if roles.fixed_dtype != NO_SLOT {
+            Some(u64::from(roles.fixed_dtype))
+        } else {
+            slot(&args, roles.dtype).map(|d| d & 0xffff_ffff)
+        };
         let bytes = match (count, roles.count_is_bytes) {
             (Some(c), true) => Some(c),
             (Some(c), false) => dtype
@@ -460,6 +470,37 @@ mod tests {
         r.flags &= !(F_DEREF | F_RANK);
         let c = CallEvent::from_record(&r).expect("decodes");
         assert_eq!(c.comm, Some(GLOO_HANDLE));
+    }
+
+    #[test]
+    fn vllm_calls_take_this_as_communicator_and_their_template_type() {
+        let mut r = CallRecord {
+            kind: RecordKind::Call as u32,
+            func: funcs::id::VLLM_ALLREDUCE_BF16,
+            pid: 9,
+            tid: 9,
+            entry_ns: 10,
+            exit_ns: 20,
+            flags: F_RETURNED | F_RANK,
+            rank: 1,
+            nranks: 4,
+            ..CallRecord::default()
+        };
+        r.args[0] = 0x5555_0000_2000; // this
+        r.args[1] = 0x7000; // stream
+        r.args[4] = 0xdead_beef_0000_1000; // int size: the upper half is not the count
+        let c = CallEvent::from_record(&r).expect("decodes");
+        assert_eq!(c.family, "vllm");
+        assert_eq!(c.comm, Some(0x5555_0000_2000));
+        assert_eq!(c.stream, Some(0x7000));
+        assert_eq!(c.count, Some(0x1000));
+        assert_eq!(c.dtype, Some(9), "bfloat16, from the template argument");
+        assert_eq!(c.bytes, Some(0x2000));
+        assert_eq!(c.spec().op_label(), "all-reduce");
+        // allgather counts bytes.
+        r.func = funcs::id::VLLM_ALLGATHER;
+        let c = CallEvent::from_record(&r).expect("decodes");
+        assert_eq!((c.bytes, c.dtype), (Some(0x1000), None));
     }
 
     #[test]

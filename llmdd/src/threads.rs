@@ -221,7 +221,7 @@ pub fn place_of(frames: &[(String, Option<PathBuf>)], traced: &[TracedPath]) -> 
         if let Some((_, family)) = traced.iter().find(|(p, _)| p == path) {
             let family_name = family.name();
             return match family {
-                Family::Nccl | Family::Mpi | Family::Gloo => Place::Collective {
+                Family::Nccl | Family::Mpi | Family::Gloo | Family::Vllm => Place::Collective {
                     family: family_name,
                     func: String::new(),
                 },

@@ -51,6 +51,21 @@ pub const CUDART: WheelLib = WheelLib {
     member: "nvidia/cuda_runtime/lib/libcudart.so.12",
 };
 
+/// vLLM 0.34.0's compiled extension, for its symbol table (vLLM's custom all-reduce is
+/// exported from it; nothing in it runs here without a GPU).
+pub const VLLM: WheelLib = WheelLib {
+    package: "vllm",
+    version: "0.34.0",
+    sha256: "79ca4b3cd74aec08c4bf476bdf0cb15735b605ae5368526a2faae1e30f044ca2",
+    member: "vllm/_C_stable_libtorch.abi3.so",
+};
+
+/// vLLM's extension (`_C_stable_libtorch.abi3.so`), downloading the wheel (about 240 MB)
+/// and extracting it on first use.
+pub fn vllm_extension() -> Result<PathBuf> {
+    ensure(&cache_dir(), &VLLM)
+}
+
 /// Offsets of `comm->rank` and `comm->nRanks` in NCCL 2.32.3, read by hand from the
 /// disassembly of `pncclCommUserRank` (`mov 0x1206e8(%r13),%eax; ...; mov %eax,(%r14)`) and
 /// `pncclCommCount`.
@@ -193,6 +208,8 @@ fn download_and_extract(lib: &WheelLib, work: &Path, dest: &Path) -> Result<()> 
             ])
             .args([
                 "--platform",
+                "manylinux_2_28_x86_64",
+                "--platform",
                 "manylinux_2_27_x86_64",
                 "--platform",
                 "manylinux_2_17_x86_64",
@@ -201,7 +218,7 @@ fn download_and_extract(lib: &WheelLib, work: &Path, dest: &Path) -> Result<()> 
                 "--platform",
                 "manylinux2014_x86_64",
                 "--python-version",
-                "3",
+                "3.12",
             ])
             .arg("--dest")
             .arg(&wheels)

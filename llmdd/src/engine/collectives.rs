@@ -155,6 +155,7 @@ impl Engine {
         };
         let t = c.exit_ns.unwrap_or(c.entry_ns);
         let r = self.comms.init(
+            c.family(),
             proc,
             c.pid,
             uid,
@@ -194,6 +195,7 @@ impl Engine {
         // can be matched by split sequence.
         if !self.comms.knows(proc, parent) {
             let facts = CallFacts {
+                family: c.family(),
                 proc,
                 pid: c.pid,
                 handle: parent,
@@ -277,6 +279,7 @@ impl Engine {
             let bytes: u64 = same.iter().map(|o| o.bytes).sum();
             let fop = if same.len() == 1 { op.func } else { GROUP_OP };
             let facts = CallFacts {
+                family: op.spec().family,
                 proc,
                 pid,
                 handle: op.handle,
@@ -312,6 +315,7 @@ impl Engine {
         // Point-to-point: matched per direction for pipeline bubbles.
         for op in ops.iter().filter(|o| o.kind == CallKind::P2p) {
             let facts = CallFacts {
+                family: op.spec().family,
                 proc,
                 pid,
                 handle: op.handle,

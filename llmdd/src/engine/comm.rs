@@ -21,7 +21,13 @@
 //!   Limitation: two communicators of the same size with the same rank numbers in one job,
 //!   created before tracing, whose processes give no distinguishing hint, can be mixed up.
 //!   Handles whose rank cannot be known at all form a communicator of their own.
+//!
+//! A communicator belongs to one library family: a handle never joins another family's
+//! communicator, and communicators of different families never make each other ambiguous
+//! (a vLLM worker's tensor-parallel group has an NCCL communicator and a custom all-reduce
+//! object of the same shape; they are two communicators, each fully told apart).
 
+use llmdd_common::funcs::Family;
 use serde::Serialize;
 
 use super::{
@@ -70,6 +76,8 @@ pub struct CommMember {
 pub struct Communicator {
     pub id: u64,
     pub identity: Identity,
+    /// The library family whose calls it carries.
+    pub family: Family,
     pub nranks: Option<u32>,
     pub job: Option<String>,
     pub lane: u32,
@@ -136,6 +144,7 @@ pub fn plausible((rank, n): (u32, u32), hints: &super::ProcessHints) -> bool {
 
 /// Facts a call carries about its communicator.
 pub struct CallFacts {
+    pub family: Family,
     pub proc: ProcId,
     pub pid: u32,
     pub handle: u64,
@@ -157,7 +166,7 @@ impl Comms {
     fn create(
         &mut self,
         id: u64,
-        identity: Identity,
+        (identity, family): (Identity, Family),
         nranks: Option<u32>,
         job: Option<String>,
         t: u64,
@@ -169,6 +178,7 @@ impl Comms {
         let mut comm = Communicator {
             id,
             identity,
+            family,
             nranks,
             job,
             lane: lanes.len() as u32,
@@ -246,6 +256,7 @@ impl Comms {
     #[allow(clippy::too_many_arguments)]
     pub fn init(
         &mut self,
+        family: Family,
         proc: ProcId,
         pid: u32,
         uid: u64,
@@ -267,7 +278,7 @@ impl Comms {
                 let job = procs.proc(proc).hints.job.clone();
                 let c = self.create(
                     mix(&[uid, n as u64]),
-                    Identity::UniqueId { uid_hash: uid },
+                    (Identity::UniqueId { uid_hash: uid }, family),
                     Some(n),
                     job,
                     t,
@@ -316,14 +327,18 @@ impl Comms {
             Some(&c) => c,
             None => {
                 let job = self.list[pc as usize].job.clone();
+                let family = self.list[pc as usize].family;
                 let id = mix(&[pid_, k as u64, color as u64, 0x5b11]);
                 let c = self.create(
                     id,
-                    Identity::Split {
-                        parent: pid_,
-                        split: k,
-                        color,
-                    },
+                    (
+                        Identity::Split {
+                            parent: pid_,
+                            split: k,
+                            color,
+                        },
+                        family,
+                    ),
                     None,
                     job,
                     t,
@@ -414,11 +429,14 @@ impl Comms {
             let id = mix(&[f.pid as u64, f.handle, f.proc as u64, 0x10e1]);
             let c = self.create(
                 id,
-                Identity::Inferred {
-                    ordinal: 0,
-                    rank_source: source,
-                    ambiguous: false,
-                },
+                (
+                    Identity::Inferred {
+                        ordinal: 0,
+                        rank_source: source,
+                        ambiguous: false,
+                    },
+                    f.family,
+                ),
                 None,
                 job,
                 f.t,
@@ -434,7 +452,10 @@ impl Comms {
         let mut best: Option<(Score, u32)> = None;
         let mut runner_up: Option<Score> = None;
         for (ci, c) in self.list.iter().enumerate() {
-            if c.nranks != Some(n) || matches!(c.identity, Identity::Split { .. }) {
+            if c.nranks != Some(n)
+                || c.family != f.family
+                || matches!(c.identity, Identity::Split { .. })
+            {
                 continue;
             }
             if c.members
@@ -497,13 +518,15 @@ impl Comms {
                     .as_deref()
                     .map(|j| mix(&j.bytes().map(u64::from).collect::<Vec<_>>()))
                     .unwrap_or(0);
+                // The ordinal counts every family's communicators of this shape: ids stay
+                // unique when two families have one each.
                 let id = mix(&[0x1f, n as u64, jh, ordinal as u64]);
                 let identity = Identity::Inferred {
                     ordinal,
                     rank_source: source,
                     ambiguous: false,
                 };
-                self.create(id, identity, Some(n), job, f.t, lanes, cfg)?
+                self.create(id, (identity, f.family), Some(n), job, f.t, lanes, cfg)?
             }
         };
         if ambiguous {
@@ -527,7 +550,8 @@ impl Comms {
     /// 2 ranks each, or the two tensor-parallel groups of a 2x2 job), could have had their
     /// members paired either way. Every one of that shape is then ambiguous.
     fn same_shape_is_ambiguous(&mut self, c: u32, procs: &Procs, lanes: &mut [Lane]) {
-        let shape = |comm: &Communicator| -> Option<(u32, Option<String>, Option<u32>)> {
+        type Shape = (Family, u32, Option<String>, Option<u32>);
+        let shape = |comm: &Communicator| -> Option<Shape> {
             if !matches!(comm.identity, Identity::Inferred { .. }) {
                 return None;
             }
@@ -536,6 +560,7 @@ impl Comms {
                 .first()
                 .and_then(|m| procs.proc(m.proc).hints.parent);
             Some((
+                comm.family,
                 comm.nranks?,
                 comm.job.clone(),
                 comm.job.is_none().then_some(parent).flatten(),

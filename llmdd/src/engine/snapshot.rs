@@ -115,6 +115,13 @@ pub struct LaneView {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CommView {
     pub identity: Identity,
+    /// The library family whose calls it carries (the views name its backend from it).
+    #[serde(skip)]
+    pub family: llmdd_common::funcs::Family,
+    /// Each member's (pid, handle in that process): what the views key per-handle figures
+    /// by, so that they never guess a handle's communicator.
+    #[serde(skip)]
+    pub handles: Vec<(u32, u64)>,
     pub nranks: Option<u32>,
     /// Event time the communicator was first seen (created, or its first call).
     pub first_seen_ns: u64,
@@ -223,6 +230,18 @@ pub fn build(e: &Engine) -> Snapshot {
         .iter()
         .map(|c| CommView {
             identity: c.identity.clone(),
+            family: c.family,
+            handles: c
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let pid = e.lanes[c.lane as usize]
+                        .members
+                        .get(m.lane_member as usize)?
+                        .pid;
+                    Some((pid, m.handle))
+                })
+                .collect(),
             nranks: c.nranks,
             first_seen_ns: c.created_ns,
             lane: lane_view(e, &e.lanes[c.lane as usize], now),

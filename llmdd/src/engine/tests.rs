@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::{synth::*, *};
 use crate::events::SockKind;
+use llmdd_common::funcs::{self, Family};
 
 const MS: u64 = 1_000_000;
 const T0: u64 = 1_000 * MS;
@@ -649,6 +650,56 @@ fn two_inferred_communicators_of_different_sizes() {
         vec![(Some(4), 4, 30), (Some(2), 2, 30), (Some(2), 2, 30)]
     );
     assert!(e.findings().is_empty(), "{:#?}", e.findings());
+}
+
+#[test]
+fn a_vllm_custom_all_reduce_group_is_its_own_communicator_beside_nccl() {
+    // A vLLM tensor-parallel group attached after start-up: each worker has an NCCL
+    // communicator and a custom all-reduce object of the same shape (4 ranks, the same
+    // ranks), nothing else tells them apart. Rank 2 is late on the custom all-reduces only.
+    let mut nccl = Job::new(4);
+    nccl.init = false;
+    let mut car = Job::new(4);
+    car.init = false;
+    car.sync = false;
+    car.handle = 0x7a11;
+    car.func = funcs::id::VLLM_ALLREDUCE_BF16;
+    car.delay = |r, _| if r == 2 { 6 * MS } else { 0 };
+    let mut evs = nccl.events(0, 60);
+    evs.extend(car.events(0, 60).into_iter().map(|ev| match ev {
+        Event::Call(mut c) => {
+            c.entry_ns += 10 * MS;
+            c.exit_ns = c.exit_ns.map(|x| x + 10 * MS);
+            Event::Call(c)
+        }
+        o => o,
+    }));
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let s = e.snapshot();
+    let comms: Vec<(Family, usize, u64, bool)> = s
+        .communicators
+        .iter()
+        .map(|c| {
+            let ambiguous = matches!(
+                c.identity,
+                Identity::Inferred {
+                    ambiguous: true,
+                    ..
+                }
+            );
+            (c.family, c.lane.members.len(), c.lane.finished, ambiguous)
+        })
+        .collect();
+    assert_eq!(
+        comms,
+        vec![(Family::Nccl, 4, 60, false), (Family::Vllm, 4, 60, false)]
+    );
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].culprit.rank, Some(2));
+    let vllm = s.communicators.iter().find(|c| c.family == Family::Vllm);
+    assert!(vllm.is_some_and(|c| c.handles.iter().all(|&(_, h)| h == 0x7a11)));
 }
 
 #[test]

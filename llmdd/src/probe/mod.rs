@@ -157,10 +157,13 @@ const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str)
         (ProbeSet::Full, Family::Mpi) => ("mpi_entry", "mpi_return"),
         (ProbeSet::Full, Family::User) => ("user_entry", "user_return"),
         (ProbeSet::Full, Family::Gloo) => ("gloo_entry", "gloo_return"),
+        (ProbeSet::Full, Family::Vllm) => ("vllm_entry", "vllm_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 16] = [
+const UPROBE_PROGRAMS: [&str; 18] = [
+    "vllm_entry",
+    "vllm_return",
     "gloo_entry",
     "gloo_return",
     "user_entry",

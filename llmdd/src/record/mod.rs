@@ -259,7 +259,7 @@ impl RecProc {
 /// the known one, anything else to "other".
 fn static_name(s: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "nccl", "rccl", "cudart", "cuda", "mpi", "hip", "gloo", "user",
+        "nccl", "rccl", "cudart", "cuda", "mpi", "hip", "gloo", "vllm", "user",
     ];
     for f in llmdd_common::funcs::FUNCS {
         if f.family.name() == s {

@@ -24,6 +24,16 @@ pub const GLOO_CONTEXT: super::CommOffsets = super::CommOffsets {
     nranks_off: 12,
 };
 
+/// Where `vllm::CustomAllreduce` keeps its rank and group size: its first members, `int
+/// rank_; int world_size_;` (no virtual functions). Seen in the vllm 0.34.0 wheel's
+/// `allreduce<float>` (`mov (%rbx),%r8d` passes `rank_` to the kernel, `mov 0x4(%rbx),%eax`
+/// switches on `world_size_`); a build laid out otherwise gives reads the plausibility
+/// check refuses, and the worker's environment is used instead.
+pub const VLLM_CUSTOM_AR: super::CommOffsets = super::CommOffsets {
+    rank_off: 0,
+    nranks_off: 4,
+};
+
 /// Why a PyTorch CPU library gives no Gloo probes (a `Target::issues` reason).
 pub const NO_GLOO: &str = "exports no gloo:: collective entry points (PyTorch built without \
      Gloo, or with its symbols hidden): Gloo collectives are not traced in this process";
@@ -96,6 +106,7 @@ fn traced_objects(file: &MappedFile, host_path: &Path, info: &LibraryInfo) -> Ve
                 comm_offsets: match fp.family {
                     _ if nccl => info.comm_offsets.clone(),
                     Family::Gloo => Some(Ok(GLOO_CONTEXT)),
+                    Family::Vllm => Some(Ok(VLLM_CUSTOM_AR)),
                     _ => None,
                 },
             }

@@ -119,14 +119,19 @@ fn func_by_symbol() -> &'static HashMap<&'static str, FuncId> {
     })
 }
 
-/// The traced function a symbol is: by its exported name, or for Gloo's C++ functions by
-/// the demangled name without parameters (`gloo::allreduce(gloo::AllreduceOptions const&)`
-/// is `gloo::allreduce`, whatever the parameters' const-ness in this build).
+/// Mangled-name prefixes of the C++ families (Gloo's namespace, vLLM's custom all-reduce
+/// class): only these symbols are demangled while scanning a library.
+const CXX_PREFIXES: [&str; 2] = ["_ZN4gloo", "_ZN4vllm15CustomAllreduce"];
+
+/// The traced function a symbol is: by its exported name, or for the C++ families (Gloo,
+/// vLLM) by the demangled name without parameters (`gloo::allreduce(gloo::AllreduceOptions
+/// const&)` is `gloo::allreduce`, whatever the parameters' const-ness in this build; a
+/// template instance keeps its arguments: `vllm::CustomAllreduce::allreduce<float>`).
 pub fn func_of_symbol(name: &str) -> Option<FuncId> {
     if let Some(&f) = func_by_symbol().get(name) {
         return Some(f);
     }
-    if name.starts_with("_ZN4gloo") {
+    if CXX_PREFIXES.iter().any(|p| name.starts_with(p)) {
         let demangled = super::symbols::demangle(name);
         return func_by_symbol()
             .get(super::symbols::without_params(&demangled))

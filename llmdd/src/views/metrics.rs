@@ -258,38 +258,26 @@ impl State {
         self.lost = lost;
         self.processes = processes;
         self.serving_port = snap.requests.serving_port;
-        // Handle -> communicator, through the members' (pid, rank).
-        type HandleRanks = ((u32, u64), Option<i32>, Option<i32>);
-        let keys: Vec<(HandleRanks, &'static str)> = self
+        // Handle -> communicator, as the engine placed each member's handle.
+        let keys: Vec<((u32, u64), &'static str)> = self
             .coll
             .iter()
-            .map(|((p, h, _), s)| (((*p, *h), s.rank, s.nranks), s.backend))
+            .map(|((p, h, _), s)| ((*p, *h), s.backend))
             .collect();
-        for ((k, rank, nranks), backend) in keys {
+        for (k, backend) in keys {
             if let Some(c) = self.comm_of.get(&k) {
                 self.comm_backend.entry(c.clone()).or_insert(backend);
                 continue;
             }
-            let found: Vec<&str> = snap
+            let found = snap
                 .communicators
                 .iter()
-                .filter(|c| {
-                    nranks.is_none_or(|n| c.nranks.is_none_or(|m| i64::from(m) == i64::from(n)))
-                })
-                .filter(|c| {
-                    c.lane.members.iter().any(|m| {
-                        m.pid == k.0
-                            && rank.is_none_or(|r| {
-                                m.rank.is_none_or(|mr| i64::from(mr) == i64::from(r))
-                            })
-                    })
-                })
-                .map(|c| c.lane.id.as_str())
-                .collect();
-            if found.len() == 1 {
-                self.comm_of.insert(k, found[0].to_string());
+                .find(|c| c.handles.contains(&k))
+                .map(|c| c.lane.id.as_str());
+            if let Some(found) = found {
+                self.comm_of.insert(k, found.to_string());
                 self.comm_backend
-                    .entry(found[0].to_string())
+                    .entry(found.to_string())
                     .or_insert(backend);
                 self.polls_unresolved.remove(&k);
             } else {

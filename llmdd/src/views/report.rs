@@ -446,10 +446,7 @@ fn communicator(c: &CommView, run: &RunInfo) -> Communicator {
         },
     };
     Communicator {
-        backend: run.comm_backend(
-            &c.lane.ops.iter().map(|o| o.op).collect::<Vec<_>>(),
-            &c.lane.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
-        ),
+        backend: run.family_backend(c.lane.members.first().map(|m| m.pid).unwrap_or(0), c.family),
         identity,
         nranks: c.nranks,
         first_seen_ns: c.first_seen_ns,

@@ -148,7 +148,9 @@ impl RunInfo {
         self.family_backend(pid, f.family)
     }
 
-    fn family_backend(&self, pid: u32, family: llmdd_common::funcs::Family) -> &'static str {
+    /// The backend of `family`'s calls in process `pid` (a communicator's, from its first
+    /// member): the family's name, `rccl` for the NCCL family of a process using RCCL.
+    pub fn family_backend(&self, pid: u32, family: llmdd_common::funcs::Family) -> &'static str {
         let rccl = family == llmdd_common::funcs::Family::Nccl
             && self
                 .procs

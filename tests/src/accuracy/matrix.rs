@@ -266,6 +266,55 @@ fn asynchronous(mut s: Scenario) -> Scenario {
     s
 }
 
+/// The same scenario with the collectives through vLLM's custom all-reduce (simjob
+/// --custom-ar: `vllm::CustomAllreduce` member functions, found by demangled name, the
+/// object's `rank_`/`world_size_` read for the ranks) instead of NCCL's API.
+fn custom_ar(mut s: Scenario) -> Scenario {
+    s.name = format!("vllm custom-ar {}", s.name);
+    if let JobKind::Sim { jobs, .. } = &mut s.job {
+        for j in jobs.iter_mut() {
+            j.push("--custom-ar".into());
+        }
+    }
+    s
+}
+
+/// vLLM's custom all-reduce over shapes: stragglers synchronous and asynchronous, attached
+/// before and during, hangs at attach, tensor-parallel groups, clean runs.
+fn full_custom_ar(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Attach) {
+    for (ranks, op, delay, every, asynchronous_) in [
+        (4u64, "allreduce:64K", 20u64, 1u64, false),
+        (8, "reducescatter:64K", 30, 4, false),
+        (2, "allgather:64K", 50, 10, true),
+        (4, "allreduce:256K", 30, 5, true),
+    ] {
+        let slow = rng.below(ranks);
+        let a = during(rng);
+        let s = custom_ar(straggler(ranks, op, slow, delay, every, a));
+        out.push(if asynchronous_ { asynchronous(s) } else { s });
+    }
+    let mut tp = custom_ar(tp_straggler(rng, Attach::BeforeInit));
+    if let Expect::Straggler { may_withhold, .. } = &mut tp.expect {
+        // The custom all-reduce objects are made without a call llmdd sees: the two
+        // tensor-parallel groups are inferred, of one shape, and may not be told apart.
+        *may_withhold = true;
+    }
+    out.push(tp);
+    out.push(custom_ar(sim_hang(rng, 4, "allreduce:64K")));
+    out.push(asynchronous(custom_ar(sim_hang(rng, 4, "allreduce:64K"))));
+    let a = during(rng);
+    out.push(custom_ar(clean(
+        "4r allreduce",
+        &["--ranks", "4", "--steps", "200"],
+        a,
+    )));
+    out.push(asynchronous(custom_ar(clean(
+        "8r allreduce",
+        &["--ranks", "8", "--steps", "200", "--events"],
+        Attach::BeforeFault,
+    ))));
+}
+
 /// Asynchronous, rank `slow` enqueueing `delay_ms` late every `every` steps while the
 /// devices still work `gpu_ms` on what was queued before (4 kernels a step, launched before
 /// the lateness): hidden when the GPU work outlasts the lateness (nothing to name), named
@@ -365,6 +414,16 @@ pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
             out.push(asynchronous(straggler(4, "allreduce:64K", r, 30, 5, a)));
             out.push(asynchronous(sim_hang(&mut rng, 4, "allreduce:64K")));
             out.push(hidden_straggler(&mut rng, 10, 20));
+            let r = rng.below(4);
+            let a = during(&mut rng);
+            out.push(asynchronous(custom_ar(straggler(
+                4,
+                "allreduce:64K",
+                r,
+                30,
+                5,
+                a,
+            ))));
         }
         Size::Full { mpi_repeats } => {
             full(&mut rng, &mut out, during);
@@ -384,6 +443,7 @@ pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
                     expect: Expect::Serving,
                 });
             }
+            full_custom_ar(&mut rng, &mut out, during);
         }
     }
     out

@@ -204,13 +204,17 @@ impl Model {
         let lanes = snap
             .communicators
             .iter()
-            .map(|c| (&c.lane, c.nranks))
-            .chain(snap.graph_groups.iter().map(|g| (&g.lane, None)));
-        for (lane, nranks) in lanes {
-            let backend = run.comm_backend(
-                &lane.ops.iter().map(|o| o.op).collect::<Vec<_>>(),
-                &lane.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
-            );
+            .map(|c| (&c.lane, c.nranks, Some(c.family)))
+            .chain(snap.graph_groups.iter().map(|g| (&g.lane, None, None)));
+        for (lane, nranks, family) in lanes {
+            let first = lane.members.first().map(|m| m.pid).unwrap_or(0);
+            let backend = match family {
+                Some(f) => run.family_backend(first, f),
+                None => run.comm_backend(
+                    &lane.ops.iter().map(|o| o.op).collect::<Vec<_>>(),
+                    &lane.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
+                ),
+            };
             for o in &lane.ops {
                 let before = prev_calls
                     .get(&(lane.id.as_str(), o.op, o.size.as_str()))

@@ -83,6 +83,14 @@ pub enum CallKind {
     StreamWait,
     Alloc,
     Free,
+    /// A stream starts being captured into a CUDA graph: work submitted to it (and to streams
+    /// that join it through events) is recorded into the graph, not run.
+    CaptureBegin,
+    /// The capture ends; the graph is written through the out-pointer.
+    CaptureEnd,
+    /// A captured graph (argument 1) becomes an executable graph (written through the
+    /// out-pointer), what a graph launch then runs.
+    GraphInstantiate,
     /// A user-defined probe with no meaning to the analysis (timed and counted only).
     Other,
 }
@@ -366,6 +374,14 @@ funcs! {
     // registers the buffers its captured all-reduces use (collective over the group, on the
     // host, not on a stream).
     91 VLLM_REGISTER_GRAPH_BUFFERS "vllm::CustomAllreduce::register_graph_buffers" Vllm Other ["vllm::CustomAllreduce::register_graph_buffers"] { comm: 0 }
+    // ---- CUDA graph capture (CUDA runtime): which collectives and launches a graph holds ----
+    // cudaStreamBeginCapture(stream, mode); cudaStreamEndCapture(stream, cudaGraph_t *graph);
+    // cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags)
+    // and its WithFlags twin (same arguments).
+    92 CUDA_STREAM_BEGIN_CAPTURE "cudaStreamBeginCapture" CudaRuntime CaptureBegin ["cudaStreamBeginCapture", "cudaStreamBeginCapture_ptsz"] { stream: 0 }
+    93 CUDA_STREAM_END_CAPTURE "cudaStreamEndCapture" CudaRuntime CaptureEnd ["cudaStreamEndCapture", "cudaStreamEndCapture_ptsz"] { stream: 0, out: 1 }
+    94 CUDA_GRAPH_INSTANTIATE "cudaGraphInstantiate" CudaRuntime GraphInstantiate ["cudaGraphInstantiate"] { out: 0 }
+    95 CUDA_GRAPH_INSTANTIATE_WITH_FLAGS "cudaGraphInstantiateWithFlags" CudaRuntime GraphInstantiate ["cudaGraphInstantiateWithFlags"] { out: 0 }
 }
 
 impl FuncSpec {

@@ -43,6 +43,22 @@ pub type During<'a> = &'a mut dyn FnMut(&mut Job, &mut Proc);
 /// front, if any) with `--report` and `llmdd_args`, releases the job, runs `during`, lets the
 /// job finish and llmdd stop on its own, and reads both sides.
 pub fn run(name: &str, args: &[&str], llmdd_args: &[&str], during: During<'_>) -> Run {
+    run_with(name, args, llmdd_args, during, false)
+}
+
+/// As [`run`], with llmdd attached before the ranks create their communicators (and make
+/// anything else at start-up, such as their CUDA graphs).
+pub fn run_from_init(name: &str, args: &[&str], llmdd_args: &[&str]) -> Run {
+    run_with(name, args, llmdd_args, &mut nothing(), true)
+}
+
+fn run_with(
+    name: &str,
+    args: &[&str],
+    llmdd_args: &[&str],
+    during: During<'_>,
+    from_init: bool,
+) -> Run {
     require_root();
     let lib_dir = fake_lib_dir();
     let work = lib_dir.join(name);
@@ -61,7 +77,11 @@ pub fn run(name: &str, args: &[&str], llmdd_args: &[&str], during: During<'_>) -
         "240",
     ];
     job_args.extend_from_slice(args);
-    let mut job = Job::start(&lib_dir, &job_args).expect("simjob starts");
+    let mut job = if from_init {
+        Job::start_before_init(&lib_dir, &job_args).expect("simjob starts")
+    } else {
+        Job::start(&lib_dir, &job_args).expect("simjob starts")
+    };
     assert_eq!(job.pids.len(), NRANKS);
     let pids = job.pids.clone();
     let report_arg = report_path.to_string_lossy().into_owned();
@@ -72,6 +92,9 @@ pub fn run(name: &str, args: &[&str], llmdd_args: &[&str], during: During<'_>) -
     }
     extra.extend_from_slice(llmdd_args);
     let mut llmdd = start_llmdd(&pids, &extra).expect("llmdd attaches");
+    if from_init {
+        job.init().expect("the ranks set up");
+    }
     job.go().expect("releasing the job");
     during(&mut job, &mut llmdd);
     let truth = job.finish(&truth_path).expect("the job completes");

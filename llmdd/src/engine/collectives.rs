@@ -57,6 +57,28 @@ fn accepted(ret: Option<i64>) -> bool {
 
 impl Engine {
     /// A collective or point-to-point call: held in its thread's open group, or submitted.
+    /// Places the handle of a collective recorded into a graph being captured in its
+    /// communicator (so that the graph names it, and graph launches group by it) without an
+    /// arrival: nothing runs at capture.
+    pub(super) fn place_captured(&mut self, proc: ProcId, c: &CallEvent) -> Option<u64> {
+        let handle = c.comm.filter(|_| accepted(c.ret))?;
+        let facts = CallFacts {
+            family: c.family(),
+            proc,
+            pid: c.pid,
+            handle,
+            rank: c.rank,
+            nranks: c.nranks,
+            sig: 0,
+            t: c.entry_ns,
+        };
+        let r = self
+            .comms
+            .resolve(&facts, &self.procs, &mut self.lanes, &self.cfg);
+        self.comms_recycled();
+        r.map(|r| self.comms.list[r.comm as usize].id)
+    }
+
     pub(super) fn on_comm_call(&mut self, proc: ProcId, c: &CallEvent, busy: Busy) {
         if !accepted(c.ret) {
             self.counts.call_errors += 1;

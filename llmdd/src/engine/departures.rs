@@ -34,6 +34,7 @@ impl Engine {
         self.sync.forget_proc(proc);
         self.bubbles.forget_proc(proc);
         self.memory.proc_exit(proc);
+        self.captures.proc_exit(proc);
         self.groups.retain(|(p, _), _| *p != proc);
         self.in_flight.retain(|(p, _, _), _| *p != pid);
     }

@@ -45,6 +45,7 @@ impl Engine {
             return;
         }
         let stream = c.stream.unwrap_or(0);
+        self.captures.replay(proc, c.args[0]);
         if let Some((lane, m)) = self.graphs.member(
             proc,
             c.entry_ns,

@@ -26,6 +26,7 @@
 //!   prose), `snapshot` (views), `config` (thresholds).
 
 mod bubbles;
+mod capture;
 mod collectives;
 mod comm;
 mod completion;
@@ -71,7 +72,8 @@ pub use positions::{telling, Place, ProcThreads, ThreadPlace};
 pub use procs::{job_key, ProcessHints};
 pub use requests::{RequestRecord, RequestsView};
 pub use snapshot::{
-    CommView, Counts, GroupView, LaneView, MemberView, OpView, Snapshot, StageView,
+    CapturedCollView, CapturedGraphView, CommView, Counts, GroupView, LaneView, MemberView, OpView,
+    Snapshot, StageView,
 };
 pub use stats::Pctl;
 
@@ -109,6 +111,7 @@ pub struct Engine {
     procs: Procs,
     comms: Comms,
     graphs: Graphs,
+    captures: capture::Captures,
     lanes: Vec<Lane>,
     sync: SyncTracker,
     groups: FastMap<(ProcId, u32), GroupState>,
@@ -154,6 +157,7 @@ impl Engine {
             procs: Procs::default(),
             comms: Comms::default(),
             graphs: Graphs::default(),
+            captures: capture::Captures::default(),
             lanes: Vec::new(),
             sync: SyncTracker::default(),
             groups: FastMap::default(),
@@ -275,6 +279,10 @@ impl Engine {
             return;
         }
         let busy = self.note_host_time(proc, c);
+        if self.capture_call(proc, c) {
+            // Recorded into a graph being captured: not run now.
+            return;
+        }
         match spec.kind {
             CallKind::Collective | CallKind::P2p => self.on_comm_call(proc, c, busy),
             CallKind::GroupStart => self.on_group_start(proc, c),
@@ -291,9 +299,52 @@ impl Engine {
             CallKind::StreamWait => self.on_stream_wait(proc, c),
             CallKind::Alloc | CallKind::Free => self.on_alloc(proc, c),
             // User probes without a role: counted and timed by the summary and views only.
-            CallKind::Other => {}
+            // Graph capture calls were handled by `capture_call`.
+            CallKind::Other
+            | CallKind::CaptureBegin
+            | CallKind::CaptureEnd
+            | CallKind::GraphInstantiate => {}
         }
         self.note_wait(proc, c);
+    }
+
+    /// CUDA-graph capture (see `capture`): follows captures, graphs and executables; true
+    /// when `c` was recorded into a graph being captured rather than run.
+    fn capture_call(&mut self, proc: ProcId, c: &CallEvent) -> bool {
+        let ok = c.ret.is_none_or(|r| r == 0);
+        let cap = &mut self.captures;
+        match (c.spec().kind, c.stream) {
+            (CallKind::CaptureBegin, Some(s)) if ok => cap.begin(proc, s),
+            (CallKind::CaptureEnd, Some(s)) => cap.end(proc, s, c.out.filter(|_| ok)),
+            (CallKind::GraphInstantiate, _) if ok => {
+                if let Some(exec) = c.out {
+                    cap.instantiate(proc, c.pid, c.args[1], exec);
+                }
+            }
+            (CallKind::EventRecord, Some(s)) => {
+                if let Some(ev) = c.event_handle {
+                    cap.event_record(proc, ev, s);
+                }
+            }
+            (CallKind::StreamWait, Some(s)) => {
+                if let Some(ev) = c.event_handle {
+                    cap.stream_wait(proc, s, ev);
+                }
+            }
+            (_, Some(s)) if cap.capturing(proc, s) => {
+                let comm = match c.spec().kind {
+                    CallKind::Collective | CallKind::P2p => self.place_captured(proc, c),
+                    _ => None,
+                };
+                let recorded = self.captures.record(proc, c, comm);
+                if recorded {
+                    self.counts.captured_calls += 1;
+                }
+                return recorded;
+            }
+            _ => {}
+        }
+        false
     }
 
     /// Time spent in a call that waits for other ranks or for the device: sends and

@@ -12,7 +12,7 @@ use super::{
     op_label,
     requests::RequestsView,
     stats::Pctl,
-    util::{fmt_id, size_bucket_label},
+    util::{fmt_bytes, fmt_id, size_bucket_label},
     Engine,
 };
 
@@ -67,6 +67,9 @@ pub struct Counts {
     pub pids_reused: u64,
     /// Calls reported while still in flight (processed as arrivals before they returned).
     pub in_flight_calls: u64,
+    /// Collectives, launches and copies recorded into CUDA graphs being captured (not run
+    /// then, so kept out of matching).
+    pub captured_calls: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -129,6 +132,72 @@ pub struct CommView {
     pub lane: LaneView,
 }
 
+/// One kind of collective a captured graph holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CapturedCollView {
+    /// "all-reduce", "MPI_Allreduce": as the op is named elsewhere.
+    pub op: &'static str,
+    /// The library family of the call (nccl, vllm, ...).
+    pub family: &'static str,
+    pub bytes: u64,
+    /// The communicator's id, when the engine had placed the handle.
+    pub comm: Option<String>,
+    /// How many such calls one replay runs.
+    pub count: u64,
+}
+
+/// A CUDA-graph executable whose capture llmdd saw, and what each replay of it runs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CapturedGraphView {
+    pub pid: u32,
+    /// The `cudaGraphExec_t` handle.
+    pub exec: String,
+    /// `cudaGraphLaunch`es of it seen.
+    pub replays: u64,
+    pub collectives: Vec<CapturedCollView>,
+    /// Collectives beyond what is remembered per graph (counted only).
+    pub collectives_dropped: u64,
+    /// Kernel (and nested graph) launches and copies captured into it.
+    pub launches: u64,
+    pub copies: u64,
+}
+
+impl CapturedGraphView {
+    /// One line of what each replay runs: "1x all-reduce 64.0 KiB (nccl, comm 0481263379852cc2);
+    /// 3 launches, 0 copies".
+    pub fn holds(&self) -> String {
+        let mut parts: Vec<String> = self
+            .collectives
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}x {} {} ({}{})",
+                    c.count,
+                    c.op,
+                    fmt_bytes(c.bytes),
+                    c.family,
+                    c.comm
+                        .as_deref()
+                        .map(|id| format!(", comm {id}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        if self.collectives_dropped > 0 {
+            parts.push(format!("{} more collectives", self.collectives_dropped));
+        }
+        if parts.is_empty() {
+            parts.push("no collective".into());
+        }
+        format!(
+            "{}; {} launches, {} copies",
+            parts.join(", "),
+            self.launches,
+            self.copies
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GroupView {
     pub basis: GroupBasis,
@@ -153,6 +222,9 @@ pub struct Snapshot {
     pub now_ns: u64,
     pub communicators: Vec<CommView>,
     pub graph_groups: Vec<GroupView>,
+    /// Replayed graph executables whose capture was seen (most replayed first, at most
+    /// [`MAX_GRAPH_VIEWS`]).
+    pub captured_graphs: Vec<CapturedGraphView>,
     pub findings: Vec<Finding>,
     pub requests: RequestsView,
     pub memory: Vec<MemoryView>,
@@ -163,6 +235,48 @@ pub struct Snapshot {
     pub notes: Vec<String>,
     /// Where each traced process's threads were last found (live runs; see `positions`).
     pub threads: Vec<super::positions::ProcThreads>,
+}
+
+/// Captured graphs shown in a snapshot.
+pub const MAX_GRAPH_VIEWS: usize = 64;
+
+fn captured_graphs(e: &Engine) -> Vec<CapturedGraphView> {
+    let mut execs: Vec<&super::capture::Exec> =
+        e.captures.execs.iter().filter(|x| x.replays > 0).collect();
+    execs.sort_by_key(|x| (std::cmp::Reverse(x.replays), x.pid, x.handle));
+    execs.truncate(MAX_GRAPH_VIEWS);
+    execs
+        .into_iter()
+        .map(|x| {
+            let mut colls: Vec<CapturedCollView> = Vec::new();
+            for op in &x.contents.ops {
+                let spec = llmdd_common::funcs::spec(op.func);
+                let view = CapturedCollView {
+                    op: spec.map_or("unknown", |s| s.op_label()),
+                    family: spec.map_or("unknown", |s| s.family.name()),
+                    bytes: op.bytes,
+                    comm: op.comm.map(fmt_id),
+                    count: 1,
+                };
+                match colls.iter_mut().find(|c| {
+                    (c.op, c.family, c.bytes, &c.comm)
+                        == (view.op, view.family, view.bytes, &view.comm)
+                }) {
+                    Some(c) => c.count += 1,
+                    None => colls.push(view),
+                }
+            }
+            CapturedGraphView {
+                pid: x.pid,
+                exec: fmt_id(x.handle),
+                replays: x.replays,
+                collectives: colls,
+                collectives_dropped: x.contents.ops_dropped,
+                launches: x.contents.launches,
+                copies: x.contents.copies,
+            }
+        })
+        .collect()
 }
 
 fn lane_view(e: &Engine, l: &Lane, now: u64) -> LaneView {
@@ -309,6 +423,7 @@ pub fn build(e: &Engine) -> Snapshot {
         now_ns: now,
         communicators,
         graph_groups,
+        captured_graphs: captured_graphs(e),
         findings: e.findings.list.clone(),
         requests: e.requests.view(now, &e.cfg, 32),
         memory,

@@ -850,6 +850,126 @@ fn lost_events_reported_after_a_stall_retract_it() {
 }
 
 #[test]
+fn captured_collectives_are_not_run_and_each_replay_names_what_its_graph_holds() {
+    // Each of 4 ranks captures one all-reduce (1 MiB on its communicator) and two kernels on
+    // stream S, a second stream joining through an event, then replays the graph every 30 ms;
+    // rank 1 launches 8 ms late.
+    let n = 4usize;
+    let (s, s2, ev, graph, exec) = (0x51u64, 0x52u64, 0xe1u64, 0x6000u64, 0x7000u64);
+    let mut evs = Vec::new();
+    for r in 0..n {
+        let pid = 300 + r as u32;
+        let t = T0 + r as u64 * 1000;
+        evs.push(init(
+            pid,
+            0xabc,
+            r as i32,
+            n as i32,
+            HANDLE,
+            t - 20 * MS,
+            t - 10 * MS,
+        ));
+        evs.push(on_stream(
+            funcs::id::CUDA_STREAM_BEGIN_CAPTURE,
+            pid,
+            s,
+            t,
+            t + 1000,
+        ));
+        let mut rec = call(EVENT_RECORD, pid, pid, t + 2000, Some(t + 2100));
+        rec.stream = Some(s);
+        rec.event_handle = Some(ev);
+        evs.push(Event::Call(rec));
+        let mut wait = call(
+            funcs::id::CUDA_STREAM_WAIT_EVENT,
+            pid,
+            pid,
+            t + 3000,
+            Some(t + 3100),
+        );
+        wait.stream = Some(s2);
+        wait.event_handle = Some(ev);
+        evs.push(Event::Call(wait));
+        evs.push(coll(
+            ALL_REDUCE,
+            pid,
+            HANDLE,
+            Some(r as i32),
+            n as i32,
+            MIB,
+            s,
+            t + 4000,
+            t + 5000,
+        ));
+        evs.push(on_stream(LAUNCH_KERNEL, pid, s2, t + 6000, t + 6100));
+        evs.push(on_stream(LAUNCH_KERNEL, pid, s, t + 7000, t + 7100));
+        let mut end = call(
+            funcs::id::CUDA_STREAM_END_CAPTURE,
+            pid,
+            pid,
+            t + 8000,
+            Some(t + 8100),
+        );
+        end.stream = Some(s);
+        end.out = Some(graph);
+        evs.push(Event::Call(end));
+        let mut inst = call(
+            funcs::id::CUDA_GRAPH_INSTANTIATE,
+            pid,
+            pid,
+            t + 9000,
+            Some(t + 9100),
+        );
+        inst.out = Some(exec);
+        inst.args[1] = graph;
+        evs.push(Event::Call(inst));
+    }
+    let mut seed = 5;
+    for k in 0..60u64 {
+        let base = T0 + MS + k * 30 * MS;
+        for r in 0..n {
+            let pid = 300 + r as u32;
+            let at = base + lcg(&mut seed) % 100_000 + if r == 1 { 8 * MS } else { 0 };
+            let mut l = call(GRAPH_LAUNCH, pid, pid, at, Some(at + 20_000));
+            l.stream = Some(s);
+            l.args[0] = exec;
+            evs.push(Event::Call(l));
+        }
+    }
+    evs.sort_by_key(reorder::key_of);
+    let e = run(evs);
+    let snap = e.snapshot();
+    assert_eq!(snap.counts.captured_calls, 4 * 3, "{:?}", snap.counts);
+    // The captured all-reduce ran nowhere: no instance of it.
+    assert_eq!(snap.communicators.len(), 1);
+    assert_eq!(snap.communicators[0].lane.finished, 0);
+    assert_eq!(snap.captured_graphs.len(), 4, "{:#?}", snap.captured_graphs);
+    let comm = snap.communicators[0].lane.id.clone();
+    for g in &snap.captured_graphs {
+        assert_eq!(g.replays, 60);
+        assert_eq!(
+            (g.launches, g.copies),
+            (2, 0),
+            "the joined stream's kernel counts"
+        );
+        assert_eq!(
+            g.collectives,
+            vec![CapturedCollView {
+                op: "all-reduce",
+                family: "nccl",
+                bytes: MIB,
+                comm: Some(comm.clone()),
+                count: 1,
+            }]
+        );
+    }
+    // The replays are the steps, grouped by the communicator the capture placed them in.
+    let f = of_kind(&e, FindingKind::Straggler);
+    assert_eq!(f.len(), 1, "{:#?}", e.findings());
+    assert_eq!(f[0].culprit.rank, Some(1));
+}
+
+#[test]
 fn graph_launch_steps_find_the_straggler() {
     let n = 4usize;
     let mut e = Engine::new(Config::default());

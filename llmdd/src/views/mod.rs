@@ -221,6 +221,7 @@ impl Outputs {
             }
         }
         if let Some(t) = &mut self.trace {
+            t.on_graphs(&snap.captured_graphs);
             for i in &matched {
                 t.on_instance(i);
             }

@@ -34,6 +34,8 @@ pub struct Report {
     pub processes: Vec<Process>,
     pub communicators: Vec<Communicator>,
     pub graph_groups: Vec<GraphGroup>,
+    /// Replayed graph executables whose capture was seen, with what each replay runs.
+    pub captured_graphs: Vec<crate::engine::CapturedGraphView>,
     pub requests: Requests,
     pub findings: Vec<ReportFinding>,
     /// What the analysis could not conclude and why, one line each.
@@ -632,6 +634,7 @@ pub fn build(i: &Inputs) -> Report {
                 lane: lane(&g.lane),
             })
             .collect(),
+        captured_graphs: i.snapshot.captured_graphs.clone(),
         requests: requests(&i.snapshot.requests),
         notes: i.snapshot.notes.clone(),
         findings: i

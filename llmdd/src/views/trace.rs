@@ -16,7 +16,7 @@
 //! (`capped`, `slices_dropped`). Timestamps are CLOCK_MONOTONIC microseconds.
 
 use std::{
-    collections::{BTreeSet, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     fs::File,
     io::{BufWriter, Write},
 };
@@ -52,6 +52,9 @@ pub struct TraceCounts {
     pub findings: u64,
 }
 
+/// Captured graphs whose launches are labelled (one per executable per process).
+const MAX_GRAPH_LABELS: usize = 4096;
+
 pub struct Trace {
     out: BufWriter<File>,
     wrote_any: bool,
@@ -61,6 +64,9 @@ pub struct Trace {
     requests_seen: HashSet<(u32, u16, u64)>,
     requests_order: VecDeque<(u32, u16, u64)>,
     next_id: u64,
+    /// What each replay of a captured graph runs, by (pid, executable handle as hex), from
+    /// the engine's snapshot (see [`Trace::on_graphs`]).
+    graph_holds: HashMap<(u32, String), String>,
     /// The first write error (reported when the trace is finished).
     error: Option<std::io::Error>,
 }
@@ -80,7 +86,22 @@ impl Trace {
             requests_seen: HashSet::new(),
             requests_order: VecDeque::new(),
             next_id: 0,
+            graph_holds: HashMap::new(),
             error,
+        }
+    }
+
+    /// Learns what the captured graphs hold, so that their later launches say it
+    /// (`args.runs`); launches traced before the engine saw the graph's first replay stay
+    /// unlabelled.
+    pub fn on_graphs(&mut self, graphs: &[crate::engine::CapturedGraphView]) {
+        for g in graphs {
+            if self.graph_holds.len() >= MAX_GRAPH_LABELS {
+                break;
+            }
+            self.graph_holds
+                .entry((g.pid, g.exec.clone()))
+                .or_insert_with(|| g.holds());
         }
     }
 
@@ -135,6 +156,10 @@ impl Trace {
         put("ret", c.ret.map(Value::from));
         for (k, v) in &c.values {
             put(k, Some(Value::from(*v)));
+        }
+        if c.spec().kind == llmdd_common::funcs::CallKind::GraphLaunch {
+            let key = (c.pid, format!("{:016x}", c.args[0]));
+            put("runs", self.graph_holds.get(&key).cloned().map(Value::from));
         }
         let dur = match c.duration_ns() {
             Some(d) => d,

@@ -302,6 +302,11 @@ fn full_custom_ar(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut R
     out.push(tp);
     out.push(custom_ar(sim_hang(rng, 4, "allreduce:64K")));
     out.push(asynchronous(custom_ar(sim_hang(rng, 4, "allreduce:64K"))));
+    // CUDA graphs made by stream capture, as vLLM's decode does: seen from the capture on
+    // (attached before), or only their replays (attached during).
+    out.push(custom_ar(captured(rng, Attach::BeforeInit)));
+    let a = during(rng);
+    out.push(asynchronous(custom_ar(captured(rng, a))));
     let a = during(rng);
     out.push(custom_ar(clean(
         "4r allreduce",
@@ -313,6 +318,35 @@ fn full_custom_ar(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut R
         &["--ranks", "8", "--steps", "200", "--events"],
         Attach::BeforeFault,
     ))));
+}
+
+/// Steps captured into a CUDA graph at start (3 launches and an all-reduce) and replayed,
+/// rank `r` launching 10 to 30 ms late every other step.
+fn captured(rng: &mut Rng, attach: Attach) -> Scenario {
+    let r = rng.below(4);
+    let delay = rng.range(10, 30);
+    sim(
+        format!("captured graph 4r r{r} {delay}ms/2 {}", attach_label(attach)),
+        vec![args(&[
+            "--ranks",
+            "4",
+            "--capture",
+            "--launches",
+            "3",
+            "--steps",
+            "200",
+            "--collective",
+            "allreduce:64K",
+            "--straggler",
+            &format!("{r}:{delay}:2"),
+        ])],
+        attach,
+        Expect::Straggler {
+            job: 0,
+            rank: r as usize,
+            may_withhold: false,
+        },
+    )
 }
 
 /// Asynchronous, rank `slow` enqueueing `delay_ms` late every `every` steps while the

@@ -45,6 +45,8 @@ pub struct OpRow {
     pub skew_p50_ns: u64,
     pub skew_p99_ns: u64,
     pub busbw_gbps: Option<f64>,
+    /// For graph-launch steps whose graph capture was seen: what each replay runs.
+    pub holds: Option<String>,
     /// Arrival skew p50 at each of the last refreshes, oldest first (at most [`TREND`]).
     pub trend: Vec<u64>,
 }
@@ -208,6 +210,14 @@ impl Model {
             .chain(snap.graph_groups.iter().map(|g| (&g.lane, None, None)));
         for (lane, nranks, family) in lanes {
             let first = lane.members.first().map(|m| m.pid).unwrap_or(0);
+            let holds = family.is_none().then(|| {
+                lane.members.iter().find_map(|m| {
+                    snap.captured_graphs
+                        .iter()
+                        .find(|g| g.pid == m.pid)
+                        .map(|g| g.holds())
+                })
+            });
             let backend = match family {
                 Some(f) => run.family_backend(first, f),
                 None => run.comm_backend(
@@ -238,6 +248,7 @@ impl Model {
                     skew_p50_ns: o.skew.p50,
                     skew_p99_ns: o.skew.p99,
                     busbw_gbps: o.busbw_gbps_p50,
+                    holds: holds.clone().flatten(),
                     trend: extend_trend(
                         prev_op_trend
                             .get(&(lane.id.as_str(), o.op, o.size.as_str()))

@@ -71,7 +71,15 @@ fn short(id: &str) -> &str {
 pub fn ops<'a>(m: &'a Model, ui: &Ui) -> Vec<&'a OpRow> {
     m.ops
         .iter()
-        .filter(|o| ui.passes(&format!("{} {} {}", o.comm, o.op, o.size)))
+        .filter(|o| {
+            ui.passes(&format!(
+                "{} {} {} {}",
+                o.comm,
+                o.op,
+                o.size,
+                o.holds.as_deref().unwrap_or("")
+            ))
+        })
         .collect()
 }
 
@@ -537,7 +545,7 @@ pub fn detail_text(m: &Model, ui: &Ui) -> Option<(String, String)> {
             (
                 format!(" {} {} on {} ", o.op, o.size, o.comm),
                 format!(
-                    "communicator {}  ranks {}\ncalls {}  ({:.1}/s)\nhost call time p50 {}  p99 {}  max {} (entry to return: with asynchronous NCCL, the enqueue)\ncompletion bound p50 {} (last rank's entry to the sync that saw it done)\narrival skew p50 {}  p99 {}\nbus bandwidth p50 {}",
+                    "communicator {}  ranks {}\ncalls {}  ({:.1}/s)\nhost call time p50 {}  p99 {}  max {} (entry to return: with asynchronous NCCL, the enqueue)\ncompletion bound p50 {} (last rank's entry to the sync that saw it done)\narrival skew p50 {}  p99 {}\nbus bandwidth p50 {}{}",
                     o.comm,
                     o.nranks.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
                     o.calls,
@@ -549,6 +557,10 @@ pub fn detail_text(m: &Model, ui: &Ui) -> Option<(String, String)> {
                     dur(o.skew_p50_ns),
                     dur(o.skew_p99_ns),
                     o.busbw_gbps.map(|g| format!("{g:.2} GB/s")).unwrap_or_else(|| "-".into()),
+                    o.holds
+                        .as_deref()
+                        .map(|h| format!("\neach replay runs (from its capture): {h}"))
+                        .unwrap_or_default(),
                 ),
             )
         }),

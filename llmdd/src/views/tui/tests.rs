@@ -252,3 +252,84 @@ fn trends_accumulate_across_refreshes() {
     assert_eq!(render::spark(&[5, 5, 5]), "███");
     assert_eq!(render::spark(&[0, 0]), "▁▁");
 }
+
+#[test]
+fn a_graph_launch_row_says_what_each_replay_runs() {
+    use crate::engine::{synth::*, Config, Engine};
+    use crate::events::Event;
+    use llmdd_common::funcs::id;
+    const MS: u64 = 1_000_000;
+    let (s, graph, exec, handle) = (0x51u64, 0x6000u64, 0x7000u64, 0xc0u64);
+    let mut evs = Vec::new();
+    for r in 0..2u32 {
+        let (pid, t) = (100 + r, 1_000 * MS + u64::from(r) * 1000);
+        evs.push(init(pid, 0xab, r as i32, 2, handle, t - 2 * MS, t - MS));
+        evs.push(on_stream(id::CUDA_STREAM_BEGIN_CAPTURE, pid, s, t, t + 100));
+        evs.push(coll(
+            ALL_REDUCE,
+            pid,
+            handle,
+            Some(r as i32),
+            2,
+            4096,
+            s,
+            t + 200,
+            t + 300,
+        ));
+        let mut end = call(
+            id::CUDA_STREAM_END_CAPTURE,
+            pid,
+            pid,
+            t + 400,
+            Some(t + 500),
+        );
+        (end.stream, end.out) = (Some(s), Some(graph));
+        evs.push(Event::Call(end));
+        let mut inst = call(id::CUDA_GRAPH_INSTANTIATE, pid, pid, t + 600, Some(t + 700));
+        (inst.out, inst.args[1]) = (Some(exec), graph);
+        evs.push(Event::Call(inst));
+        for k in 0..20u64 {
+            let at = t + MS + k * 10 * MS;
+            let mut l = call(GRAPH_LAUNCH, pid, pid, at, Some(at + 1000));
+            (l.stream, l.args[0]) = (Some(s), exec);
+            evs.push(Event::Call(l));
+        }
+    }
+    evs.sort_by_key(|e| match e {
+        Event::Call(c) => c.exit_ns.unwrap_or(c.entry_ns),
+        _ => 0,
+    });
+    let mut e = Engine::new(Config::default());
+    for ev in evs {
+        e.ingest(ev);
+    }
+    e.flush();
+    let (run, _, _) = fixture::sample();
+    let m = Model::build(&e.snapshot(), &run, model().status.clone(), None, 0.0);
+    let row = m
+        .ops
+        .iter()
+        .find(|o| o.op == "graph-launch")
+        .expect("a graph row");
+    let holds = row
+        .holds
+        .as_deref()
+        .expect("the row knows what its graph holds");
+    assert!(
+        holds.starts_with("1x all-reduce 4.0 KiB (nccl, comm "),
+        "{holds}"
+    );
+    let mut ui = Ui {
+        detail: true,
+        ..Default::default()
+    };
+    let i = render::ops(&m, &ui)
+        .iter()
+        .position(|o| o.op == "graph-launch");
+    ui.selected[Pane::Comms.index()] = i.unwrap_or(0);
+    let (_, text) = render::detail_text(&m, &ui).expect("detail");
+    assert!(
+        text.contains("each replay runs (from its capture): 1x all-reduce"),
+        "{text}"
+    );
+}

@@ -116,10 +116,108 @@ pub fn run() -> bool {
     if targets.is_empty() {
         println!("no traceable process found (none maps libnccl, librccl, libcudart or libcuda)");
     } else {
-        println!("traceable processes:");
-        for t in &targets {
-            println!("{}", crate::live::targets::describe_target(t));
-        }
+        println!("traceable processes, by parent (roles in brackets):");
+    }
+    let traced: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+    let others = tracee::role_processes(&traced);
+    for line in node_tree(&targets, &others) {
+        println!("{line}");
     }
     ok
+}
+
+/// The traceable processes and the other processes with a role (API servers, the routing
+/// sidecar), as a tree by parent process, each line indented by its depth.
+fn node_tree(targets: &[tracee::Target], others: &[tracee::RoleProcess]) -> Vec<String> {
+    use tracee::role::labels;
+    let mut nodes: Vec<(u32, Option<u32>, Option<tracee::role::Role>)> = targets
+        .iter()
+        .map(|t| (t.pid, t.ppid, t.role.clone()))
+        .chain(others.iter().map(|o| (o.pid, o.ppid, Some(o.role.clone()))))
+        .collect();
+    nodes.sort_by_key(|n| n.0);
+    let roles: Vec<(u32, Option<tracee::role::Role>)> =
+        nodes.iter().map(|(p, _, r)| (*p, r.clone())).collect();
+    let label = labels(&roles);
+    let text = |i: usize| -> String {
+        let pid = nodes[i].0;
+        match targets.iter().find(|t| t.pid == pid) {
+            Some(t) => crate::live::targets::describe_target(t, label[i].as_deref()),
+            None => {
+                let o = others.iter().find(|o| o.pid == pid);
+                format!(
+                    "  pid {pid} ({}) [{}] (maps no traced library)",
+                    o.map_or("?", |o| o.comm.as_str()),
+                    label[i].as_deref().unwrap_or("?")
+                )
+            }
+        }
+    };
+    let pids: Vec<u32> = nodes.iter().map(|n| n.0).collect();
+    let mut out = Vec::new();
+    // Roots: parents outside the listed set. Depth-first, children by pid.
+    let mut stack: Vec<(usize, usize)> = (0..nodes.len())
+        .rev()
+        .filter(|&i| nodes[i].1.is_none_or(|pp| !pids.contains(&pp)))
+        .map(|i| (i, 0))
+        .collect();
+    let mut seen = vec![false; nodes.len()];
+    while let Some((i, depth)) = stack.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        let indent = "  ".repeat(depth);
+        for (k, l) in text(i).lines().enumerate() {
+            let mark = if depth > 0 && k == 0 { "`-" } else { "  " };
+            out.push(format!("{indent}{}{l}", if depth > 0 { mark } else { "" }));
+        }
+        for c in (0..nodes.len())
+            .rev()
+            .filter(|&c| nodes[c].1 == Some(nodes[i].0))
+        {
+            stack.push((c, depth + 1));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracee::{role::role_of, RoleProcess};
+
+    fn proc(pid: u32, ppid: u32, cmd: &str) -> RoleProcess {
+        let args: Vec<String> = cmd.split(' ').map(str::to_string).collect();
+        let none: [&str; 0] = [];
+        RoleProcess {
+            pid,
+            ppid: Some(ppid),
+            comm: "python3".into(),
+            role: role_of(&args, &none).expect("a role"),
+        }
+    }
+
+    #[test]
+    fn a_node_is_listed_as_a_tree_with_roles() {
+        let others = [
+            proc(14, 12, "VLLM::Worker_TP1"),
+            proc(
+                10,
+                1,
+                "/app/llm-d-routing-sidecar -port=8000 -vllm-port=8001",
+            ),
+            proc(11, 1, "vllm serve m --port 8001"),
+            proc(12, 11, "VLLM::EngineCore"),
+            proc(13, 12, "VLLM::Worker_TP0"),
+        ];
+        let lines = node_tree(&[], &others);
+        let want = [
+            "  pid 10 (python3) [llm-d routing sidecar :8000 -> decode :8001] (maps no traced library)",
+            "  pid 11 (python3) [vllm api-server :8001, decode (behind the routing sidecar)] (maps no traced library)",
+            "  `-  pid 12 (python3) [vllm engine-core] (maps no traced library)",
+            "    `-  pid 13 (python3) [vllm worker TP0] (maps no traced library)",
+            "    `-  pid 14 (python3) [vllm worker TP1] (maps no traced library)",
+        ];
+        assert_eq!(lines, want);
+    }
 }

@@ -3,10 +3,17 @@
 //! demangled name, and the fake extension the simulated job uses exports exactly those
 //! mangled names (so what the simulated job proves holds for the real symbols).
 //!
+//! And a tensor-parallel group of vLLM-titled workers on the custom all-reduce, attached by
+//! pid over the real BPF path: each process's role is read from its title, and a late rank
+//! is named on the custom all-reduce's communicator, labelled with its backend.
+//!
 //! The wheel is downloaded once (see `llmdd_tests::reallibs`). Without network access the
 //! test fails and says so. Stragglers, hangs and clean runs on the custom all-reduce over
 //! the real BPF path are in the accuracy matrix (`vllm custom-ar ...` scenarios; one runs
 //! in `accuracy_matrix`'s quick set).
+
+#[path = "findings_common.rs"]
+mod common;
 
 use std::collections::BTreeMap;
 
@@ -57,4 +64,48 @@ fn every_custom_all_reduce_function_is_found_in_the_real_wheel_and_the_fake_matc
         fake, found,
         "the fake extension must export the real wheel's mangled names"
     );
+}
+
+#[test]
+fn vllm_workers_are_named_by_role_and_a_late_one_on_the_custom_all_reduce() {
+    let _one = common::serial();
+    let r = common::run(
+        "vllm_custom_ar_workers",
+        &[
+            "--vllm-titles",
+            "--custom-ar",
+            "--steps",
+            "80",
+            "--compute-us",
+            "2000",
+            "--collective",
+            "allreduce:64K",
+            "--dtype",
+            "bfloat16",
+            "--straggler",
+            "3:20:1",
+        ],
+        &["--quiet"],
+        &mut common::nothing(),
+    );
+    let procs = r.report["processes"].as_array().expect("processes");
+    for rt in &r.truth.ranks {
+        let p = procs
+            .iter()
+            .find(|p| p["pid"] == rt.pid)
+            .expect("the rank in the report");
+        assert_eq!(p["role"], format!("vllm worker TP{}", rt.rank), "{p:#}");
+    }
+    let f = r.only_finding("straggler");
+    r.assert_culprit(f, 3);
+    let comm = r.report["communicators"]
+        .as_array()
+        .expect("communicators")
+        .iter()
+        .find(|c| Some(c["id"].as_str().unwrap_or("")) == f["culprit"]["comm"].as_str())
+        .cloned()
+        .expect("the finding's communicator");
+    assert_eq!(comm["backend"], "vllm", "{comm:#}");
+    let lag = f["magnitude"]["value"].as_f64().expect("magnitude");
+    common::assert_within("custom all-reduce lag", lag, 20e6, 0.2);
 }

@@ -124,6 +124,7 @@ pub fn proc_info(t: &tracee::Target, attached: &[AttachedObject]) -> ProcInfo {
         env_rank: t.rank_hints.rank,
         env_world_size: t.rank_hints.world_size,
         libraries,
+        role: t.role.as_ref().map(|r| r.to_string()),
         ..ProcInfo::default()
     }
 }
@@ -238,9 +239,10 @@ pub fn target_notes(t: &tracee::Target) -> Vec<String> {
     notes
 }
 
-/// One paragraph describing a target (for `doctor`).
-pub fn describe_target(t: &tracee::Target) -> String {
-    let mut s = format!("  pid {} ({}){}", t.pid, t.comm, describe_rank(t));
+/// One paragraph describing a target (for `doctor`), `role` its label on the node.
+pub fn describe_target(t: &tracee::Target, role: Option<&str>) -> String {
+    let role = role.map(|r| format!(" [{r}]")).unwrap_or_default();
+    let mut s = format!("  pid {} ({}){}{role}", t.pid, t.comm, describe_rank(t));
     for o in &t.objects {
         let offs = match &o.comm_offsets {
             Some(Ok(c)) => format!(", comm rank@{:#x} nranks@{:#x}", c.rank_off, c.nranks_off),

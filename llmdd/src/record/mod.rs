@@ -141,6 +141,9 @@ pub struct RecProc {
     pub parent: Option<u32>,
     #[serde(default)]
     pub world_comm: Option<u64>,
+    /// What it is on a vLLM / llm-d node (absent in files recorded before roles).
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// The start metadata.
@@ -201,6 +204,7 @@ impl RecProc {
             job: hints.job.clone(),
             parent: hints.parent,
             world_comm: hints.world_comm,
+            role: info.role.clone(),
             libraries: info
                 .libraries
                 .iter()
@@ -237,6 +241,7 @@ impl RecProc {
             comm: self.comm.clone(),
             env_rank: self.rank,
             env_world_size: self.world_size,
+            role: self.role.clone(),
             libraries: self
                 .libraries
                 .iter()

@@ -213,9 +213,11 @@ fn describe(
     let cmdline = procfs::read(pid, "cmdline")
         .map(|raw| procfs::split_nul(&raw))
         .unwrap_or_default();
-    let rank_hints = procfs::read(pid, "environ")
-        .map(|raw| procfs::rank_hints(&procfs::split_nul(&raw)))
+    let environ = procfs::read(pid, "environ")
+        .map(|raw| procfs::split_nul(&raw))
         .unwrap_or_default();
+    let rank_hints = procfs::rank_hints(&environ);
+    let role = super::role::role_of(&cmdline, &environ);
     Target {
         pid,
         ppid: status.ppid,
@@ -225,6 +227,7 @@ fn describe(
         exe: procfs::exe(pid),
         cmdline,
         rank_hints,
+        role,
         objects,
         issues,
     }

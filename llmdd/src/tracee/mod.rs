@@ -23,6 +23,7 @@ pub mod library;
 pub mod maps;
 pub mod nccl_offsets;
 pub mod procfs;
+pub mod role;
 pub mod symbols;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ pub struct Target {
     pub rank_hints: RankHints,
     /// The parent process (its launcher, for the ranks of most jobs).
     pub ppid: Option<u32>,
+    /// What it is on a vLLM / llm-d node (API server, engine core, worker, sidecar), from
+    /// its title, command line and environment.
+    pub role: Option<role::Role>,
     /// The handle of the MPI world communicator (`MPI_COMM_WORLD`) in this process, when its
     /// MPI library says where it is: the one MPI communicator the environment's ranks
     /// describe.
@@ -140,6 +144,40 @@ pub fn discover() -> Discovery {
         }
     }
     d
+}
+
+/// A process that maps nothing traceable but has a role on the node (an API server, the
+/// routing sidecar): listed by `doctor` beside the traced ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleProcess {
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub comm: String,
+    pub role: role::Role,
+}
+
+/// Every process (but `skip` and llmdd itself) whose title or command line gives it a role.
+pub fn role_processes(skip: &[u32]) -> Vec<RoleProcess> {
+    let me = std::process::id();
+    procfs::all_pids()
+        .into_iter()
+        .filter(|p| *p != me && !skip.contains(p))
+        .filter_map(|pid| {
+            let cmdline = procfs::split_nul(&procfs::read(pid, "cmdline").ok()?);
+            let environ = procfs::read(pid, "environ")
+                .map(|raw| procfs::split_nul(&raw))
+                .unwrap_or_default();
+            let role = role::role_of(&cmdline, &environ)?;
+            let status = procfs::read(pid, "status").ok()?;
+            let status = procfs::parse_status(&String::from_utf8_lossy(&status));
+            Some(RoleProcess {
+                pid,
+                ppid: status.ppid,
+                comm: status.name,
+                role,
+            })
+        })
+        .collect()
 }
 
 /// Every process mapping at least one traceable object (see [`discover`] for the counts of

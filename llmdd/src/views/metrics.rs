@@ -30,6 +30,7 @@
 //! | `llmdd_events_total` | counter (records received) | |
 //! | `llmdd_events_lost_total` | counter | |
 //! | `llmdd_processes_traced` | gauge | |
+//! | `llmdd_process_role` | gauge (1) | pid, role |
 //! | `llmdd_metrics_series_dropped_total` | counter | |
 
 use std::{
@@ -68,6 +69,7 @@ const MAX_SKEW_SERIES: usize = 512;
 const MAX_CALL_SERIES: usize = 4096;
 const MAX_ERROR_SERIES: usize = 1024;
 const MAX_CONNECTIONS: usize = 16_384;
+const MAX_ROLE_SERIES: usize = 1024;
 /// Polls after which a handle whose communicator cannot be told is labelled `unresolved`.
 const RESOLVE_POLLS: u32 = 3;
 
@@ -127,6 +129,8 @@ struct CollSeries {
 #[derive(Debug, Default)]
 pub struct State {
     coll: BTreeMap<(u32, u64, &'static str), CollSeries>,
+    /// (pid, role) of the traced processes that have one.
+    roles: Vec<(u32, String)>,
     comm_of: HashMap<(u32, u64), String>,
     /// Communicator id -> backend (from the calls on its handles).
     comm_backend: HashMap<String, &'static str>,
@@ -253,6 +257,11 @@ impl State {
 
     /// Takes what the engine knows: communicator ids of handles, bus bandwidth, findings,
     /// finished requests; `lost` is the total of lost records so far.
+    /// The roles of the traced processes (pid, "vllm worker TP1"), bounded like every series.
+    pub fn set_roles(&mut self, roles: impl Iterator<Item = (u32, String)>) {
+        self.roles = roles.take(MAX_ROLE_SERIES).collect();
+    }
+
     pub fn on_snapshot(&mut self, snap: &Snapshot, events: u64, lost: u64, processes: u64) {
         self.events = events;
         self.lost = lost;
@@ -567,6 +576,18 @@ impl Collector for Shared {
                 let l = lbl(&[("kind", (*k).to_string())]);
                 m.encode_family(&l)?
                     .encode_counter::<Vec<(String, String)>, u64, f64>(n, None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "llmdd_process_role",
+                "1 for each traced process whose title or command line names its role on a vLLM / llm-d node",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (pid, role) in &s.roles {
+                let l = lbl(&[("pid", pid.to_string()), ("role", role.clone())]);
+                Gauge(1.0).encode(m.encode_family(&l)?)?;
             }
         }
         {

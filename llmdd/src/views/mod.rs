@@ -216,6 +216,13 @@ impl Outputs {
         if let Some(m) = &self.metrics {
             let mut m = lock(m);
             m.on_snapshot(snap, events, lost, live);
+            m.set_roles(
+                self.run
+                    .procs
+                    .values()
+                    .filter(|p| !p.exited)
+                    .filter_map(|p| Some((p.pid, p.role.clone()?))),
+            );
             for i in &matched {
                 m.on_instance(i);
             }

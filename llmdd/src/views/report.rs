@@ -92,6 +92,10 @@ pub struct Process {
     pub nranks: Option<u32>,
     /// "communicator" (read through its NCCL handles), "environment" or "unknown".
     pub rank_source: &'static str,
+    /// What it is on a vLLM / llm-d node ("vllm worker TP1", "llm-d routing sidecar ..."),
+    /// from its title and command line; absent when they say nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub exited: bool,
     pub libraries: Vec<LibInfo>,
     pub functions: Vec<Function>,
@@ -579,6 +583,7 @@ pub fn build(i: &Inputs) -> Report {
                 rank,
                 nranks,
                 rank_source,
+                role: p.role.clone(),
                 exited: p.exited || i.summary.exited.contains(&p.pid),
                 libraries: p.libraries.clone(),
                 functions,

@@ -81,6 +81,9 @@ pub struct ProcInfo {
     /// Rank and rank count read through each communicator handle it used.
     pub handles: BTreeMap<u64, (Option<i32>, Option<i32>)>,
     pub exited: bool,
+    /// What it is on a vLLM / llm-d node ("vllm worker TP1"), when its title or command
+    /// says (see `tracee::role`).
+    pub role: Option<String>,
 }
 
 impl ProcInfo {
@@ -107,8 +110,11 @@ impl ProcInfo {
 
     /// `pid 42 (rank 3)` or `pid 42`.
     pub fn label(&self) -> String {
-        match self.rank() {
-            (Some(r), _, _) => format!("pid {} (rank {r})", self.pid),
+        let role = self.role.as_deref();
+        match (self.rank(), role) {
+            ((Some(r), _, _), Some(role)) => format!("pid {} (rank {r}, {role})", self.pid),
+            ((Some(r), _, _), None) => format!("pid {} (rank {r})", self.pid),
+            (_, Some(role)) => format!("pid {} ({role})", self.pid),
             _ => format!("pid {}", self.pid),
         }
     }

@@ -326,7 +326,10 @@ fn captured(rng: &mut Rng, attach: Attach) -> Scenario {
     let r = rng.below(4);
     let delay = rng.range(10, 30);
     sim(
-        format!("captured graph 4r r{r} {delay}ms/2 {}", attach_label(attach)),
+        format!(
+            "captured graph 4r r{r} {delay}ms/2 {}",
+            attach_label(attach)
+        ),
         vec![args(&[
             "--ranks",
             "4",

@@ -79,6 +79,8 @@ pub struct RankRow {
     pub latency_p50_ns: u64,
     /// Named in an active straggler finding.
     pub straggler: bool,
+    /// What the process is on a vLLM / llm-d node ("vllm worker TP1").
+    pub role: Option<String>,
     /// Lag p50 at each of the last refreshes, oldest first (at most [`TREND`]).
     pub trend: Vec<u64>,
 }
@@ -272,6 +274,7 @@ impl Model {
                     straggler: stragglers.iter().any(|(p, c)| {
                         *p == Some(m.pid) && c.as_deref().is_none_or(|c| c == lane.id)
                     }),
+                    role: run.procs.get(&m.pid).and_then(|p| p.role.clone()),
                     trend: extend_trend(
                         prev_rank_trend.get(&(lane.id.as_str(), m.pid)).copied(),
                         m.lag.p50,

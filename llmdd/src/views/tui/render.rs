@@ -88,12 +88,13 @@ pub fn ranks<'a>(m: &'a Model, ui: &Ui) -> Vec<&'a RankRow> {
         .iter()
         .filter(|r| {
             ui.passes(&format!(
-                "{} rank {} pid {} {} {}",
+                "{} rank {} pid {} {} {} {}",
                 r.comm,
                 r.rank.map(|r| r.to_string()).unwrap_or_default(),
                 r.pid,
                 r.host.as_deref().unwrap_or(""),
-                r.state
+                r.state,
+                r.role.as_deref().unwrap_or("")
             ))
         })
         .collect()
@@ -572,8 +573,9 @@ pub fn detail_text(m: &Model, ui: &Ui) -> Option<(String, String)> {
                     r.pid
                 ),
                 format!(
-                    "communicator {}\nhost {}\nstate {}  calls {}\narrival lag p50 {}  p99 {}  max {}\ncall latency p50 {}{}",
+                    "communicator {}{}\nhost {}\nstate {}  calls {}\narrival lag p50 {}  p99 {}  max {}\ncall latency p50 {}{}",
                     r.comm,
+                    r.role.as_deref().map(|x| format!("\nrole {x}")).unwrap_or_default(),
                     r.host.as_deref().unwrap_or("-"),
                     r.state,
                     r.calls,

@@ -20,6 +20,13 @@ pub const F_DEREF: u32 = 1 << 3;
 pub const F_UID: u32 = 1 << 4;
 /// Record flag: `stack_id` names the caller's user stack in the `STACKS` map.
 pub const F_USTACK: u32 = 1 << 5;
+/// Record flag: the deref argument was a `std::string`: `uid_hash` holds the hash of its
+/// length and (up to [`STR_WORDS`] words of) characters, `deref_val` its first 8 bytes
+/// (zero-padded).
+pub const F_STR: u32 = 1 << 6;
+/// Words of a `std::string`'s characters hashed (longer strings: their first 64 bytes and
+/// their length).
+pub const STR_WORDS: usize = 8;
 
 /// One traced call: entry and (when it returned) exit.
 #[repr(C)]
@@ -108,6 +115,9 @@ pub const C_USTACK: u8 = 1 << 2;
 /// Capture flag: the communicator (for the rank and rank-count read) is the word read
 /// through the deref argument, not an argument itself (Gloo).
 pub const C_COMM_DEREF: u8 = 1 << 3;
+/// Capture flag: the deref argument is a `std::string const&` (libstdc++'s layout: the
+/// character pointer, then the length): hash it and keep its first 8 bytes (see [`F_STR`]).
+pub const C_STR: u8 = 1 << 4;
 /// Mode flag: entry-only. The entry probe sends the record at once (no duration, return
 /// value or out-pointer value); no return probe is attached.
 pub const C_ENTRY_ONLY: u8 = 1 << 6;

@@ -30,6 +30,9 @@ pub enum Family {
     /// member functions of `vllm::CustomAllreduce`, found by their demangled names. Like
     /// NCCL's, they enqueue kernels on a stream and return.
     Vllm,
+    /// NIXL (libnixl, llm-d's KV-cache transfers between prefill and decode servers):
+    /// `nixlAgent` member functions, by their mangled names.
+    Nixl,
 }
 
 impl Family {
@@ -50,6 +53,7 @@ impl Family {
             Family::User => "user",
             Family::Gloo => "gloo",
             Family::Vllm => "vllm",
+            Family::Nixl => "nixl",
         }
     }
 
@@ -91,6 +95,20 @@ pub enum CallKind {
     /// A captured graph (argument 1) becomes an executable graph (written through the
     /// out-pointer), what a graph launch then runs.
     GraphInstantiate,
+    /// NIXL: a remote agent's descriptor list prepared (`prepXferDlist` with an agent name):
+    /// the list handle is written through the out-pointer.
+    KvPrepare,
+    /// NIXL: a transfer request made (`createXferReq` naming the remote agent, or
+    /// `makeXferReq` from prepared lists): the request handle through the out-pointer.
+    KvCreate,
+    /// NIXL: a request posted (`postXferReq(req)`); it returns the first status.
+    KvPost,
+    /// NIXL: a request's status polled (`getXferStatus(req)`); in progress until it is not.
+    KvStatus,
+    /// NIXL: a request released (`releaseXferReq(req)`).
+    KvRelease,
+    /// NIXL: a handshake with a remote agent (`makeConnection(agent)`, `loadRemoteMD`).
+    KvHandshake,
     /// A user-defined probe with no meaning to the analysis (timed and counted only).
     Other,
 }
@@ -183,6 +201,8 @@ pub struct Roles {
     pub comm_is_deref: bool,
     /// What a collective or point-to-point call does, whatever the library calls it.
     pub comm_op: Option<CommOp>,
+    /// The deref argument is a `std::string const&` (captured hashed, see `call::C_STR`).
+    pub deref_is_str: bool,
     /// The element type when the function fixes it (a C++ template instance such as
     /// `allreduce<float>`), as an `ncclDataType_t` code; `NO_SLOT` when it does not.
     pub fixed_dtype: u8,
@@ -209,6 +229,7 @@ const R: Roles = Roles {
     comm_op: None,
     fixed_dtype: N,
     count_is_int: false,
+    deref_is_str: false,
 };
 
 /// One traced function.
@@ -382,6 +403,31 @@ funcs! {
     93 CUDA_STREAM_END_CAPTURE "cudaStreamEndCapture" CudaRuntime CaptureEnd ["cudaStreamEndCapture", "cudaStreamEndCapture_ptsz"] { stream: 0, out: 1 }
     94 CUDA_GRAPH_INSTANTIATE "cudaGraphInstantiate" CudaRuntime GraphInstantiate ["cudaGraphInstantiate"] { out: 0 }
     95 CUDA_GRAPH_INSTANTIATE_WITH_FLAGS "cudaGraphInstantiateWithFlags" CudaRuntime GraphInstantiate ["cudaGraphInstantiateWithFlags"] { out: 0 }
+    // ---- NIXL (libnixl 1.x, nixlAgent members; mangled names, as overloads differ in where
+    // their arguments sit). `this` is slot 0; a `std::string const&` agent name is captured
+    // hashed (deref_is_str). The request handle of post/status/release is argument 1. ----
+    // prepXferDlist(const std::string& agent, const nixlDescList<nixlBasicDesc|nixlStrideDesc>&,
+    // nixlDlistH*& out, opts)
+    96 NIXL_PREP_XFER_DLIST "nixlAgent::prepXferDlist" Nixl KvPrepare ["_ZNK9nixlAgent13prepXferDlistERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEERK12nixlDescListI13nixlBasicDescERP10nixlDlistHPK21nixlAgentOptionalArgs", "_ZNK9nixlAgent13prepXferDlistERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEERK12nixlDescListI14nixlStrideDescERP10nixlDlistHPK21nixlAgentOptionalArgs"] { deref: 1, deref_is_str: true, out: 3 }
+    // createXferReq(const nixl_xfer_op_t&, local descs, remote descs, const std::string& agent,
+    // nixlXferReqH*& out, opts)
+    97 NIXL_CREATE_XFER_REQ "nixlAgent::createXferReq" Nixl KvCreate ["_ZNK9nixlAgent13createXferReqERK14nixl_xfer_op_tRK12nixlDescListI13nixlBasicDescES7_RKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEERP12nixlXferReqHPK21nixlAgentOptionalArgs"] { deref: 4, deref_is_str: true, out: 5 }
+    // makeXferReq(nixl_xfer_op_t op, const nixlDlistH& local, std::span<const int> local_idx
+    // (two registers: the count is slot 4), const nixlDlistH& remote, std::span remote_idx
+    // (stack slots 6-7), nixlXferReqH*& out (stack slot 8), opts). A prepared list starts
+    // with its remote agent's name (`std::string remoteAgent`, first in nixlDlistH in NIXL
+    // 1.5.1, read by hand from a live handle): read as a string through the remote list.
+    98 NIXL_MAKE_XFER_REQ "nixlAgent::makeXferReq" Nixl KvCreate ["_ZNK9nixlAgent11makeXferReqE14nixl_xfer_op_tRK10nixlDlistHSt4spanIKiLm18446744073709551615EES3_S6_RP12nixlXferReqHPK21nixlAgentOptionalArgs"] { op: 1, count: 4, peer: 5, deref: 5, deref_is_str: true, out: 8 }
+    // makeXferReq(const nixl_xfer_op_t&, const nixlDlistH* local, const std::vector<int>&,
+    // const nixlDlistH* remote, const std::vector<int>&, nixlXferReqH*& out (stack slot 6), opts)
+    99 NIXL_MAKE_XFER_REQ_V "nixlAgent::makeXferReq(vector)" Nixl KvCreate ["_ZNK9nixlAgent11makeXferReqERK14nixl_xfer_op_tPK10nixlDlistHRKSt6vectorIiSaIiEES5_SA_RP12nixlXferReqHPK21nixlAgentOptionalArgs"] { peer: 4, deref: 4, deref_is_str: true, out: 6 }
+    100 NIXL_POST_XFER_REQ "nixlAgent::postXferReq" Nixl KvPost ["_ZNK9nixlAgent11postXferReqEP12nixlXferReqHPK21nixlAgentOptionalArgs"] {}
+    101 NIXL_GET_XFER_STATUS "nixlAgent::getXferStatus" Nixl KvStatus ["_ZNK9nixlAgent13getXferStatusEP12nixlXferReqH"] {}
+    102 NIXL_RELEASE_XFER_REQ "nixlAgent::releaseXferReq" Nixl KvRelease ["_ZNK9nixlAgent14releaseXferReqEP12nixlXferReqH"] {}
+    // makeConnection(const std::string& agent, opts); loadRemoteMD(const std::string& md,
+    // std::string& agent_out): the metadata exchange, timed.
+    103 NIXL_MAKE_CONNECTION "nixlAgent::makeConnection" Nixl KvHandshake ["_ZN9nixlAgent14makeConnectionERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEEPK21nixlAgentOptionalArgs"] { deref: 1, deref_is_str: true }
+    104 NIXL_LOAD_REMOTE_MD "nixlAgent::loadRemoteMD" Nixl KvHandshake ["_ZN9nixlAgent12loadRemoteMDERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEERS5_"] {}
 }
 
 impl FuncSpec {

@@ -18,8 +18,8 @@ use aya_ebpf::{
 use llmdd_common::{
     call::{
         uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_AGG, C_COMM_DEREF,
-        C_ENTRY_ONLY, C_STACK, C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID,
-        F_USTACK, NO_SLOT, UID_BYTES, UID_HASH_INIT,
+        C_ENTRY_ONLY, C_STACK, C_STR, C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK, F_RETURNED,
+        F_STR, F_UID, F_USTACK, NO_SLOT, STR_WORDS, UID_BYTES, UID_HASH_INIT,
     },
     counters, RecordKind,
 };
@@ -74,6 +74,43 @@ fn key_of(pid_tgid: u64, func: u16) -> InflightKey {
     }
 }
 
+/// Hashes a string of `len` bytes at `rec.deref_val` (its character pointer) into
+/// `rec.uid_hash`, keeping its first word in `rec.deref_val`.
+#[inline(always)]
+fn hash_str(rec: &mut CallRecord, len: u64) {
+    let data = rec.deref_val;
+    let mut h = uid_hash_step(UID_HASH_INIT, len);
+    let mut first = 0u64;
+    let mut w = 0usize;
+    while w < STR_WORDS {
+        let at = 8 * w as u64;
+        if at < len {
+            // SAFETY: validated user read; a string's buffer holds at least `len` bytes.
+            let v = match unsafe { bpf_probe_read_user((data + at) as *const u64) } {
+                Ok(v) => v,
+                Err(_) => {
+                    count(counters::USER_READ_FAILED);
+                    return;
+                }
+            };
+            let keep = len - at;
+            let v = if keep >= 8 {
+                v
+            } else {
+                v & ((1u64 << (8 * keep)) - 1)
+            };
+            if w == 0 {
+                first = v;
+            }
+            h = uid_hash_step(h, v);
+        }
+        w += 1;
+    }
+    rec.uid_hash = h;
+    rec.deref_val = first;
+    rec.flags |= F_STR;
+}
+
 /// Entry half of the pair.
 #[inline(always)]
 pub fn on_entry<C: EbpfContext + StackIdContext>(ctx: &C) -> u32 {
@@ -124,6 +161,16 @@ pub fn on_entry<C: EbpfContext + StackIdContext>(ctx: &C) -> u32 {
             if let Some(v) = read_user_u64(p + 8 * cookie.deref_word() as u64) {
                 rec.deref_val = v;
                 rec.flags |= F_DEREF;
+            }
+        }
+    }
+
+    // A `std::string const&` argument (NIXL's agent names): its length and characters hashed
+    // (bytes past the length masked off), its first 8 bytes kept.
+    if cookie.flags() & C_STR != 0 && rec.flags & F_DEREF != 0 {
+        if let Some(p) = arg_at(&rec.args, cookie.deref_slot()) {
+            if let Some(len) = read_user_u64(p + 8) {
+                hash_str(&mut rec, len);
             }
         }
     }

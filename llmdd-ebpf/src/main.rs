@@ -19,6 +19,7 @@ mod hip;
 mod maps;
 mod mpi;
 mod nccl;
+mod nixl;
 mod proc;
 mod sock;
 mod user;

@@ -2,7 +2,7 @@
 //! boundary between the kernel's byte layout and everything downstream.
 
 use llmdd_common::{
-    call::{CallRecord, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_UID, F_USTACK, NO_SLOT},
+    call::{CallRecord, F_DEREF, F_OUT, F_RANK, F_RETURNED, F_STR, F_UID, F_USTACK, NO_SLOT},
     funcs::{self, CallKind, Family, FuncSpec},
     proc::ProcExitRecord,
     sock::{
@@ -137,6 +137,35 @@ pub struct CallEvent {
     pub values: Vec<(String, u64)>,
     #[serde(skip)]
     pub args: [u64; 9],
+    /// A string argument captured hashed (NIXL's remote agent name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<StrArg>,
+}
+
+/// A `std::string` argument as the probe captures it: a hash of its length and first 64
+/// bytes (equal strings, equal hashes), and its first 8 bytes for people to read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct StrArg {
+    pub hash: u64,
+    pub prefix: String,
+}
+
+impl StrArg {
+    fn from_record(r: &CallRecord) -> Option<StrArg> {
+        if r.flags & F_STR == 0 {
+            return None;
+        }
+        let bytes = r.deref_val.to_le_bytes();
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(8);
+        let prefix: String = String::from_utf8_lossy(&bytes[..end])
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        Some(StrArg {
+            hash: r.uid_hash,
+            prefix,
+        })
+    }
 }
 
 /// The communicator handle of a Gloo call whose context could not be read (see
@@ -216,6 +245,7 @@ impl CallEvent {
             && roles.deref != NO_SLOT
             && roles.stream == NO_SLOT
             && !roles.comm_is_deref
+            && !roles.deref_is_str
         {
             Some(r.deref_val)
         } else {
@@ -268,6 +298,7 @@ impl CallEvent {
             out,
             values,
             args,
+            text: StrArg::from_record(r),
         })
     }
 
@@ -501,6 +532,27 @@ mod tests {
         r.func = funcs::id::VLLM_ALLGATHER;
         let c = CallEvent::from_record(&r).expect("decodes");
         assert_eq!((c.bytes, c.dtype), (Some(0x1000), None));
+    }
+
+    #[test]
+    fn a_captured_string_keeps_its_hash_and_readable_first_bytes() {
+        let mut r = CallRecord {
+            kind: RecordKind::Call as u32,
+            func: funcs::id::NIXL_CREATE_XFER_REQ,
+            pid: 9,
+            tid: 9,
+            entry_ns: 10,
+            flags: F_DEREF | F_STR,
+            deref_val: u64::from_le_bytes(*b"p1-\x01\0\0\0\0"),
+            uid_hash: 0xabc,
+            ..CallRecord::default()
+        };
+        let c = CallEvent::from_record(&r).expect("decodes");
+        let t = c.text.expect("the string");
+        assert_eq!((t.hash, t.prefix.as_str()), (0xabc, "p1-?"));
+        assert_eq!(c.stream, None, "a string is not a stream");
+        r.flags = F_DEREF;
+        assert_eq!(CallEvent::from_record(&r).expect("decodes").text, None);
     }
 
     #[test]

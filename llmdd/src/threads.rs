@@ -229,7 +229,7 @@ pub fn place_of(frames: &[(String, Option<PathBuf>)], traced: &[TracedPath]) -> 
                     family: family_name,
                     func: String::new(),
                 },
-                Family::User => continue,
+                Family::User | Family::Nixl => continue,
             };
         }
     }

@@ -103,6 +103,7 @@ pub fn ensure() -> Result<()> {
     ensure_open_mpi()?;
     ensure_speedscope()?;
     ensure_serving_stack()?;
+    ensure_nixl()?;
 
     if is_root() && !Path::new(TRACEFS).join("events").exists() {
         run(
@@ -211,6 +212,43 @@ fn ensure_serving_stack() -> Result<()> {
         &format!(
             "pip install {} (about 10 MB, once)",
             SERVING_STACK.join(" ")
+        ),
+    )
+}
+
+/// NIXL from PyPI (llm-d's KV-cache transfer library, with UCX bundled), pinned, without its
+/// dependencies (it needs only numpy for DRAM transfers; no GPU).
+const NIXL: &[&str] = &["nixl-cu12==1.5.1", "numpy==2.4.6"];
+
+/// Where NIXL's virtual environment lives (tests/tests/nixl_kv.rs).
+pub fn nixl_venv() -> PathBuf {
+    workspace_root().join("target/tools/nixl-venv")
+}
+
+/// A Python virtual environment with the pinned NIXL (once; about 340 MB).
+fn ensure_nixl() -> Result<()> {
+    let venv = nixl_venv();
+    let python = venv.join("bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import nixl_cu12, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        return Ok(());
+    }
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv target/tools/nixl-venv (the real NIXL's test)",
+    )?;
+    run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg("--no-deps")
+            .args(NIXL),
+        &format!(
+            "pip install --no-deps {} (about 340 MB, once)",
+            NIXL.join(" ")
         ),
     )
 }

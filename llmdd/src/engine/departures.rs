@@ -35,6 +35,7 @@ impl Engine {
         self.bubbles.forget_proc(proc);
         self.memory.proc_exit(proc);
         self.captures.proc_exit(proc);
+        self.kv.proc_exit(proc);
         self.groups.retain(|(p, _), _| *p != proc);
         self.in_flight.retain(|(p, _, _), _| *p != pid);
     }
@@ -89,6 +90,7 @@ impl Engine {
             comm: Some(id),
             host,
             connection: None,
+            agent: None,
         };
         let waiting = wording::LeftWaiting::Open(left_open);
         let d = wording::member_left(&who, scope, id, how, t, waiting, culprit, label.label());
@@ -127,6 +129,7 @@ impl Engine {
             comm: Some(l.id),
             host,
             connection: None,
+            agent: None,
         };
         let waiting = wording::LeftWaiting::CalledAfter {
             survivor,

@@ -36,6 +36,7 @@ mod device;
 mod findings;
 mod graphs;
 mod host_clocks;
+pub(crate) mod kv;
 mod links;
 mod lost;
 mod matching;
@@ -64,6 +65,7 @@ pub use config::Config;
 pub use findings::{Culprit, Finding, FindingKind, Magnitude, Severity};
 pub use graphs::GroupBasis;
 pub use host_clocks::HostClock;
+pub use kv::KvAgentView;
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;
@@ -112,6 +114,7 @@ pub struct Engine {
     comms: Comms,
     graphs: Graphs,
     captures: capture::Captures,
+    kv: kv::Kv,
     lanes: Vec<Lane>,
     sync: SyncTracker,
     groups: FastMap<(ProcId, u32), GroupState>,
@@ -147,6 +150,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: Config) -> Engine {
+        let kv = kv::Kv::new((cfg.window_ns / 8).max(1), 8);
         Engine {
             reorder: Reorder::new(cfg.reorder_window_ns),
             requests: Requests::new(&cfg),
@@ -158,6 +162,7 @@ impl Engine {
             comms: Comms::default(),
             graphs: Graphs::default(),
             captures: capture::Captures::default(),
+            kv,
             lanes: Vec::new(),
             sync: SyncTracker::default(),
             groups: FastMap::default(),
@@ -300,6 +305,12 @@ impl Engine {
             CallKind::Alloc | CallKind::Free => self.on_alloc(proc, c),
             // User probes without a role: counted and timed by the summary and views only.
             // Graph capture calls were handled by `capture_call`.
+            CallKind::KvPrepare
+            | CallKind::KvCreate
+            | CallKind::KvPost
+            | CallKind::KvStatus
+            | CallKind::KvRelease
+            | CallKind::KvHandshake => self.kv.on_call(proc, c),
             CallKind::Other
             | CallKind::CaptureBegin
             | CallKind::CaptureEnd
@@ -450,6 +461,7 @@ impl Engine {
         }
         self.evaluate_pipelines(now.max(self.t));
         self.requests.tick(now, &self.cfg);
+        self.kv_verdicts(now.max(self.t));
     }
 
     /// Raises or updates a finding, noting lost events in its window.

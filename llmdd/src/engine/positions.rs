@@ -379,6 +379,7 @@ impl Engine {
             comm: self.comm_group(g).then_some(g),
             host: self.procs.host(p).map(str::to_owned),
             connection: None,
+            agent: None,
         });
         wording::stuck_at_attach(wording::StuckFacts {
             waiting,

@@ -225,6 +225,8 @@ pub struct Snapshot {
     /// Replayed graph executables whose capture was seen (most replayed first, at most
     /// [`MAX_GRAPH_VIEWS`]).
     pub captured_graphs: Vec<CapturedGraphView>,
+    /// KV-cache transfers (NIXL) per (pulling process, remote agent).
+    pub kv_transfers: Vec<super::kv::KvAgentView>,
     pub findings: Vec<Finding>,
     pub requests: RequestsView,
     pub memory: Vec<MemoryView>,
@@ -424,6 +426,7 @@ pub fn build(e: &Engine) -> Snapshot {
         communicators,
         graph_groups,
         captured_graphs: captured_graphs(e),
+        kv_transfers: e.kv.views(now, &e.procs),
         findings: e.findings.list.clone(),
         requests: e.requests.view(now, &e.cfg, 32),
         memory,

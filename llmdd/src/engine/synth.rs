@@ -59,6 +59,7 @@ pub fn call(func: u16, pid: u32, tid: u32, entry: u64, exit: Option<u64>) -> Cal
         caller: 0,
         values: Vec::new(),
         args: [0; 9],
+        text: None,
     }
 }
 

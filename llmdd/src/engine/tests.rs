@@ -2027,3 +2027,136 @@ fn ranks_that_change_between_calls_are_noted() {
         1
     );
 }
+
+/// NIXL calls of process `pid` pulling from `agent` (its name's hash `h`): a request made
+/// from a prepared remote list, posted at `t`, polled once in progress and once final with
+/// `status` after `took`, then released.
+fn kv_transfer(pid: u32, h: u64, req: u64, t: u64, took: u64, status: i64) -> Vec<Event> {
+    use crate::events::StrArg;
+    let agent = StrArg {
+        hash: h,
+        prefix: format!("agent{h}"),
+    };
+    let list = 0x1000 + h;
+    let mut prep = call(funcs::id::NIXL_PREP_XFER_DLIST, pid, pid, t, Some(t + 100));
+    (prep.out, prep.text) = (Some(list), Some(agent));
+    let mut make = call(
+        funcs::id::NIXL_MAKE_XFER_REQ,
+        pid,
+        pid,
+        t + 200,
+        Some(t + 300),
+    );
+    make.out = Some(req);
+    make.op = Some(0);
+    make.count = Some(4);
+    make.args[5] = list;
+    let mut post = call(
+        funcs::id::NIXL_POST_XFER_REQ,
+        pid,
+        pid,
+        t + 400,
+        Some(t + 500),
+    );
+    (post.ret, post.args[1]) = (Some(1), req);
+    let mut poll = call(
+        funcs::id::NIXL_GET_XFER_STATUS,
+        pid,
+        pid,
+        t + 600,
+        Some(t + 700),
+    );
+    (poll.ret, poll.args[1]) = (Some(1), req);
+    let end = t + 400 + took;
+    let mut last = call(
+        funcs::id::NIXL_GET_XFER_STATUS,
+        pid,
+        pid,
+        end - 100,
+        Some(end),
+    );
+    (last.ret, last.args[1]) = (Some(status), req);
+    let mut rel = call(
+        funcs::id::NIXL_RELEASE_XFER_REQ,
+        pid,
+        pid,
+        end + 100,
+        Some(end + 200),
+    );
+    rel.args[1] = req;
+    [prep, make, post, poll, last, rel]
+        .into_iter()
+        .map(Event::Call)
+        .collect()
+}
+
+#[test]
+fn kv_transfers_name_the_slow_the_failing_and_the_stuck_agent() {
+    let pid = 400;
+    let mut evs = Vec::new();
+    for k in 0..12u64 {
+        let t = T0 + k * 50 * MS;
+        // Agents 1 and 2 serve in about 1 ms, agent 3 in 12 ms.
+        evs.extend(kv_transfer(pid, 1, 0x10 + k, t, MS + k * 1000, 0));
+        evs.extend(kv_transfer(pid, 2, 0x100 + k, t + 5 * MS, MS + k * 2000, 0));
+        evs.extend(kv_transfer(pid, 3, 0x200 + k, t + 10 * MS, 12 * MS, 0));
+    }
+    // Agent 4 disconnects: two transfers fail.
+    evs.extend(kv_transfer(pid, 4, 0x300, T0 + 700 * MS, 2 * MS, -10));
+    evs.extend(kv_transfer(pid, 4, 0x301, T0 + 720 * MS, 2 * MS, -10));
+    evs.sort_by_key(reorder::key_of);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(evs);
+    // Agent 5: a transfer posted and never finished.
+    let mut stuck = kv_transfer(pid, 5, 0x400, T0 + 800 * MS, 0, 0);
+    stuck.truncate(4);
+    e.ingest_batch(stuck);
+    e.advance(T0 + 3_000 * MS);
+    let f = of_kind(&e, FindingKind::KvTransfer);
+    let by = |m: &str| {
+        f.iter()
+            .filter(|x| x.magnitude.name == m)
+            .collect::<Vec<_>>()
+    };
+    let slow = by("slow_ratio");
+    assert_eq!(slow.len(), 1, "{f:#?}");
+    assert_eq!(slow[0].culprit.agent.as_deref(), Some("agent agent3…"));
+    assert!(slow[0].magnitude.value > 3.0, "{:?}", slow[0].magnitude);
+    let failed = by("failed_transfers");
+    assert_eq!(failed.len(), 1, "{f:#?}");
+    assert_eq!(failed[0].culprit.agent.as_deref(), Some("agent agent4…"));
+    assert!(
+        failed[0].evidence.contains("NIXL_ERR_REMOTE_DISCONNECT x2"),
+        "{}",
+        failed[0].evidence
+    );
+    let stuck = by("stuck_ns");
+    assert_eq!(stuck.len(), 1, "{f:#?}");
+    assert_eq!(stuck[0].culprit.agent.as_deref(), Some("agent agent5…"));
+    assert_eq!(stuck[0].culprit.pid, Some(pid));
+    let s = e.snapshot();
+    let a3 = s
+        .kv_transfers
+        .iter()
+        .find(|k| k.agent.as_deref() == Some("agent3"))
+        .expect("agent 3's transfers");
+    assert_eq!((a3.transfers, a3.reads, a3.descriptors), (12, 12, 48));
+    assert!(a3.duration.p50 >= 11 * MS, "{:?}", a3.duration);
+    // The stuck transfer's finding goes inactive once it is released.
+    let mut rel = call(
+        funcs::id::NIXL_RELEASE_XFER_REQ,
+        pid,
+        pid,
+        T0 + 3_100 * MS,
+        Some(T0 + 3_101 * MS),
+    );
+    rel.args[1] = 0x400;
+    e.ingest(Event::Call(rel));
+    e.advance(T0 + 4_000 * MS);
+    let f = of_kind(&e, FindingKind::KvTransfer);
+    assert!(
+        f.iter()
+            .any(|x| x.magnitude.name == "stuck_ns" && !x.active),
+        "{f:#?}"
+    );
+}

@@ -5,6 +5,7 @@
 use super::{
     bubbles::{self, BubbleAlert},
     findings::{wording, Culprit, FindingBook, FindingKey, FindingKind},
+    kv,
     links::LinkAlert,
     matching::{Evidence, StallInfo},
     memory,
@@ -98,6 +99,7 @@ impl Engine {
             comm: Some(comm),
             host: self.procs.host(proc).map(str::to_owned),
             connection: None,
+            agent: None,
         }
     }
 
@@ -227,6 +229,7 @@ impl Engine {
                 comm: Some(c.id),
                 host: self.procs.host(v.slow.proc).map(str::to_owned),
                 connection: None,
+                agent: None,
             },
             verdict: v,
         });
@@ -271,6 +274,73 @@ impl Engine {
             comm: None,
             host: p.hints.host.clone(),
             connection: None,
+            agent: None,
+        }
+    }
+
+    /// KV-transfer findings (see `kv`): raised or updated while their evidence holds, made
+    /// inactive when it no longer does (a stuck transfer that finished, a slow agent caught up).
+    pub(super) fn kv_verdicts(&mut self, now: u64) {
+        if self.kv.agents.is_empty() {
+            return;
+        }
+        let alerts = self.kv.alerts(now, &self.procs);
+        let mut live: Vec<FindingKey> = Vec::new();
+        for a in alerts {
+            let (proc, agent, tag) = match &a {
+                kv::KvAlert::Failed { idx } | kv::KvAlert::Slow { idx, .. } => {
+                    let s = &self.kv.agents[*idx];
+                    let tag = if matches!(a, kv::KvAlert::Failed { .. }) {
+                        1
+                    } else {
+                        3
+                    };
+                    (s.proc, s.agent.clone(), tag)
+                }
+                kv::KvAlert::Stuck { proc, agent, .. } => (*proc, agent.clone(), 2),
+            };
+            let label = kv::agent_label(&agent);
+            let mut culprit = self.proc_culprit(proc);
+            culprit.agent = Some(label.clone());
+            let facts = wording::KvFacts {
+                culprit,
+                agent: &label,
+                now_ns: now,
+            };
+            let d = match a {
+                kv::KvAlert::Failed { idx } => wording::kv_failed(facts, &self.kv.agents[idx]),
+                kv::KvAlert::Stuck {
+                    age_ns,
+                    threshold_ns,
+                    typical_ns,
+                    ..
+                } => wording::kv_stuck(facts, age_ns, threshold_ns, typical_ns),
+                kv::KvAlert::Slow {
+                    idx,
+                    p50_ns,
+                    others_p50_ns,
+                    others,
+                } => {
+                    let n = self.kv.agents[idx].durations.pctl(now).count;
+                    wording::kv_slow(facts, p50_ns, others_p50_ns, others, n)
+                }
+            };
+            let key = FindingKey {
+                kind: FindingKind::KvTransfer,
+                scope: proc as u64,
+                culprit: agent.as_ref().map_or(0, |x| x.hash) ^ tag,
+            };
+            self.raise(key, d);
+            live.push(key);
+        }
+        let stale: Vec<FindingKey> = self
+            .findings
+            .keys_of(FindingKind::KvTransfer)
+            .into_iter()
+            .filter(|k| !live.contains(k))
+            .collect();
+        for k in stale {
+            self.findings.deactivate(&k, now);
         }
     }
 

@@ -20,7 +20,9 @@ use aya::{
 };
 use llmdd_common::{
     agg::{AggKey, AggVal},
-    call::{Cookie, LibCfg, C_AGG, C_COMM_DEREF, C_ENTRY_ONLY, C_STACK, C_UID, C_USTACK, NO_SLOT},
+    call::{
+        Cookie, LibCfg, C_AGG, C_COMM_DEREF, C_ENTRY_ONLY, C_STACK, C_STR, C_UID, C_USTACK, NO_SLOT,
+    },
     counters,
     funcs::{self, Family, FuncId},
     sock::SockCfg,
@@ -158,10 +160,13 @@ const fn programs(set: ProbeSet, family: Family) -> (&'static str, &'static str)
         (ProbeSet::Full, Family::User) => ("user_entry", "user_return"),
         (ProbeSet::Full, Family::Gloo) => ("gloo_entry", "gloo_return"),
         (ProbeSet::Full, Family::Vllm) => ("vllm_entry", "vllm_return"),
+        (ProbeSet::Full, Family::Nixl) => ("nixl_entry", "nixl_return"),
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 18] = [
+const UPROBE_PROGRAMS: [&str; 20] = [
+    "nixl_entry",
+    "nixl_return",
     "vllm_entry",
     "vllm_return",
     "gloo_entry",
@@ -210,6 +215,9 @@ pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
     }
     if r.comm_is_deref {
         flags |= C_COMM_DEREF;
+    }
+    if r.deref_is_str {
+        flags |= C_STR;
     }
     Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, flags)
 }

@@ -264,7 +264,7 @@ impl RecProc {
 /// the known one, anything else to "other".
 fn static_name(s: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "nccl", "rccl", "cudart", "cuda", "mpi", "hip", "gloo", "vllm", "user",
+        "nccl", "rccl", "cudart", "cuda", "mpi", "hip", "gloo", "vllm", "nixl", "user",
     ];
     for f in llmdd_common::funcs::FUNCS {
         if f.family.name() == s {

@@ -31,6 +31,10 @@
 //! | `llmdd_events_lost_total` | counter | |
 //! | `llmdd_processes_traced` | gauge | |
 //! | `llmdd_process_role` | gauge (1) | pid, role |
+//! | `llmdd_kv_transfers` | counter (NIXL transfers ended) | pid, agent |
+//! | `llmdd_kv_transfer_errors` | counter | pid, agent, error |
+//! | `llmdd_kv_transfer_duration_seconds` | gauge (p50, p99 over the window: post to final status) | pid, agent, quantile |
+//! | `llmdd_kv_transfers_in_flight` | gauge | pid, agent |
 //! | `llmdd_metrics_series_dropped_total` | counter | |
 
 use std::{
@@ -131,6 +135,8 @@ pub struct State {
     coll: BTreeMap<(u32, u64, &'static str), CollSeries>,
     /// (pid, role) of the traced processes that have one.
     roles: Vec<(u32, String)>,
+    /// KV transfers per (process, agent), from the last snapshot.
+    kv: Vec<crate::engine::KvAgentView>,
     comm_of: HashMap<(u32, u64), String>,
     /// Communicator id -> backend (from the calls on its handles).
     comm_backend: HashMap<String, &'static str>,
@@ -267,6 +273,7 @@ impl State {
         self.lost = lost;
         self.processes = processes;
         self.serving_port = snap.requests.serving_port;
+        self.kv = snap.kv_transfers.clone();
         // Handle -> communicator, as the engine placed each member's handle.
         let keys: Vec<((u32, u64), &'static str)> = self
             .coll
@@ -405,6 +412,76 @@ impl EncodeMetric for Gauge {
     fn metric_type(&self) -> MetricType {
         MetricType::Gauge
     }
+}
+
+/// The NIXL transfer families (see the module table).
+fn encode_kv(
+    kv: &[crate::engine::KvAgentView],
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let agent =
+        |k: &crate::engine::KvAgentView| k.agent.clone().unwrap_or_else(|| "unknown".into());
+    {
+        let mut m = enc.encode_descriptor(
+            "llmdd_kv_transfers",
+            "NIXL transfers that reached a final status, per pulling process and remote agent",
+            None,
+            MetricType::Counter,
+        )?;
+        for k in kv {
+            let l = lbl(&[("pid", k.pid.to_string()), ("agent", agent(k))]);
+            m.encode_family(&l)?
+                .encode_counter::<Vec<(String, String)>, u64, f64>(&k.transfers, None)?;
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "llmdd_kv_transfer_errors",
+            "NIXL transfers that ended in an error, by error",
+            None,
+            MetricType::Counter,
+        )?;
+        for k in kv {
+            for (e, n) in &k.errors {
+                let l = lbl(&[
+                    ("pid", k.pid.to_string()),
+                    ("agent", agent(k)),
+                    ("error", e.clone()),
+                ]);
+                m.encode_family(&l)?
+                    .encode_counter::<Vec<(String, String)>, u64, f64>(n, None)?;
+            }
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "llmdd_kv_transfer_duration_seconds",
+            "NIXL transfer time, post to final status (a completion bound, host time), over the window",
+            None,
+            MetricType::Gauge,
+        )?;
+        for k in kv.iter().filter(|k| k.duration.count > 0) {
+            for (q, v) in [("0.5", k.duration.p50), ("0.99", k.duration.p99)] {
+                let l = lbl(&[
+                    ("pid", k.pid.to_string()),
+                    ("agent", agent(k)),
+                    ("quantile", q.into()),
+                ]);
+                Gauge(v as f64 / 1e9).encode(m.encode_family(&l)?)?;
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "llmdd_kv_transfers_in_flight",
+        "NIXL transfers posted and not yet at a final status",
+        None,
+        MetricType::Gauge,
+    )?;
+    for k in kv {
+        let l = lbl(&[("pid", k.pid.to_string()), ("agent", agent(k))]);
+        Gauge(k.in_flight as f64).encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
 }
 
 impl Collector for Shared {
@@ -578,6 +655,7 @@ impl Collector for Shared {
                     .encode_counter::<Vec<(String, String)>, u64, f64>(n, None)?;
             }
         }
+        encode_kv(&s.kv, &mut enc)?;
         {
             let mut m = enc.encode_descriptor(
                 "llmdd_process_role",

@@ -36,6 +36,8 @@ pub struct Report {
     pub graph_groups: Vec<GraphGroup>,
     /// Replayed graph executables whose capture was seen, with what each replay runs.
     pub captured_graphs: Vec<crate::engine::CapturedGraphView>,
+    /// KV-cache transfers (NIXL) per (pulling process, remote agent).
+    pub kv_transfers: Vec<crate::engine::KvAgentView>,
     pub requests: Requests,
     pub findings: Vec<ReportFinding>,
     /// What the analysis could not conclude and why, one line each.
@@ -309,6 +311,9 @@ pub struct ReportCulprit {
     /// Communicator or graph group id (16 hex digits, as in `communicators[].id`).
     pub comm: Option<String>,
     pub connection: Option<String>,
+    /// A remote NIXL agent (kv_transfer findings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -505,6 +510,7 @@ pub fn finding(f: &Finding) -> ReportFinding {
             rank: f.culprit.rank,
             comm: f.culprit.comm.map(id_hex),
             connection: f.culprit.connection.clone(),
+            agent: f.culprit.agent.clone(),
         },
         evidence: f.evidence.clone(),
         source: f.source,
@@ -640,6 +646,7 @@ pub fn build(i: &Inputs) -> Report {
             })
             .collect(),
         captured_graphs: i.snapshot.captured_graphs.clone(),
+        kv_transfers: i.snapshot.kv_transfers.clone(),
         requests: requests(&i.snapshot.requests),
         notes: i.snapshot.notes.clone(),
         findings: i

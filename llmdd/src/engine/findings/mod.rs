@@ -26,6 +26,9 @@ pub enum FindingKind {
     LostEvents,
     /// A member process of a communicator exited (or destroyed/aborted its communicator).
     MemberLeft,
+    /// KV-cache transfers (NIXL) from one remote agent failing, stuck or slower than from
+    /// every other agent.
+    KvTransfer,
 }
 
 impl FindingKind {
@@ -38,6 +41,7 @@ impl FindingKind {
             FindingKind::Link => "link",
             FindingKind::LostEvents => "lost_events",
             FindingKind::MemberLeft => "member_left",
+            FindingKind::KvTransfer => "kv_transfer",
         }
     }
 }
@@ -60,6 +64,9 @@ pub struct Culprit {
     pub host: Option<String>,
     /// "10.0.0.1:5000 -> 10.0.0.2:41234".
     pub connection: Option<String>,
+    /// A remote NIXL agent ("agent 3f2a9c1e…": the first 8 bytes of its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// A machine-readable size of the problem.
@@ -168,6 +175,15 @@ impl FindingBook {
         let i = self.list.len() - 1;
         self.index.insert(key, i);
         &mut self.list[i]
+    }
+
+    /// The keys of the findings of `kind`.
+    pub fn keys_of(&self, kind: FindingKind) -> Vec<FindingKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.kind == kind)
+            .copied()
+            .collect()
     }
 
     pub fn get_mut(&mut self, key: &FindingKey) -> Option<&mut Finding> {

@@ -566,3 +566,109 @@ pub fn stuck_at_attach(f: StuckFacts) -> Draft {
         },
     }
 }
+
+/// A KV-transfer alert's numbers, with the process's culprit and the agent's label.
+pub struct KvFacts<'a> {
+    pub culprit: Culprit,
+    pub agent: &'a str,
+    pub now_ns: u64,
+}
+
+/// Transfers from one agent ended in errors.
+pub fn kv_failed(f: KvFacts<'_>, s: &crate::engine::kv::AgentStats) -> Draft {
+    let errors: Vec<String> = s
+        .errors
+        .iter()
+        .map(|(code, n)| format!("{} x{n}", crate::engine::kv::status_name(*code)))
+        .collect();
+    let pid = f.culprit.pid.unwrap_or(0);
+    Draft {
+        severity: if s.failed >= s.done {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        evidence: format!(
+            "{} of {} KV transfers pid {pid} made from {} ended in an error ({}); the requests \
+             waiting for that KV cache fail or are recomputed",
+            s.failed,
+            s.failed + s.done,
+            f.agent,
+            errors.join(", ")
+        ),
+        source: "NIXL transfer statuses",
+        suggestion: format!(
+            "check the prefill server behind {} (alive, its NIXL agent serving) and the path \
+             to it (UCX transport, NIC); NIXL_ERR_REMOTE_DISCONNECT means the remote side went \
+             away",
+            f.agent
+        ),
+        window: (s.last_ns.min(f.now_ns), f.now_ns),
+        magnitude: Magnitude {
+            name: "failed_transfers",
+            value: s.failed as f64,
+        },
+        culprit: f.culprit,
+    }
+}
+
+/// A transfer in progress far longer than the process's transfers take.
+pub fn kv_stuck(f: KvFacts<'_>, age_ns: u64, threshold_ns: u64, typical_ns: Option<u64>) -> Draft {
+    let pid = f.culprit.pid.unwrap_or(0);
+    let typical = typical_ns
+        .map(|t| format!("its completed transfers take up to {} (p99)", fmt_ns(t)))
+        .unwrap_or_else(|| "none of its transfers has completed yet".to_string());
+    Draft {
+        severity: Severity::Critical,
+        evidence: format!(
+            "a KV transfer pid {pid} posted to {} has been in progress for {} (host time since \
+             its post, still polled or not), over the {} line; {typical}",
+            f.agent,
+            fmt_ns(age_ns),
+            fmt_ns(threshold_ns)
+        ),
+        source: "NIXL transfer statuses",
+        suggestion: format!(
+            "the remote side of {} has stopped serving: check that its prefill server is alive \
+             and its NIXL agent reachable; the request waiting for this KV cache is stuck",
+            f.agent
+        ),
+        window: (f.now_ns.saturating_sub(age_ns), f.now_ns),
+        magnitude: Magnitude {
+            name: "stuck_ns",
+            value: age_ns as f64,
+        },
+        culprit: f.culprit,
+    }
+}
+
+/// One agent's transfers slower than every other agent's.
+pub fn kv_slow(f: KvFacts<'_>, p50_ns: u64, others_p50_ns: u64, others: usize, n: u64) -> Draft {
+    let pid = f.culprit.pid.unwrap_or(0);
+    let ratio = p50_ns as f64 / others_p50_ns.max(1) as f64;
+    Draft {
+        severity: Severity::Warning,
+        evidence: format!(
+            "KV transfers pid {pid} pulls from {} take a median {} (post to final status, a \
+             completion bound; {n} transfers), {ratio:.1}x the slowest median of its {others} \
+             other agent(s) ({}); the requests served from it wait that much longer for their \
+             KV cache (transfer sizes are not compared: the same server pulls the same kind of \
+             blocks from each)",
+            f.agent,
+            fmt_ns(p50_ns),
+            fmt_ns(others_p50_ns),
+        ),
+        source: "NIXL transfer statuses",
+        suggestion: format!(
+            "look at the prefill server behind {}: its load, its NIXL progress thread, and the \
+             link to it",
+            f.agent
+        ),
+        window: (f.now_ns.saturating_sub(p50_ns), f.now_ns),
+        magnitude: Magnitude {
+            name: "slow_ratio",
+            value: ratio,
+        },
+        culprit: f.culprit,
+    }
+}

@@ -166,10 +166,16 @@ fn node_tree(targets: &[tracee::Target], others: &[tracee::RoleProcess]) -> Vec<
         if std::mem::replace(&mut seen[i], true) {
             continue;
         }
+        // "  pid ..." at the top, "    `- pid ..." below it, a process's own lines under it.
         let indent = "  ".repeat(depth);
         for (k, l) in text(i).lines().enumerate() {
-            let mark = if depth > 0 && k == 0 { "`-" } else { "  " };
-            out.push(format!("{indent}{}{l}", if depth > 0 { mark } else { "" }));
+            let l = l.strip_prefix("  ").unwrap_or(l);
+            let mark = match (depth, k) {
+                (0, _) => "",
+                (_, 0) => "`- ",
+                _ => "   ",
+            };
+            out.push(format!("  {indent}{mark}{l}"));
         }
         for c in (0..nodes.len())
             .rev()
@@ -214,9 +220,9 @@ mod tests {
         let want = [
             "  pid 10 (python3) [llm-d routing sidecar :8000 -> decode :8001] (maps no traced library)",
             "  pid 11 (python3) [vllm api-server :8001, decode (behind the routing sidecar)] (maps no traced library)",
-            "  `-  pid 12 (python3) [vllm engine-core] (maps no traced library)",
-            "    `-  pid 13 (python3) [vllm worker TP0] (maps no traced library)",
-            "    `-  pid 14 (python3) [vllm worker TP1] (maps no traced library)",
+            "    `- pid 12 (python3) [vllm engine-core] (maps no traced library)",
+            "      `- pid 13 (python3) [vllm worker TP0] (maps no traced library)",
+            "      `- pid 14 (python3) [vllm worker TP1] (maps no traced library)",
         ];
         assert_eq!(lines, want);
     }

@@ -43,7 +43,12 @@ fn doctor_checks_pass_and_list_the_job_with_its_libraries() {
     for pid in &job.pids {
         let block: Vec<&str> = text
             .lines()
-            .skip_while(|l| !l.starts_with(&format!("  pid {pid} ")))
+            // A tree by parent: "  pid N ..." or, under its launcher, "    `- pid N ...".
+            .skip_while(|l| {
+                !l.trim_start()
+                    .trim_start_matches("`- ")
+                    .starts_with(&format!("pid {pid} "))
+            })
             .take(4)
             .collect();
         assert!(!block.is_empty(), "rank pid {pid} not listed:\n{text}");

@@ -58,9 +58,10 @@ fn kv(args: &[&str], dir: &Path, name: &str) -> Proc {
     p
 }
 
-/// What a run gives: llmdd's report and the decode side's own transfer lines.
+/// What a run gives: llmdd's report and timeline, and the decode side's own transfer lines.
 struct Run {
     report: Value,
+    trace: Value,
     xfers: Vec<(String, String, f64)>,
 }
 
@@ -81,9 +82,11 @@ fn run(name: &str, iters: u32, fault: impl FnOnce(u32, Arc<AtomicBool>) + Send +
         "decode",
     );
     let report = dir.join("report.json");
+    let trace = dir.join("trace.json");
     let r = report.to_string_lossy().into_owned();
-    let mut llmdd =
-        start_llmdd(&[dec.pid()], &["--quiet", "--report", &r]).expect("llmdd attaches");
+    let t = trace.to_string_lossy().into_owned();
+    let mut llmdd = start_llmdd(&[dec.pid()], &["--quiet", "--report", &r, "--trace", &t])
+        .expect("llmdd attaches");
     let stop = Arc::new(AtomicBool::new(false));
     let (pid2, flag) = (p2.pid(), stop.clone());
     let faults = std::thread::spawn(move || fault(pid2, flag));
@@ -115,9 +118,11 @@ fn run(name: &str, iters: u32, fault: impl FnOnce(u32, Arc<AtomicBool>) + Send +
     assert!(status.success(), "llmdd failed:\n{}", llmdd.transcript());
     drop((p1, p2));
     let text = std::fs::read_to_string(&report).expect("the report");
+    let timeline = std::fs::read_to_string(&trace).expect("the timeline");
     let _ = std::fs::remove_dir_all(&dir);
     Run {
         report: serde_json::from_str(&text).expect("the report is JSON"),
+        trace: serde_json::from_str(&timeline).expect("the timeline is JSON"),
         xfers,
     }
 }
@@ -167,6 +172,22 @@ fn healthy_transfers_are_counted_per_agent_and_raise_nothing() {
         assert_eq!(a["descriptors"], 40 * 16, "{a:#}");
     }
     assert!(r.kv_findings().is_empty(), "{:#?}", r.kv_findings());
+    // The timeline draws every transfer once, on the thread that posted it.
+    let slices: Vec<&Value> = r.trace["traceEvents"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["cat"] == "kv-transfer")
+        .collect();
+    assert_eq!(slices.len(), 80, "{slices:#?}");
+    assert!(slices.iter().all(|s| s["args"]["status"] == "NIXL_SUCCESS"));
+    assert_eq!(
+        slices
+            .iter()
+            .filter(|s| s["name"] == "KV READ from agent p1-prefi…")
+            .count(),
+        40
+    );
     // The transfer time is a bound on what the decode side measured around each one.
     let p50 = r.agent("p1-prefi")["duration"]["p50"]
         .as_f64()

@@ -18,7 +18,7 @@
 //! Bounded: [`MAX_PENDING`] requests and prepared lists, [`MAX_AGENTS`] (process, agent)
 //! pairs (more are counted, not kept).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use llmdd_common::funcs::CallKind;
 use serde::Serialize;
@@ -34,6 +34,26 @@ use crate::events::{CallEvent, StrArg};
 pub const MAX_PENDING: usize = 65_536;
 /// (pulling process, remote agent) pairs with statistics.
 pub const MAX_AGENTS: usize = 1024;
+/// Finished transfers kept for the views (the timeline draws each once).
+pub const MAX_RECENT: usize = 512;
+
+/// One finished transfer, for the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TransferRecord {
+    /// Increasing per engine: what the views deduplicate by.
+    pub seq: u64,
+    pub pid: u32,
+    /// The thread that posted it.
+    pub tid: u32,
+    pub agent: Option<String>,
+    pub posted_ns: u64,
+    /// Return of the call that gave the final status.
+    pub end_ns: u64,
+    pub status: &'static str,
+    /// "READ" or "WRITE" where the call passes it by value.
+    pub op: Option<&'static str>,
+    pub descriptors: Option<u64>,
+}
 
 /// NIXL's `nixl_status_t`: in progress.
 const IN_PROG: i64 = 1;
@@ -67,6 +87,7 @@ struct Pending {
     op: Option<u64>,
     descs: Option<u64>,
     posted_ns: Option<u64>,
+    posted_tid: u32,
 }
 
 /// One (pulling process, remote agent) pair's transfers.
@@ -109,6 +130,9 @@ pub struct Kv {
     pub refused: u64,
     /// Handshakes without an agent name (`loadRemoteMD`): the longest, per process.
     pub metadata_max_ns: FastMap<ProcId, u64>,
+    /// The last finished transfers (at most [`MAX_RECENT`]).
+    pub recent: VecDeque<TransferRecord>,
+    seq: u64,
     slice_ns: u64,
     keep: usize,
 }
@@ -122,6 +146,8 @@ impl Kv {
             by_agent: FastMap::default(),
             refused: 0,
             metadata_max_ns: FastMap::default(),
+            recent: VecDeque::new(),
+            seq: 0,
             slice_ns,
             keep,
         }
@@ -155,6 +181,7 @@ impl Kv {
                     op: c.op,
                     descs: c.count,
                     posted_ns: None,
+                    posted_tid: c.tid,
                 };
                 self.pending.insert((proc, req), p);
             }
@@ -207,6 +234,7 @@ impl Kv {
         };
         if first {
             p.posted_ns = Some(c.entry_ns);
+            p.posted_tid = c.tid;
         }
         let Some(posted) = p.posted_ns else {
             return;
@@ -217,6 +245,25 @@ impl Kv {
         // Final: done or failed. The request stays made (it may be posted again).
         p.posted_ns = None;
         let (agent, op, descs) = (p.agent.clone(), p.op, p.descs);
+        self.seq += 1;
+        if self.recent.len() >= MAX_RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(TransferRecord {
+            seq: self.seq,
+            pid: c.pid,
+            tid: p.posted_tid,
+            agent: agent.as_ref().map(|a| a.prefix.clone()),
+            posted_ns: posted,
+            end_ns: exit,
+            status: status_name(ret),
+            op: match op {
+                Some(0) => Some("READ"),
+                Some(1) => Some("WRITE"),
+                _ => None,
+            },
+            descriptors: descs,
+        });
         let Some(s) = self.stats(proc, c.pid, &agent) else {
             return;
         };

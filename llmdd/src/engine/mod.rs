@@ -65,7 +65,7 @@ pub use config::Config;
 pub use findings::{Culprit, Finding, FindingKind, Magnitude, Severity};
 pub use graphs::GroupBasis;
 pub use host_clocks::HostClock;
-pub use kv::KvAgentView;
+pub use kv::{KvAgentView, TransferRecord};
 pub use links::LinkView;
 pub use matching::Evidence;
 pub use memory::MemoryView;

@@ -227,6 +227,9 @@ pub struct Snapshot {
     pub captured_graphs: Vec<CapturedGraphView>,
     /// KV-cache transfers (NIXL) per (pulling process, remote agent).
     pub kv_transfers: Vec<super::kv::KvAgentView>,
+    /// The last finished KV transfers, oldest first (for the timeline).
+    #[serde(skip)]
+    pub kv_recent: Vec<super::kv::TransferRecord>,
     pub findings: Vec<Finding>,
     pub requests: RequestsView,
     pub memory: Vec<MemoryView>,
@@ -427,6 +430,7 @@ pub fn build(e: &Engine) -> Snapshot {
         graph_groups,
         captured_graphs: captured_graphs(e),
         kv_transfers: e.kv.views(now, &e.procs),
+        kv_recent: e.kv.recent.iter().cloned().collect(),
         findings: e.findings.list.clone(),
         requests: e.requests.view(now, &e.cfg, 32),
         memory,

@@ -235,6 +235,9 @@ impl Outputs {
             for r in &snap.requests.recent {
                 t.on_request(r);
             }
+            for k in &snap.kv_recent {
+                t.on_kv_transfer(k);
+            }
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct Trace {
     /// What each replay of a captured graph runs, by (pid, executable handle as hex), from
     /// the engine's snapshot (see [`Trace::on_graphs`]).
     graph_holds: HashMap<(u32, String), String>,
+    /// The newest KV transfer drawn (its `seq`).
+    kv_seen: u64,
     /// The first write error (reported when the trace is finished).
     error: Option<std::io::Error>,
 }
@@ -87,6 +89,7 @@ impl Trace {
             requests_order: VecDeque::new(),
             next_id: 0,
             graph_holds: HashMap::new(),
+            kv_seen: 0,
             error,
         }
     }
@@ -217,6 +220,39 @@ impl Trace {
     }
 
     /// A finished request as an async slice (written once).
+    /// A finished KV transfer (NIXL) as a slice on the thread that posted it, from its post
+    /// to the return of the call that gave its final status (drawn once per transfer).
+    pub fn on_kv_transfer(&mut self, t: &crate::engine::TransferRecord) {
+        if t.seq <= self.kv_seen {
+            return;
+        }
+        self.kv_seen = t.seq;
+        if self.capped() {
+            self.counts.slices_dropped += 1;
+            return;
+        }
+        let name = format!(
+            "KV {} from {}",
+            t.op.unwrap_or("transfer"),
+            t.agent
+                .as_deref()
+                .map(|a| format!("agent {a}…"))
+                .unwrap_or_else(|| "an unnamed agent".into())
+        );
+        self.counts.slices += 1;
+        self.emit(&json!({
+            "ph": "X",
+            "name": name,
+            "cat": "kv-transfer",
+            "pid": t.pid,
+            "tid": t.tid,
+            "ts": us(t.posted_ns),
+            "dur": us(t.end_ns.saturating_sub(t.posted_ns)),
+            "args": {"status": t.status, "descriptors": t.descriptors,
+                     "measures": "post to the return of the call that gave the final status (completion bound)"},
+        }));
+    }
+
     pub fn on_request(&mut self, r: &RequestRecord) {
         let key = (r.pid, r.local_port, r.start_ns);
         if !self.requests_seen.insert(key) {

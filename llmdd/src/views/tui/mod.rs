@@ -158,6 +158,8 @@ pub struct Model {
     pub requests: RequestsPane,
     pub now: Vec<NowRow>,
     pub status: Status,
+    /// KV-cache transfers (NIXL) in one line, when any were seen.
+    pub kv: Option<String>,
 }
 
 fn ms(ns: u64) -> f64 {
@@ -356,8 +358,36 @@ impl Model {
             requests,
             now,
             status,
+            kv: kv_line(&snap.kv_transfers),
         }
     }
+}
+
+/// "kv pulls: 80 from 2 agents, 0 failed, 0 in flight; slowest median 7.8 ms (agent p2-prefi…)".
+fn kv_line(kv: &[crate::engine::KvAgentView]) -> Option<String> {
+    if kv.is_empty() {
+        return None;
+    }
+    let total: u64 = kv.iter().map(|k| k.transfers).sum();
+    let failed: u64 = kv.iter().map(|k| k.failed).sum();
+    let flying: u64 = kv.iter().map(|k| k.in_flight).sum();
+    let slowest = kv
+        .iter()
+        .filter(|k| k.duration.count > 0)
+        .max_by_key(|k| k.duration.p50)
+        .map(|k| {
+            format!(
+                "; slowest median {:.1} ms (agent {}…)",
+                ms(k.duration.p50),
+                k.agent.as_deref().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "kv pulls: {total} from {} agent(s), {failed} failed, {flying} in flight{slowest} \
+         (post to final status)",
+        kv.len()
+    ))
 }
 
 /// Each traced process's most telling thread, as last read; its rank from its environment,

@@ -390,17 +390,20 @@ pub fn requests_pane(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     let outer = block(title, ui.focus == Pane::Requests);
     let inner = outer.inner(area);
     f.render_widget(outer, area);
+    let head = 1 + u16::from(m.kv.is_some());
     let parts = Layout::default()
         .direction(Direction::Vertical)
-        .constraints([Constraint::Length(1), Constraint::Min(1)])
+        .constraints([Constraint::Length(head), Constraint::Min(1)])
         .split(inner);
-    f.render_widget(
-        Paragraph::new(format!(
-            "done {}  in flight {}  peak {}  ttft p50/p99 {:.1}/{:.1} ms  gap p50/p99 {:.1}/{:.1} ms",
-            r.finished, r.in_flight, r.peak, r.ttft_ms.0, r.ttft_ms.1, r.itl_ms.0, r.itl_ms.1
-        )),
-        parts[0],
+    let mut summary = format!(
+        "done {}  in flight {}  peak {}  ttft p50/p99 {:.1}/{:.1} ms  gap p50/p99 {:.1}/{:.1} ms",
+        r.finished, r.in_flight, r.peak, r.ttft_ms.0, r.ttft_ms.1, r.itl_ms.0, r.itl_ms.1
     );
+    if let Some(kv) = &m.kv {
+        summary.push('\n');
+        summary.push_str(kv);
+    }
+    f.render_widget(Paragraph::new(summary), parts[0]);
     let rows = requests(m, ui);
     let body: Vec<Row> = rows
         .iter()

@@ -333,3 +333,48 @@ fn a_graph_launch_row_says_what_each_replay_runs() {
         "{text}"
     );
 }
+
+#[test]
+fn kv_transfers_are_summed_under_the_requests() {
+    use crate::engine::{KvAgentView, Pctl};
+    let agent = |name: &str, p50: u64, failed: u64| KvAgentView {
+        pid: 7,
+        agent: Some(name.into()),
+        agent_hash: Some("00000000000000aa".into()),
+        transfers: 40,
+        failed,
+        errors: Default::default(),
+        duration: Pctl {
+            count: 40 - failed,
+            p50,
+            p90: p50,
+            p99: p50,
+            max: p50,
+        },
+        reads: 40,
+        writes: 0,
+        descriptors: 640,
+        abandoned: 0,
+        handshake_max_ns: 0,
+        in_flight: 1,
+        oldest_in_flight_ns: 0,
+    };
+    let line = super::kv_line(&[
+        agent("p1-prefi", 8_000_000, 0),
+        agent("p2-prefi", 36_600_000, 2),
+    ]);
+    assert_eq!(
+        line.as_deref(),
+        Some(
+            "kv pulls: 80 from 2 agent(s), 2 failed, 2 in flight; slowest median 36.6 ms \
+             (agent p2-prefi…) (post to final status)"
+        )
+    );
+    assert_eq!(super::kv_line(&[]), None);
+    let mut m = model();
+    m.kv = line;
+    let got = draw_with(120, 6, |f, a| {
+        render::requests_pane(f, a, &m, &Ui::default())
+    });
+    assert!(got.contains("kv pulls: 80 from 2 agent(s)"), "{got}");
+}

@@ -118,6 +118,9 @@ pub const C_COMM_DEREF: u8 = 1 << 3;
 /// Capture flag: the deref argument is a `std::string const&` (libstdc++'s layout: the
 /// character pointer, then the length): hash it and keep its first 8 bytes (see [`F_STR`]).
 pub const C_STR: u8 = 1 << 4;
+/// Capture flag: a return of 1 is not sent (NIXL's "in progress" from a status poll: a poll
+/// that changed nothing, which a tight polling loop makes by the ten thousand a second).
+pub const C_SKIP_RET1: u8 = 1 << 5;
 /// Mode flag: entry-only. The entry probe sends the record at once (no duration, return
 /// value or out-pointer value); no return probe is attached.
 pub const C_ENTRY_ONLY: u8 = 1 << 6;

@@ -203,6 +203,8 @@ pub struct Roles {
     pub comm_op: Option<CommOp>,
     /// The deref argument is a `std::string const&` (captured hashed, see `call::C_STR`).
     pub deref_is_str: bool,
+    /// Returns of 1 ("in progress") are not sent (see `call::C_SKIP_RET1`).
+    pub skip_in_progress: bool,
     /// The element type when the function fixes it (a C++ template instance such as
     /// `allreduce<float>`), as an `ncclDataType_t` code; `NO_SLOT` when it does not.
     pub fixed_dtype: u8,
@@ -230,6 +232,7 @@ const R: Roles = Roles {
     fixed_dtype: N,
     count_is_int: false,
     deref_is_str: false,
+    skip_in_progress: false,
 };
 
 /// One traced function.
@@ -422,7 +425,8 @@ funcs! {
     // const nixlDlistH* remote, const std::vector<int>&, nixlXferReqH*& out (stack slot 6), opts)
     99 NIXL_MAKE_XFER_REQ_V "nixlAgent::makeXferReq(vector)" Nixl KvCreate ["_ZNK9nixlAgent11makeXferReqERK14nixl_xfer_op_tPK10nixlDlistHRKSt6vectorIiSaIiEES5_SA_RP12nixlXferReqHPK21nixlAgentOptionalArgs"] { peer: 4, deref: 4, deref_is_str: true, out: 6 }
     100 NIXL_POST_XFER_REQ "nixlAgent::postXferReq" Nixl KvPost ["_ZNK9nixlAgent11postXferReqEP12nixlXferReqHPK21nixlAgentOptionalArgs"] {}
-    101 NIXL_GET_XFER_STATUS "nixlAgent::getXferStatus" Nixl KvStatus ["_ZNK9nixlAgent13getXferStatusEP12nixlXferReqH"] {}
+    // Polled until the transfer is not in progress: only the final status is sent.
+    101 NIXL_GET_XFER_STATUS "nixlAgent::getXferStatus" Nixl KvStatus ["_ZNK9nixlAgent13getXferStatusEP12nixlXferReqH"] { skip_in_progress: true }
     102 NIXL_RELEASE_XFER_REQ "nixlAgent::releaseXferReq" Nixl KvRelease ["_ZNK9nixlAgent14releaseXferReqEP12nixlXferReqH"] {}
     // makeConnection(const std::string& agent, opts); loadRemoteMD(const std::string& md,
     // std::string& agent_out): the metadata exchange, timed.

@@ -18,7 +18,8 @@ use aya_ebpf::{
 use llmdd_common::{
     call::{
         uid_hash_step, CallRecord, Cookie, InflightKey, ARG_WORDS, C_AGG, C_COMM_DEREF,
-        C_ENTRY_ONLY, C_STACK, C_STR, C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK, F_RETURNED,
+        C_ENTRY_ONLY, C_SKIP_RET1, C_STACK, C_STR, C_UID, C_USTACK, F_DEREF, F_OUT, F_RANK,
+        F_RETURNED,
         F_STR, F_UID, F_USTACK, NO_SLOT, STR_WORDS, UID_BYTES, UID_HASH_INIT,
     },
     counters, RecordKind,
@@ -271,6 +272,12 @@ pub fn on_return<C: EbpfContext>(ctx: &C) -> u32 {
         count(counters::RETURN_WITHOUT_ENTRY);
         return 0;
     };
+    // A status poll that found the work still in progress: nothing to send.
+    // SAFETY: pt_regs context read.
+    if cookie.flags() & C_SKIP_RET1 != 0 && unsafe { (*regs).rax } as u32 == 1 {
+        let _ = INFLIGHT.remove(&key);
+        return 0;
+    }
     match EVENTS.reserve::<CallRecord>(0) {
         Some(mut entry) => {
             // SAFETY: `parked` points at a live map value; the copy is a fixed-size struct.

@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod job;
 pub mod kernel_objects;
 pub mod mpi;
+pub mod nixl;
 pub mod reallibs;
 pub mod records;
 pub mod serving;

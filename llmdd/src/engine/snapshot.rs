@@ -70,6 +70,9 @@ pub struct Counts {
     /// Collectives, launches and copies recorded into CUDA graphs being captured (not run
     /// then, so kept out of matching).
     pub captured_calls: u64,
+    /// Stuck-transfer checks withheld because events were lost since the transfer's post
+    /// (it may have finished in the lost records).
+    pub kv_stuck_withheld_lost: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -287,6 +287,14 @@ impl Engine {
         let alerts = self.kv.alerts(now, &self.procs);
         let mut live: Vec<FindingKey> = Vec::new();
         for a in alerts {
+            // A transfer that looks unfinished after events were lost may have finished in
+            // the records that were lost: not called stuck.
+            if let kv::KvAlert::Stuck { age_ns, .. } = &a {
+                if self.lost_in((now.saturating_sub(*age_ns), now)) > 0 {
+                    self.counts.kv_stuck_withheld_lost += 1;
+                    continue;
+                }
+            }
             let (proc, agent, tag) = match &a {
                 kv::KvAlert::Failed { idx } | kv::KvAlert::Slow { idx, .. } => {
                     let s = &self.kv.agents[*idx];

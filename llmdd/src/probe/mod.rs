@@ -21,7 +21,8 @@ use aya::{
 use llmdd_common::{
     agg::{AggKey, AggVal},
     call::{
-        Cookie, LibCfg, C_AGG, C_COMM_DEREF, C_ENTRY_ONLY, C_STACK, C_STR, C_UID, C_USTACK, NO_SLOT,
+        Cookie, LibCfg, C_AGG, C_COMM_DEREF, C_ENTRY_ONLY, C_SKIP_RET1, C_STACK, C_STR, C_UID,
+        C_USTACK, NO_SLOT,
     },
     counters,
     funcs::{self, Family, FuncId},
@@ -218,6 +219,9 @@ pub fn cookie_for(func: FuncId, slot: u16) -> Cookie {
     }
     if r.deref_is_str {
         flags |= C_STR;
+    }
+    if r.skip_in_progress {
+        flags |= C_SKIP_RET1;
     }
     Cookie::new(func, slot, r.comm, r.out, r.deref, r.deref_word, flags)
 }

@@ -352,6 +352,63 @@ fn captured(rng: &mut Rng, attach: Attach) -> Scenario {
     )
 }
 
+/// KV-cache transfers over the real NIXL (llm-d's prefill/decode path): 2 or 3 prefill
+/// agents, healthy; one stopped most of the time (slow to serve); one killed mid-run.
+fn full_nixl(rng: &mut Rng, out: &mut Vec<Scenario>) {
+    use crate::nixl::Fault;
+    let nixl = |name: String, agents: usize, iters: u32, fault: Fault, expect: Expect| Scenario {
+        name,
+        job: JobKind::Nixl {
+            agents,
+            iters,
+            fault,
+        },
+        expect,
+    };
+    for agents in [2usize, 3] {
+        out.push(nixl(
+            format!("nixl kv {agents} agents healthy"),
+            agents,
+            40,
+            Fault::None,
+            Expect::Nothing,
+        ));
+        let slow = rng.below(agents as u64) as usize;
+        let stop_ms = rng.range(30, 60);
+        out.push(nixl(
+            format!(
+                "nixl kv {agents} agents, p{} stopped {stop_ms} of every {} ms",
+                slow + 1,
+                stop_ms + 10
+            ),
+            agents,
+            30,
+            Fault::Slow {
+                agent: slow,
+                stop_ms,
+            },
+            Expect::KvAgent {
+                agent: slow,
+                magnitude: &["slow_ratio"],
+            },
+        ));
+        let killed = rng.below(agents as u64) as usize;
+        out.push(nixl(
+            format!("nixl kv {agents} agents, p{} killed mid-run", killed + 1),
+            agents,
+            200,
+            Fault::Kill {
+                agent: killed,
+                after_ms: 1500,
+            },
+            Expect::KvAgent {
+                agent: killed,
+                magnitude: &["failed_transfers", "stuck_ns"],
+            },
+        ));
+    }
+}
+
 /// Asynchronous, rank `slow` enqueueing `delay_ms` late every `every` steps while the
 /// devices still work `gpu_ms` on what was queued before (4 kernels a step, launched before
 /// the lateness): hidden when the GPU work outlasts the lateness (nothing to name), named
@@ -481,6 +538,7 @@ pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
                 });
             }
             full_custom_ar(&mut rng, &mut out, during);
+            full_nixl(&mut rng, &mut out);
         }
     }
     out

@@ -44,6 +44,13 @@ pub enum JobKind {
         attach_after_ms: u64,
         hang_step: Option<u32>,
     },
+    /// KV-cache transfers over the real NIXL: a decode process pulling `iters` times from
+    /// each of `agents` prefill agents, `fault` done to one of them (see `crate::nixl`).
+    Nixl {
+        agents: usize,
+        iters: u32,
+        fault: crate::nixl::Fault,
+    },
     /// The real Starlette + uvicorn serving stack, llmdd attached as a front.
     Serving {
         http: &'static str,
@@ -94,6 +101,12 @@ pub enum Expect {
     DeviceSide,
     /// TTFT and inter-token medians as the client measured them (within 10%).
     Serving,
+    /// A `kv_transfer` finding naming prefill agent `agent` (index), with this magnitude
+    /// ("slow_ratio", "failed_transfers", "stuck_ns"); nothing about another agent.
+    KvAgent {
+        agent: usize,
+        magnitude: &'static [&'static str],
+    },
 }
 
 /// How a scenario came out.

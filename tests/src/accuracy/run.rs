@@ -60,6 +60,20 @@ pub fn run(s: &Scenario, env: &Env, index: usize) -> Outcome {
                 ttft_ms,
                 itl_ms,
             } => run_serving(s, env, &dir, http, event_loop, *ttft_ms, *itl_ms),
+            JobKind::Nixl {
+                agents,
+                iters,
+                fault,
+            } => {
+                let r = crate::nixl::run(&env.llmdd, &dir.join("nixl"), *agents, *iters, *fault)?;
+                let errors = crate::harness::schema_errors(&r.report)?;
+                anyhow::ensure!(
+                    errors.is_empty(),
+                    "the report breaks docs/report.schema.json: {}",
+                    errors.join("; ")
+                );
+                Ok(score::kv(s, &r))
+            }
         });
     result.unwrap_or_else(|e| Outcome {
         scenario: s.name.clone(),

@@ -32,6 +32,13 @@ pub fn expected_label(e: &Expect) -> String {
         Expect::Nothing => "nothing".into(),
         Expect::DeviceSide => "nobody; device side".into(),
         Expect::Serving => "TTFT, ITL".into(),
+        Expect::KvAgent { agent, magnitude } => {
+            format!(
+                "kv {} {}",
+                magnitude.join("|"),
+                crate::nixl::agent_name(*agent)
+            )
+        }
     }
 }
 
@@ -192,7 +199,7 @@ fn want_sim(e: &Expect, truths: &[Truth]) -> Option<Want> {
             onsets: Vec::new(),
             may_withhold: false,
         }),
-        Expect::Nothing | Expect::DeviceSide | Expect::Serving => None,
+        Expect::Nothing | Expect::DeviceSide | Expect::Serving | Expect::KvAgent { .. } => None,
     }
 }
 
@@ -381,6 +388,75 @@ pub fn serving(s: &Scenario, port: u16, client: &ClientTruth, doc: &Value) -> Ou
             .join(" | ");
     } else if err > SERVING_TOLERANCE {
         o.verdict = Verdict::Magnitude;
+    }
+    o
+}
+
+/// KV-transfer scenarios: the expected agent named (by its label) with one of the expected
+/// magnitudes, or nothing at all; any other finding is false, except, where the agent is
+/// killed, an informational reset of a connection (a killed process resets its connections:
+/// saying so is true, and names no other culprit). The magnitude is not scored
+/// against the job (the fault is a kind, not a size); the slow ratio is shown as named.
+pub fn kv(s: &Scenario, r: &crate::nixl::NixlRun) -> Outcome {
+    let all = findings(&r.report);
+    let label = |f: &Value| {
+        format!(
+            "{} {} ({})",
+            f["kind"].as_str().unwrap_or("?"),
+            f["culprit"]["agent"].as_str().unwrap_or("-"),
+            f["magnitude"]["name"].as_str().unwrap_or("?")
+        )
+    };
+    let mut o = Outcome {
+        scenario: s.name.clone(),
+        expected: expected_label(&s.expect),
+        named: if all.is_empty() {
+            "none".into()
+        } else {
+            all.iter().map(|f| label(f)).collect::<Vec<_>>().join(", ")
+        },
+        magnitude_err: None,
+        false_findings: 0,
+        time_to_finding: None,
+        verdict: Verdict::Right,
+        detail: all
+            .iter()
+            .map(|f| f["evidence"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    };
+    match &s.expect {
+        Expect::KvAgent { agent, magnitude } => {
+            let name = crate::nixl::agent_name(*agent);
+            let want = format!("agent {}…", &name[..8.min(name.len())]);
+            let hit = |f: &&Value| {
+                f["kind"] == "kv_transfer"
+                    && f["culprit"]["agent"] == want.as_str()
+                    && magnitude.iter().any(|m| f["magnitude"]["name"] == *m)
+            };
+            let right = all.iter().filter(|f| hit(f)).count();
+            let killed = magnitude.contains(&"failed_transfers");
+            let co_symptom =
+                |f: &&&Value| killed && f["kind"] == "link" && f["magnitude"]["name"] == "resets";
+            let other = all
+                .iter()
+                .filter(|f| f["culprit"]["agent"] != want.as_str() && !co_symptom(f))
+                .count();
+            o.false_findings = other;
+            o.verdict = if right == 0 {
+                Verdict::Missed
+            } else if other > 0 {
+                Verdict::FalseFindings
+            } else {
+                Verdict::Right
+            };
+        }
+        _ => {
+            o.false_findings = all.len();
+            if !all.is_empty() {
+                o.verdict = Verdict::FalseFindings;
+            }
+        }
     }
     o
 }

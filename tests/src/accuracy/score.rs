@@ -4,6 +4,8 @@
 //! the job measured: a straggler's median lag with the median delay it slept (20%), a
 //! pipeline's lost share with the waiting the job timed in its own calls (20%), a stall's
 //! length with the sleep (20%), TTFT and inter-token medians with the client's (10%).
+//! KV-transfer findings are scored on the agent they name; without an injected fault, an
+//! agent called slow is right when the decode side's own times show it slow by the rule.
 
 use serde_json::Value;
 use simjob::truth::{FaultTruth, Truth};
@@ -452,11 +454,42 @@ pub fn kv(s: &Scenario, r: &crate::nixl::NixlRun) -> Outcome {
             };
         }
         _ => {
-            o.false_findings = all.len();
-            if !all.is_empty() {
+            // No fault was injected, but the job's own timing is the truth: an agent whose
+            // transfers the decode side itself measured slower than every other's by the
+            // rule's ratio was slow, and saying so is right.
+            let measured_slow = |f: &&Value| {
+                f["magnitude"]["name"] == "slow_ratio"
+                    && f["culprit"]["agent"]
+                        .as_str()
+                        .is_some_and(|a| really_slow(r, a))
+            };
+            o.false_findings = all.iter().filter(|f| !measured_slow(f)).count();
+            if o.false_findings > 0 {
                 o.verdict = Verdict::FalseFindings;
             }
         }
     }
     o
+}
+
+/// Whether the decode side's own times show the agent labelled `label` ("agent p2-prefi…")
+/// slower, median against median, than every other agent by the slow rule's ratio.
+fn really_slow(r: &crate::nixl::NixlRun, label: &str) -> bool {
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
+    let agents: std::collections::BTreeSet<&str> =
+        r.xfers.iter().map(|(a, _, _)| a.as_str()).collect();
+    let prefix = |a: &str| format!("agent {}…", &a[..8.min(a.len())]);
+    let Some(slow) = agents.iter().find(|a| prefix(a) == label) else {
+        return false;
+    };
+    let Some(m) = median(r.done(slow)) else {
+        return false;
+    };
+    agents
+        .iter()
+        .filter(|a| *a != slow)
+        .all(|a| median(r.done(a)).is_some_and(|o| m >= 3.0 * o))
 }

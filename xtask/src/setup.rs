@@ -191,27 +191,62 @@ pub fn serving_venv() -> PathBuf {
 
 /// A Python virtual environment with the pinned serving stack from PyPI (once).
 fn ensure_serving_stack() -> Result<()> {
-    let venv = serving_venv();
-    let python = venv.join("bin/python");
+    ensure_venv(Venv {
+        dir: serving_venv(),
+        check: "import uvicorn, starlette, httptools, uvloop",
+        what: "the real serving stack's test",
+        pip_args: &[],
+        packages: SERVING_STACK,
+        size: "about 10 MB",
+    })
+}
+
+/// A virtual environment under target/tools with pinned packages from PyPI.
+struct Venv {
+    dir: PathBuf,
+    /// Python that must run in it for it to count as installed.
+    check: &'static str,
+    /// Who needs it (said while installing).
+    what: &'static str,
+    pip_args: &'static [&'static str],
+    packages: &'static [&'static str],
+    size: &'static str,
+}
+
+/// Makes the environment and installs its packages, unless its check already passes.
+fn ensure_venv(v: Venv) -> Result<()> {
+    let python = v.dir.join("bin/python");
     let ok = python.exists()
         && Command::new(&python)
-            .args(["-c", "import uvicorn, starlette, httptools, uvloop"])
+            .args(["-c", v.check])
             .output()
             .is_ok_and(|o| o.status.success());
     if ok {
         return Ok(());
     }
+    let rel = v
+        .dir
+        .strip_prefix(workspace_root())
+        .unwrap_or(&v.dir)
+        .display()
+        .to_string();
     run(
-        Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "python3 -m venv target/tools/serving-venv (the real serving stack's test)",
+        Command::new("python3").args(["-m", "venv"]).arg(&v.dir),
+        &format!("python3 -m venv {rel} ({})", v.what),
     )?;
     run(
         Command::new(&python)
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(SERVING_STACK),
+            .args(v.pip_args)
+            .args(v.packages),
         &format!(
-            "pip install {} (about 10 MB, once)",
-            SERVING_STACK.join(" ")
+            "pip install {}{} ({}, once)",
+            v.pip_args
+                .iter()
+                .map(|a| format!("{a} "))
+                .collect::<String>(),
+            v.packages.join(" "),
+            v.size
         ),
     )
 }
@@ -227,30 +262,14 @@ pub fn nixl_venv() -> PathBuf {
 
 /// A Python virtual environment with the pinned NIXL (once; about 340 MB).
 fn ensure_nixl() -> Result<()> {
-    let venv = nixl_venv();
-    let python = venv.join("bin/python");
-    let ok = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import nixl_cu12, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if ok {
-        return Ok(());
-    }
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "python3 -m venv target/tools/nixl-venv (the real NIXL's test)",
-    )?;
-    run(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .arg("--no-deps")
-            .args(NIXL),
-        &format!(
-            "pip install --no-deps {} (about 340 MB, once)",
-            NIXL.join(" ")
-        ),
-    )
+    ensure_venv(Venv {
+        dir: nixl_venv(),
+        check: "import nixl_cu12, numpy",
+        what: "the real NIXL's test",
+        pip_args: &["--no-deps"],
+        packages: NIXL,
+        size: "about 340 MB",
+    })
 }
 
 /// The PyTorch the opt-in Gloo test runs: this version's wheel and the exact dependencies it

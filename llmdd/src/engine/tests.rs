@@ -581,6 +581,22 @@ fn split_communicators_are_matched_separately() {
     assert!(f[0].evidence.contains("all-gather"), "{}", f[0].evidence);
 }
 
+/// Steps `0..steps` of two jobs on the same processes, the second's calls 10 ms after the
+/// first's, in emission order.
+fn interleaved(a: &Job, b: &Job, steps: u64) -> Vec<Event> {
+    let mut evs = a.events(0, steps);
+    evs.extend(b.events(0, steps).into_iter().map(|ev| match ev {
+        Event::Call(mut c) => {
+            c.entry_ns += 10 * MS;
+            c.exit_ns = c.exit_ns.map(|x| x + 10 * MS);
+            Event::Call(c)
+        }
+        o => o,
+    }));
+    evs.sort_by_key(reorder::key_of);
+    evs
+}
+
 #[test]
 fn two_interleaved_communicators() {
     // The same 4 processes: a world communicator (uid A) and a second one (uid B) with a
@@ -591,17 +607,7 @@ fn two_interleaved_communicators() {
     job_b.handle = 0xbbbb;
     job_b.sync = false;
     job_b.delay = |r, _| if r == 1 { 6 * MS } else { 0 };
-    let mut evs = job_a.events(0, 60);
-    evs.extend(job_b.events(0, 60).into_iter().map(|ev| match ev {
-        Event::Call(mut c) => {
-            c.entry_ns += 10 * MS;
-            c.exit_ns = c.exit_ns.map(|x| x + 10 * MS);
-            Event::Call(c)
-        }
-        o => o,
-    }));
-    evs.sort_by_key(reorder::key_of);
-    let e = run(evs);
+    let e = run(interleaved(&job_a, &job_b, 60));
     let s = e.snapshot();
     assert_eq!(s.communicators.len(), 2);
     assert!(s
@@ -665,17 +671,7 @@ fn a_vllm_custom_all_reduce_group_is_its_own_communicator_beside_nccl() {
     car.handle = 0x7a11;
     car.func = funcs::id::VLLM_ALLREDUCE_BF16;
     car.delay = |r, _| if r == 2 { 6 * MS } else { 0 };
-    let mut evs = nccl.events(0, 60);
-    evs.extend(car.events(0, 60).into_iter().map(|ev| match ev {
-        Event::Call(mut c) => {
-            c.entry_ns += 10 * MS;
-            c.exit_ns = c.exit_ns.map(|x| x + 10 * MS);
-            Event::Call(c)
-        }
-        o => o,
-    }));
-    evs.sort_by_key(reorder::key_of);
-    let e = run(evs);
+    let e = run(interleaved(&nccl, &car, 60));
     let s = e.snapshot();
     let comms: Vec<(Family, usize, u64, bool)> = s
         .communicators

@@ -159,7 +159,8 @@ impl Captures {
 
     /// Whether `stream` of `proc` is being captured.
     pub fn capturing(&self, proc: ProcId, stream: u64) -> bool {
-        self.streams.contains_key(&(proc, stream))
+        // Asked for every call on a stream: no hashing while nothing is being captured.
+        !self.streams.is_empty() && self.streams.contains_key(&(proc, stream))
     }
 
     /// Records `c` (of communicator `comm`) into the graph its stream is being captured

@@ -475,21 +475,19 @@ pub fn kv(s: &Scenario, r: &crate::nixl::NixlRun) -> Outcome {
 /// Whether the decode side's own times show the agent labelled `label` ("agent p2-prefi…")
 /// slower, median against median, than every other agent by the slow rule's ratio.
 fn really_slow(r: &crate::nixl::NixlRun, label: &str) -> bool {
-    let median = |mut v: Vec<f64>| -> Option<f64> {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied()
-    };
     let agents: std::collections::BTreeSet<&str> =
         r.xfers.iter().map(|(a, _, _)| a.as_str()).collect();
     let prefix = |a: &str| format!("agent {}…", &a[..8.min(a.len())]);
     let Some(slow) = agents.iter().find(|a| prefix(a) == label) else {
         return false;
     };
-    let Some(m) = median(r.done(slow)) else {
+    let mine = r.done(slow);
+    if mine.is_empty() {
         return false;
-    };
-    agents
-        .iter()
-        .filter(|a| *a != slow)
-        .all(|a| median(r.done(a)).is_some_and(|o| m >= 3.0 * o))
+    }
+    let m = median(mine);
+    agents.iter().filter(|a| *a != slow).all(|a| {
+        let theirs = r.done(a);
+        !theirs.is_empty() && m >= 3.0 * median(theirs)
+    })
 }

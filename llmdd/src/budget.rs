@@ -115,6 +115,9 @@ pub struct Budget {
     /// Threads whose probes cost more than the budget in the last window: (pid, tid, share
     /// of the thread's time).
     over: Vec<(u32, u32, f64)>,
+    /// The duties of processes that ended, as they stood then (their counts stay
+    /// extrapolated in the final outputs).
+    ended: Vec<Duty>,
 }
 
 /// The brake acts once a unit has been attached this long in the window (a shorter span
@@ -132,6 +135,7 @@ impl Budget {
             window_start_ns: now,
             threads: HashMap::new(),
             units: BTreeMap::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -153,8 +157,14 @@ impl Budget {
         }
     }
 
-    /// The process is gone.
-    pub fn forget(&mut self, pid: u32) {
+    /// The process is gone: its duties are kept as they stand at `now`.
+    pub fn forget(&mut self, pid: u32, now: u64) {
+        let mine: Vec<Duty> = self
+            .duties(now)
+            .into_iter()
+            .filter(|d| d.pid == pid)
+            .collect();
+        self.ended.extend(mine);
         self.units.retain(|(p, _), _| *p != pid);
         self.threads.retain(|(p, _), _| *p != pid);
     }
@@ -206,6 +216,11 @@ impl Budget {
             }
         }
         allowed
+    }
+
+    /// Whether hot probes are duty-cycled to hold the budget (`--enforce-budget`).
+    pub fn enforcing(&self) -> bool {
+        self.enforce
     }
 
     /// Threads whose probes cost more than the budget in the last whole window, with the
@@ -348,7 +363,8 @@ impl Budget {
     }
 
     /// Every unit whose probes were not attached all the time, with the fraction they were
-    /// and the factor its counts are extrapolated by.
+    /// and the factor its counts are extrapolated by; those of ended processes as they
+    /// ended.
     pub fn duties(&self, now: u64) -> Vec<Duty> {
         self.units
             .iter()
@@ -372,8 +388,33 @@ impl Budget {
                 }
             })
             .filter(|d| self.enforce && (d.attached < 0.999 || d.target < 1.0))
+            .chain(self.ended.iter().copied())
             .collect()
     }
+}
+
+/// The live view's word on what is sampled: every duty-cycled family, how much of the time
+/// its hot probes were attached and what its counts are multiplied by.
+pub fn sampled_line(duties: &[Duty]) -> Option<String> {
+    if duties.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = duties
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {:.0}% (x{:.1})",
+                d.pid,
+                d.family.name(),
+                d.attached * 100.0,
+                d.scale
+            )
+        })
+        .collect();
+    Some(format!(
+        "SAMPLED launches/copies/events: {}",
+        parts.join(", ")
+    ))
 }
 
 /// A function the calibration attaches a probe to: called in a loop with and without the
@@ -626,9 +667,22 @@ mod tests {
     fn a_forgotten_process_has_no_duty() {
         let mut b = Budget::new(0.01, 3000.0, 0, true);
         b.track(7, Family::CudaRuntime, 0);
-        b.forget(7);
+        b.forget(7, MS);
         assert!(b.duties(MS).is_empty());
         assert!(b.tick(PERIOD_NS).is_empty());
+    }
+
+    #[test]
+    fn a_cycled_process_that_ends_stays_sampled_in_the_outputs() {
+        // `run` drives pid 1.
+        let mut b = Budget::new(0.01, 3000.0, 0, true);
+        b.track(1, Family::CudaRuntime, 0);
+        run(&mut b, 100_000, 6);
+        let before = b.duties(6 * 1000 * MS);
+        assert_eq!(before.len(), 1, "{before:?}");
+        b.forget(1, 6 * 1000 * MS);
+        assert!(b.tick(7 * 1000 * MS).is_empty());
+        assert_eq!(b.duties(8 * 1000 * MS), before);
     }
 
     #[test]

@@ -350,20 +350,33 @@ pub struct RunArgs {
     #[arg(long = "mode", value_parser = parse_family_mode, value_name = "FAMILY=MODE")]
     pub modes: Vec<(llmdd_common::funcs::Family, crate::probe::Mode)>,
     /// Most of each traced thread's time the probes should cost, in percent (`1`, `0.5%`),
-    /// or `off`. The cost of one traced call is measured at start, and every 2 s each
-    /// thread's traced calls are costed: a thread over the budget is named, with its share,
-    /// in a warning and the summary (then consider `--mode cudart=aggregate` or
-    /// `--enforce-budget`). Example: --overhead-budget 0.5%
+    /// or `off` (every call of every probe traced in full, nothing measured). The cost of
+    /// one traced call is measured at start, and every 2 s each thread's traced calls are
+    /// costed: a thread over the budget is named, with its share, in a warning and the
+    /// summary, and (see --enforce-budget) its hot probes are duty-cycled. The report's
+    /// `overhead` section gives each thread's estimated slowdown with its range.
+    /// Example: --overhead-budget 0.5%
     #[arg(long, default_value = "1%", value_parser = parse_budget, value_name = "PCT|off")]
     pub overhead_budget: OverheadBudget,
-    /// Hold the --overhead-budget by duty-cycling the probes of hot calls (kernel launches,
-    /// copies, event records/queries, stream waits): attached for part of every 2 s and
-    /// their counts extrapolated, as the summary states; collectives, communicator setup,
-    /// graph launches, syncs and allocations stay traced. Caution, measured: on kernels
+    /// Hold the --overhead-budget (on by default) by duty-cycling the probes of hot calls
+    /// (kernel launches, copies, event records/queries, stream waits) in threads that make
+    /// them faster than the budget affords: attached for part of every 2 s and their counts
+    /// extrapolated, as the live view, the summary and the report say; collectives,
+    /// communicator setup, graph launches, syncs and allocations stay traced, and threads
+    /// within the budget are traced in full. `--enforce-budget=false` only measures and
+    /// warns; `--overhead-budget off` traces every call. Caution, measured: on kernels
     /// where removing a uprobe from a thread that keeps hitting it waits for a slow RCU
     /// grace period, the cycling itself can slow such a thread more than tracing it does
     /// (see the README's performance section); prefer --mode aggregate there.
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value_t = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        require_equals = true
+    )]
     pub enforce_budget: bool,
     /// The analysis thresholds (from the configuration file and `--set`).
     #[arg(skip)]
@@ -405,7 +418,7 @@ impl RunArgs {
             ras: "auto".to_string(),
             modes: Vec::new(),
             overhead_budget: OverheadBudget(Some(0.01)),
-            enforce_budget: false,
+            enforce_budget: true,
             engine_config: None,
             ring_size: None,
             no_ptrace: false,

@@ -14,7 +14,8 @@
 //!   (value parsers shared by flags, file and loadgen).
 //! - probing: `tracee` (traced processes, their mappings, ELF symbols, NCCL offsets),
 //!   `probe` (BPF load and attach), `transport` (ring buffer), `events` (decoded records),
-//!   `budget` (overhead budget and duty cycle), `follow` (processes found after the start:
+//!   `budget` (overhead budget and duty cycle), `cost` (what the probes cost each thread,
+//!   measured on it), `follow` (processes found after the start:
 //!   `--follow`, `--children`, `--all`), `userprobe` (`--probe` specs, their registry and
 //!   placement), `kernel` (BTF offsets, kernel features), `privileges` (capabilities and
 //!   their drop).
@@ -30,6 +31,7 @@
 pub mod budget;
 pub mod cli;
 pub mod config_file;
+pub mod cost;
 pub mod diff;
 pub mod doctor;
 pub mod engine;

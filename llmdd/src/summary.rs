@@ -39,6 +39,15 @@ pub struct Summary {
     pub duties: Vec<crate::budget::Duty>,
     /// The overhead budget and the threads over it in the last window (pid, tid, share).
     pub over_budget: (f64, Vec<(u32, u32, f64)>),
+    /// Whether the budget duty-cycles hot probes (`--enforce-budget`).
+    pub budget_enforced: bool,
+    /// The calibrated cost of one traced call, and what the probes cost each traced thread
+    /// (with the overhead budget on).
+    pub call_cost_ns: Option<f64>,
+    pub thread_costs: Vec<crate::cost::ThreadCost>,
+    /// Calls counted in the kernel (aggregate mode) per process: no record says which
+    /// thread made them.
+    pub aggregated_calls: BTreeMap<u32, u64>,
     last_calls: BTreeMap<(u32, &'static str), u64>,
 }
 
@@ -86,7 +95,9 @@ impl Summary {
         aggs: &[(llmdd_common::agg::AggKey, llmdd_common::agg::AggVal)],
     ) {
         let mut totals: BTreeMap<(u32, &'static str), FuncStats> = BTreeMap::new();
+        self.aggregated_calls.clear();
         for (k, v) in aggs {
+            *self.aggregated_calls.entry(k.pid).or_default() += v.calls;
             let Some(spec) = llmdd_common::funcs::spec(k.func) else {
                 continue;
             };
@@ -168,6 +179,15 @@ impl Summary {
                 share * 100.0,
                 self.over_budget.0 * 100.0
             );
+        }
+        let mut costly: Vec<&crate::cost::ThreadCost> = self
+            .thread_costs
+            .iter()
+            .filter(|t| t.estimated_slowdown >= 0.001)
+            .collect();
+        costly.sort_by(|a, b| b.estimated_slowdown.total_cmp(&a.estimated_slowdown));
+        for t in costly.iter().take(8) {
+            let _ = writeln!(out, "{:>8}  {}", t.pid, cost_line(t));
         }
         for d in &self.duties {
             let _ = writeln!(
@@ -258,5 +278,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("4x1"), "error codes shown: {text}");
+    }
+}
+
+/// One thread's probe cost in words: the estimate, what it rests on, and the other figure.
+fn cost_line(t: &crate::cost::ThreadCost) -> String {
+    let pct = |x: f64| x * 100.0;
+    match (t.kernel_share, t.kernel_share_error) {
+        (Some(k), Some(e)) => format!(
+            "probe cost: thread {} about {:.1}% slower ({:.1}-{:.1}%): kernel time {:.1}% ±{:.1}% \
+             of its time over {:.0} s (probes and its own system calls); the calibrated cost \
+             says {:.1}%",
+            t.tid,
+            pct(t.estimated_slowdown),
+            pct(t.slowdown_low),
+            pct(t.slowdown_high),
+            pct(k),
+            pct(e),
+            t.measured_seconds,
+            pct(t.calibrated_share)
+        ),
+        _ => format!(
+            "probe cost: thread {} about {:.1}% slower from the calibrated cost ({:.0} calls/s; \
+             not yet measured on the thread)",
+            t.tid,
+            pct(t.estimated_slowdown),
+            t.calls_per_s
+        ),
     }
 }

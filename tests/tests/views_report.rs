@@ -96,7 +96,7 @@ fn report_written_on_sigterm_validates_against_the_schema() {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report"))
         .expect("report is JSON");
     validate(&doc);
-    assert_eq!(doc["schema_version"], 3);
+    assert_eq!(doc["schema_version"], 4);
     assert_eq!(doc["run"]["stopped_because"], "stopped by SIGTERM");
     assert!(doc["events"]["received"].as_u64() > Some(0));
     assert_eq!(doc["events"]["lost"], 0);

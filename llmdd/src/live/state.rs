@@ -67,7 +67,14 @@ pub struct Live {
     pub traced: BTreeMap<u32, Vec<crate::threads::TracedPath>>,
     /// Records lost as of the last report to the engine.
     pub lost_seen: u64,
+    /// What the probes cost each traced thread (with the budget, which measures a call's
+    /// cost), and when its threads' kernel times were last read.
+    costs: Option<crate::cost::Costs>,
+    costs_read_ns: u64,
 }
+
+/// Traced threads' kernel times are read this often.
+const COST_READ_NS: u64 = 500_000_000;
 
 impl Live {
     pub fn new(
@@ -77,6 +84,7 @@ impl Live {
         recording: bool,
         hostname: Option<String>,
     ) -> Live {
+        let budget_cost = budget.as_ref().map(|b| b.cost_ns);
         Live {
             tracer,
             pids: BTreeSet::new(),
@@ -97,6 +105,8 @@ impl Live {
             swaps: std::sync::mpsc::channel(),
             traced: BTreeMap::new(),
             lost_seen: 0,
+            costs: budget_cost.map(crate::cost::Costs::new),
+            costs_read_ns: 0,
         }
     }
 
@@ -166,6 +176,10 @@ impl Live {
     /// thread of its own (it can wait seconds behind such a release) and they are
     /// installed here when done.
     pub fn duty_cycle(&mut self, now: u64) {
+        if now.saturating_sub(self.costs_read_ns) >= COST_READ_NS {
+            self.costs_read_ns = now;
+            self.read_costs();
+        }
         let Some(b) = self.budget.as_mut() else {
             return;
         };
@@ -196,10 +210,15 @@ impl Live {
             if self.warned_over.insert((pid, tid)) {
                 self.console.say(format!(
                     "llmdd: warning: pid {pid} thread {tid}: probes cost about {:.1}% of its \
-                     time, over the {}% budget (--mode FAMILY=aggregate for its hot calls, or \
-                     --enforce-budget)",
+                     time, over the {}% budget{}",
                     share * 100.0,
-                    b.fraction * 100.0
+                    b.fraction * 100.0,
+                    if b.enforcing() {
+                        ": its launches, copies and event calls are now duty-cycled (their \
+                         counts extrapolated; --overhead-budget off traces every call)"
+                    } else {
+                        " (--mode FAMILY=aggregate for its hot calls, or --enforce-budget)"
+                    }
                 ));
             }
         }
@@ -257,6 +276,17 @@ impl Live {
                 }
             }
         }
+        if let Some(costs) = self.costs.as_mut() {
+            for ev in batch.iter() {
+                if let Event::Call(c) = ev {
+                    if costs.note_call(c.pid, c.tid, c.entry_ns) {
+                        if let Some(k) = crate::cost::thread_kernel_ns(c.pid, c.tid) {
+                            costs.read(c.pid, c.tid, monotonic_ns(), k);
+                        }
+                    }
+                }
+            }
+        }
         if let Some(w) = self.stacks.as_mut() {
             let mut flame = session.outputs.flame.as_mut();
             let (recording, named) = (self.recording, &mut self.named_stacks);
@@ -284,7 +314,10 @@ impl Live {
 
     pub fn target_exited(&mut self, pid: u32) {
         if let Some(b) = self.budget.as_mut() {
-            b.forget(pid);
+            b.forget(pid, monotonic_ns());
+        }
+        if let Some(c) = self.costs.as_mut() {
+            c.forget(pid);
         }
         self.traced.remove(&pid);
         if self.pids.remove(&pid) {
@@ -441,8 +474,26 @@ impl Live {
         if let Some(b) = &self.budget {
             session.summary.duties = b.duties(monotonic_ns());
             session.summary.over_budget = (b.fraction, b.over_budget().to_vec());
+            session.summary.budget_enforced = b.enforcing();
+        }
+        if let Some(c) = &self.costs {
+            session.summary.call_cost_ns = Some(c.cost_ns);
+            session.summary.thread_costs = c.report();
         }
         Ok(())
+    }
+
+    /// Reads every known traced thread's kernel time now.
+    pub fn read_costs(&mut self) {
+        let Some(c) = self.costs.as_mut() else {
+            return;
+        };
+        let now = monotonic_ns();
+        for (pid, tid) in c.threads() {
+            if let Some(k) = crate::cost::thread_kernel_ns(pid, tid) {
+                c.read(pid, tid, now, k);
+            }
+        }
     }
 }
 

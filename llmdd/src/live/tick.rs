@@ -246,6 +246,11 @@ impl Run {
             live_pids: self.live.pids.iter().copied().collect(),
             total_pids: self.targets.len(),
             note: self.live.console.latest.clone(),
+            sampled: self
+                .live
+                .budget
+                .as_ref()
+                .and_then(|b| crate::budget::sampled_line(&b.duties(monotonic_ns()))),
         };
         clock.events_at_model = records;
         tui::Model::build(

@@ -19,7 +19,7 @@ use super::run::{KernelInfo, LibInfo, RunInfo};
 
 /// Version of the report document. 1 was the unversioned first form (an engine snapshot
 /// dump); 2 is the documented one.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The schema, as shipped in the repository.
 pub const SCHEMA: &str = include_str!("../../../docs/report.schema.json");
@@ -52,6 +52,96 @@ pub struct Report {
     /// The node's network interfaces over the last sampling interval (live tracing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nics: Option<Vec<crate::node::NicSample>>,
+    /// What the probes cost each traced thread and what was sampled rather than traced
+    /// in full (live runs with the overhead budget on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<Overhead>,
+}
+
+/// The probes' cost and sampling.
+#[derive(Clone, Debug, Serialize)]
+pub struct Overhead {
+    /// The budget as a share of each thread's time, and whether hot probes are
+    /// duty-cycled to hold it.
+    pub budget: f64,
+    pub enforced: bool,
+    /// One traced call's cost as the calibration measured it (llmdd's own function, in
+    /// its own process), ns.
+    pub calibrated_call_ns: f64,
+    pub threads: Vec<crate::cost::ThreadCost>,
+    /// Calls counted in the kernel (aggregate mode), per process: each still costs its
+    /// thread a trap, but no record says which thread; the share is what they would take
+    /// of one thread's time over the process's traced span.
+    pub aggregated: Vec<Aggregated>,
+    /// Probe families attached only part of the time: their counts are extrapolated.
+    pub sampled: Vec<Sampled>,
+}
+
+/// One process's calls counted in the kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct Aggregated {
+    pub pid: u32,
+    pub calls: u64,
+    pub seconds: f64,
+    pub calibrated_share: f64,
+}
+
+/// One process's probe family under the duty cycle.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sampled {
+    pub pid: u32,
+    pub family: &'static str,
+    /// Share of the time its hot probes were attached, and the factor their counts are
+    /// multiplied by.
+    pub attached: f64,
+    pub count_scale: f64,
+}
+
+fn aggregated(s: &Summary) -> Vec<Aggregated> {
+    let cost = s.call_cost_ns.unwrap_or(0.0);
+    s.aggregated_calls
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(&pid, &calls)| {
+            // The process's traced span: its longest-traced thread's.
+            let seconds = s
+                .thread_costs
+                .iter()
+                .filter(|t| t.pid == pid)
+                .map(|t| t.seconds)
+                .fold(0.0, f64::max);
+            Aggregated {
+                pid,
+                calls,
+                seconds,
+                calibrated_share: if seconds > 0.0 {
+                    (calls as f64 * cost / (seconds * 1e9)).min(1.0)
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
+fn overhead(s: &Summary) -> Option<Overhead> {
+    Some(Overhead {
+        budget: s.over_budget.0,
+        enforced: s.budget_enforced,
+        calibrated_call_ns: s.call_cost_ns?,
+        threads: s.thread_costs.clone(),
+        aggregated: aggregated(s),
+        sampled: s
+            .duties
+            .iter()
+            .map(|d| Sampled {
+                pid: d.pid,
+                family: d.family.name(),
+                attached: d.attached,
+                count_scale: d.scale,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -674,6 +764,7 @@ pub fn build(i: &Inputs) -> Report {
             .node
             .filter(|n| !n.nics.is_empty())
             .map(|n| n.nics.clone()),
+        overhead: overhead(i.summary),
     }
 }
 

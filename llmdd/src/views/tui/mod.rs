@@ -147,6 +147,8 @@ pub struct Status {
     pub total_pids: usize,
     /// The latest message (a process exited, ...).
     pub note: Option<String>,
+    /// What the overhead budget samples rather than traces in full, when anything.
+    pub sampled: Option<String>,
 }
 
 /// Aggregated state the screen is drawn from.

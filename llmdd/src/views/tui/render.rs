@@ -484,6 +484,12 @@ pub fn status_bar(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
             if ui.editing { "_" } else { "" }
         )));
     }
+    if let Some(x) = &s.sampled {
+        spans.push(Span::styled(
+            format!("  {x}"),
+            Style::default().fg(Color::Yellow),
+        ));
+    }
     if let Some(n) = &s.note {
         spans.push(Span::raw(format!("  | {n}")));
     }

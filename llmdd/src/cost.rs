@@ -289,7 +289,10 @@ mod tests {
         c.read(1, 2, 2 * S, 0);
         let t = &c.report()[0];
         assert_eq!(t.slowdown_low, 0.0);
-        assert!((t.slowdown_high - t.estimated_slowdown).abs() < 0.02, "{t:?}");
+        assert!(
+            (t.slowdown_high - t.estimated_slowdown).abs() < 0.02,
+            "{t:?}"
+        );
     }
 
     #[test]

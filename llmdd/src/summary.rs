@@ -237,6 +237,33 @@ impl Summary {
     }
 }
 
+/// One thread's probe cost in words: the estimate, what it rests on, and the other figure.
+fn cost_line(t: &crate::cost::ThreadCost) -> String {
+    let pct = |x: f64| x * 100.0;
+    match (t.kernel_share, t.kernel_share_error) {
+        (Some(k), Some(e)) => format!(
+            "probe cost: thread {} about {:.1}% slower ({:.1}-{:.1}%): kernel time {:.1}% ±{:.1}% \
+             of its time over {:.0} s (probes and its own system calls); the calibrated cost \
+             says {:.1}%",
+            t.tid,
+            pct(t.estimated_slowdown),
+            pct(t.slowdown_low),
+            pct(t.slowdown_high),
+            pct(k),
+            pct(e),
+            t.measured_seconds,
+            pct(t.calibrated_share)
+        ),
+        _ => format!(
+            "probe cost: thread {} about {:.1}% slower from the calibrated cost ({:.0} calls/s; \
+             not yet measured on the thread)",
+            t.tid,
+            pct(t.estimated_slowdown),
+            t.calls_per_s
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,31 +306,29 @@ mod tests {
         );
         assert!(text.contains("4x1"), "error codes shown: {text}");
     }
-}
 
-/// One thread's probe cost in words: the estimate, what it rests on, and the other figure.
-fn cost_line(t: &crate::cost::ThreadCost) -> String {
-    let pct = |x: f64| x * 100.0;
-    match (t.kernel_share, t.kernel_share_error) {
-        (Some(k), Some(e)) => format!(
-            "probe cost: thread {} about {:.1}% slower ({:.1}-{:.1}%): kernel time {:.1}% ±{:.1}% \
-             of its time over {:.0} s (probes and its own system calls); the calibrated cost \
-             says {:.1}%",
-            t.tid,
-            pct(t.estimated_slowdown),
-            pct(t.slowdown_low),
-            pct(t.slowdown_high),
-            pct(k),
-            pct(e),
-            t.measured_seconds,
-            pct(t.calibrated_share)
-        ),
-        _ => format!(
-            "probe cost: thread {} about {:.1}% slower from the calibrated cost ({:.0} calls/s; \
-             not yet measured on the thread)",
-            t.tid,
-            pct(t.estimated_slowdown),
-            t.calls_per_s
-        ),
+    #[test]
+    fn each_costly_thread_gets_its_estimate_and_what_it_rests_on() {
+        let mut c = crate::cost::Costs::new(1000.0);
+        c.note_call(7, 8, 0);
+        c.read(7, 8, 0, 0);
+        for i in 1..=20_000u64 {
+            c.note_call(7, 8, i * 100_000);
+        }
+        c.read(7, 8, 2_000_000_000, 100_000_000);
+        c.note_call(7, 9, 0);
+        let mut s = Summary {
+            thread_costs: c.report(),
+            ..Summary::default()
+        };
+        let text = s.render(2.0, 1.0, &[0u64; counters::COUNT as usize]);
+        // 20 000 calls x 1 us over 2 s: 1%; 5% of the time in the kernel.
+        assert!(
+            text.contains(
+                "probe cost: thread 8 about 1.0% slower (1.0-7.5%): kernel time 5.0% ±2.0%"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("thread 9"), "a thread with one call: {text}");
     }
 }

@@ -512,8 +512,16 @@ fn macro_case(o: &Opts, floor_ns: f64) -> Result<serde_json::Value> {
                 "{shape:<8} {mode:<26} {:>10.1} {:>10.1} {:>9} {:>10} {:>11} {:>12} {:>9}",
                 r.calls_per_step,
                 r.step_us,
-                if extra.is_some() { pct(slowdown) } else { "-".into() },
-                if extra.is_some() { pct(predicted) } else { "-".into() },
+                if extra.is_some() {
+                    pct(slowdown)
+                } else {
+                    "-".into()
+                },
+                if extra.is_some() {
+                    pct(predicted)
+                } else {
+                    "-".into()
+                },
                 r.estimate.map(|e| pct(e.0)).unwrap_or_else(|| "-".into()),
                 r.estimate
                     .map(|e| format!("{}-{}", pct(e.1), pct(e.2)))
@@ -542,16 +550,47 @@ const SHAPES: [(&str, &[&str]); 2] = [
     (
         "prefill",
         &[
-            "--ranks", "1", "--warmup", "250", "--steps", "400", "--compute-us", "0", "--layers", "80", "--launches", "12",
-            "--driver-launches", "0", "--dispatch-us", "15", "--kernel-us", "1",
-            "--collective", "allreduce:64K,allreduce:64K",
+            "--ranks",
+            "1",
+            "--warmup",
+            "250",
+            "--steps",
+            "400",
+            "--compute-us",
+            "0",
+            "--layers",
+            "80",
+            "--launches",
+            "12",
+            "--driver-launches",
+            "0",
+            "--dispatch-us",
+            "15",
+            "--kernel-us",
+            "1",
+            "--collective",
+            "allreduce:64K,allreduce:64K",
         ],
     ),
     (
         "decode",
         &[
-            "--ranks", "2", "--warmup", "200", "--steps", "300", "--graph", "--compute-us", "10000", "--launches", "64",
-            "--kernel-us", "20", "--memcpy-bytes", "64K", "--events",
+            "--ranks",
+            "2",
+            "--warmup",
+            "200",
+            "--steps",
+            "300",
+            "--graph",
+            "--compute-us",
+            "10000",
+            "--launches",
+            "64",
+            "--kernel-us",
+            "20",
+            "--memcpy-bytes",
+            "64K",
+            "--events",
         ],
     ),
 ];
@@ -564,7 +603,13 @@ const MACRO_MODES: [(&str, Option<&[&str]>); 5] = [
     ("full", Some(&["--enforce-budget=false"])),
     (
         "full, launches entry-only",
-        Some(&["--enforce-budget=false", "--mode", "cudart=entry", "--mode", "cuda=entry"]),
+        Some(&[
+            "--enforce-budget=false",
+            "--mode",
+            "cudart=entry",
+            "--mode",
+            "cuda=entry",
+        ]),
     ),
     (
         "full, launches aggregated",
@@ -637,12 +682,15 @@ fn macro_run(
     })
 }
 
+/// A rank's estimated slowdown with its range, and the calibrated figure alone.
+type RankEstimate = (Option<(f64, f64, f64)>, Option<f64>);
+
 /// llmdd's estimate for the busiest traced thread of `pid` in a report, with the process's
 /// calls counted in the kernel (aggregate mode) added to it: the simulated rank makes
 /// every call on that one thread.
-fn rank_estimate(report: &std::path::Path, pid: u32) -> Result<(Option<(f64, f64, f64)>, Option<f64>)> {
-    let text = std::fs::read_to_string(report)
-        .with_context(|| format!("reading {}", report.display()))?;
+fn rank_estimate(report: &std::path::Path, pid: u32) -> Result<RankEstimate> {
+    let text =
+        std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
     let doc: serde_json::Value = serde_json::from_str(&text)?;
     let busiest = doc["overhead"]["threads"]
         .as_array()
@@ -666,7 +714,11 @@ fn rank_estimate(report: &std::path::Path, pid: u32) -> Result<(Option<(f64, f64
         p.min(0.95) / (1.0 - p.min(0.95))
     };
     let f = |k: &str| t[k].as_f64();
-    let est = match (f("estimated_slowdown"), f("slowdown_low"), f("slowdown_high")) {
+    let est = match (
+        f("estimated_slowdown"),
+        f("slowdown_low"),
+        f("slowdown_high"),
+    ) {
         // The high end is the thread's kernel time, which holds the aggregated traps too.
         (Some(e), Some(lo), Some(hi)) => Some((with_agg(e), with_agg(lo), hi.max(with_agg(e)))),
         _ => None,

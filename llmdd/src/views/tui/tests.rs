@@ -28,6 +28,7 @@ fn model() -> Model {
         live_pids: vec![100, 101, 102, 103],
         total_pids: 4,
         note: None,
+        sampled: None,
     };
     // A previous model one second earlier with 30 calls fewer gives a rate of 30/s.
     let mut prev = Model::build(&snap, &run, status.clone(), None, 0.0);
@@ -160,6 +161,26 @@ fn status_bar() {
 }
 
 #[test]
+fn the_status_bar_says_what_is_sampled() {
+    use crate::budget::{sampled_line, Duty};
+    use llmdd_common::funcs::Family;
+    let mut m = model();
+    assert_eq!(sampled_line(&[]), None);
+    m.status.sampled = sampled_line(&[Duty {
+        pid: 101,
+        family: Family::CudaRuntime,
+        target: 0.05,
+        attached: 0.125,
+        scale: 8.0,
+    }]);
+    let got = draw_with(160, 1, |f, a| render::status_bar(f, a, &m, &Ui::default()));
+    assert!(
+        got.contains("SAMPLED launches/copies/events: 101 cudart 12% (x8.0)"),
+        "{got}"
+    );
+}
+
+#[test]
 fn whole_screen_help_and_finding_detail() {
     let m = model();
     let mut ui = Ui::default();
@@ -235,6 +256,7 @@ fn trends_accumulate_across_refreshes() {
         live_pids: Vec::new(),
         total_pids: 0,
         note: None,
+        sampled: None,
     };
     let mut m = Model::build(&snap, &run, status.clone(), None, 0.0);
     for _ in 0..super::TREND + 5 {

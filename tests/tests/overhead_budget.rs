@@ -1,8 +1,9 @@
 //! `--overhead-budget`: a thread hammering a hot CUDA runtime call (cudaEventQuery) is
-//! traced by real probes under a 1% budget. By default llmdd names the thread and what its
-//! probes cost it; with `--enforce-budget` the probes of its hot calls are duty-cycled (fewer
-//! records than calls, the summary says so and extrapolates), while collectives in the same
-//! process stay fully traced.
+//! traced by real probes under a 1% budget. By default the probes of its hot calls are
+//! duty-cycled to hold the budget (fewer records than calls, the summary and the report say
+//! so and extrapolate), while collectives in the same process stay fully traced; with
+//! `--enforce-budget=false` llmdd traces every call and names the thread and what its probes
+//! cost it, in the summary and the report's `overhead` section.
 
 use std::time::Duration;
 
@@ -35,12 +36,14 @@ fn hot_calls_are_duty_cycled_and_collectives_are_not() {
     std::fs::create_dir_all(&dir).expect("dir");
     let dump = dir.join("events.jsonl");
     let dump_arg = dump.to_string_lossy().into_owned();
+    let report = dir.join("report.json");
+    let report_arg = report.to_string_lossy().into_owned();
+    // The default budget (1%, held): no budget flag.
     let mut l = start_llmdd(
         &[lp.pid()],
         &[
-            "--overhead-budget",
-            "1%",
-            "--enforce-budget",
+            "--report",
+            &report_arg,
             "--interval",
             "1s",
             "--dump-events",
@@ -110,10 +113,23 @@ fn hot_calls_are_duty_cycled_and_collectives_are_not() {
         estimate > queries as f64,
         "the estimate ({estimate}) scales up the {queries} calls seen"
     );
+    // The report says what was sampled, by how much its counts are scaled.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let overhead = &doc["overhead"];
+    assert_eq!(overhead["enforced"], true, "{overhead}");
+    let sampled = overhead["sampled"].as_array().expect("sampled");
+    assert!(
+        sampled.iter().any(|x| x["pid"] == lp.pid()
+            && x["family"] == "cudart"
+            && x["attached"].as_f64().is_some_and(|a| a < 0.9)
+            && x["count_scale"].as_f64().is_some_and(|k| k > 1.0)),
+        "{overhead}"
+    );
 }
 
 #[test]
-fn by_default_a_thread_over_the_budget_is_named_and_fully_traced() {
+fn unenforced_a_thread_over_the_budget_is_named_fully_traced_and_costed() {
     require_root();
     let libs = fake_lib_dir();
     let mut cmd = std::process::Command::new(built("callloop"));
@@ -124,7 +140,15 @@ fn by_default_a_thread_over_the_budget_is_named_and_fully_traced() {
     })
     .expect("ready");
     let pid = lp.pid();
-    let mut l = start_llmdd(&[pid], &["--quiet"]).expect("llmdd starts");
+    let dir = libs.join("overhead_budget_unenforced");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let report = dir.join("report.json");
+    let report_arg = report.to_string_lossy().into_owned();
+    let mut l = start_llmdd(
+        &[pid],
+        &["--quiet", "--enforce-budget=false", "--report", &report_arg],
+    )
+    .expect("llmdd starts");
     // Enough hot calls to span more than one 2 s costing window whatever the machine.
     const CHUNK: u64 = 200_000;
     let mut made = 0;
@@ -159,4 +183,28 @@ fn by_default_a_thread_over_the_budget_is_named_and_fully_traced() {
         Some(made.to_string().as_str()),
         "{row}"
     );
+    // The report costs the thread: every call counted, the calibrated share, and its
+    // kernel time (traps and programs run in kernel mode) as a bound at least that large
+    // once measured.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let overhead = &doc["overhead"];
+    assert_eq!(overhead["enforced"], false, "{overhead}");
+    assert_eq!(overhead["sampled"].as_array().map(Vec::len), Some(0));
+    let t = overhead["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .find(|t| t["tid"] == pid)
+        .expect("the loop's thread is costed")
+        .clone();
+    assert_eq!(t["calls"].as_u64(), Some(made), "{t}");
+    let share = t["calibrated_share"].as_f64().expect("share");
+    assert!(share > 0.01, "a thread over the budget: {t}");
+    let est = t["estimated_slowdown"].as_f64().expect("estimate");
+    assert!((est - share / (1.0 - share)).abs() < 1e-9, "{t}");
+    if let Some(k) = t["kernel_share"].as_f64() {
+        assert!(k > share / 2.0, "the traps show in its kernel time: {t}");
+        assert!(t["slowdown_high"].as_f64() >= Some(est), "{t}");
+    }
 }

@@ -60,7 +60,7 @@ pub struct Intervals {
 pub struct BudgetSection {
     /// `--overhead-budget`: `1%`, `0.5`, `off`.
     pub overhead: Option<String>,
-    /// `--enforce-budget`.
+    /// `--enforce-budget` (on by default).
     pub enforce: Option<bool>,
 }
 
@@ -286,7 +286,7 @@ pub fn show(cfg: &FileConfig) -> String {
     let mut full = cfg.clone();
     full.intervals.refresh.get_or_insert_with(|| "1s".into());
     full.budget.overhead.get_or_insert_with(|| "1%".into());
-    full.budget.enforce.get_or_insert(false);
+    full.budget.enforce.get_or_insert(true);
     let mut rest = toml::Table::try_from(&full).unwrap_or_default();
     rest.remove("thresholds");
     format!(
@@ -321,7 +321,7 @@ ret = true
 
 [budget]
 overhead = "0.5%"
-enforce = true
+enforce = false
 
 [outputs]
 report = "/tmp/r.json"
@@ -336,7 +336,7 @@ prometheus = "9400"
         apply_run(&cfg, p, &mut run, &|_| false).expect("applies");
         assert_eq!(run.interval, std::time::Duration::from_secs(2));
         assert_eq!(run.overhead_budget, OverheadBudget(Some(0.005)));
-        assert!(run.enforce_budget);
+        assert!(!run.enforce_budget, "the file turns the default off");
         assert_eq!(run.modes.len(), 1);
         assert_eq!(run.user_probes.len(), 1);
         let u = &run.user_probes[0];

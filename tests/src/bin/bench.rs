@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: the cost llmdd adds to each traced call, measured side by side in one
 //! run against the same process: untraced, the floor (an empty uprobe+uretprobe pair: the
 //! kernel's trap alone), llmdd as users run it (every probe of every library attached, the
-//! daemon reading), and bpftrace keeping a latency histogram with its own uprobe+uretprobe
-//! pair. Ratios, not absolute times, are the result: the trap's cost differs a lot between
+//! daemon reading; and once with the daemon stopped, its ring filling), and bpftrace keeping
+//! a latency histogram with its own uprobe+uretprobe pair. Ratios, not absolute times, are the result: the trap's cost differs a lot between
 //! virtual machines and bare metal.
 //!
 //! Then three cases that need longer runs: the overhead budget held on a thread hammering a
@@ -75,6 +75,10 @@ fn parse() -> Result<Opts> {
     }
     Ok(o)
 }
+
+/// Calls made while llmdd's reader is stopped: 40,000 records of 176 bytes fill 7 of the
+/// ring's 8 MiB, past the 256 KiB wakeup threshold but short of dropping any.
+const STALLED_CALLS: u64 = 40_000;
 
 /// Runs `n` calls in the loop process; returns ns per call.
 fn run_calls(lp: &mut Proc, n: u64) -> Result<f64> {
@@ -173,6 +177,21 @@ fn main() -> Result<()> {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
             delivered.push((case, seen, o.calls));
+        }
+
+        // The reader stalled (llmdd stopped): records pile up in the ring past the wakeup
+        // threshold. Fewer calls than the ring holds, so that none is dropped.
+        {
+            let mut l = start_llmdd_on(&[pid], &[])?;
+            l.signal(libc::SIGSTOP)?;
+            let ns = run_calls(&mut lp, o.calls.min(STALLED_CALLS));
+            l.signal(libc::SIGCONT)?;
+            samples
+                .entry("llmdd, its reader stopped (SIGSTOP)")
+                .or_default()
+                .push(ns?);
+            l.signal(libc::SIGINT)?;
+            l.wait_exit(Duration::from_secs(60))?;
         }
 
         if have_bpftrace {

@@ -81,6 +81,9 @@ pub struct Proc {
 pub struct Procs {
     pub list: Vec<Proc>,
     live: FastMap<u32, ProcId>,
+    /// Every pid an incarnation was made for (a pid-reuse check in constant time; the list
+    /// grows by one entry per process ever seen, as `list` does).
+    ever: FastMap<u32, ()>,
     /// Processes seen with the pid of one that had exited.
     pub reused_pids: u64,
 }
@@ -100,7 +103,7 @@ impl Procs {
     }
 
     fn create(&mut self, pid: u32, hints: ProcessHints, ts: u64) -> ProcId {
-        if self.list.iter().any(|p| p.pid == pid) {
+        if self.ever.insert(pid, ()).is_some() {
             self.reused_pids += 1;
         }
         let id = self.list.len() as ProcId;

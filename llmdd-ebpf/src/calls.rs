@@ -298,7 +298,7 @@ pub fn on_return<C: EbpfContext>(ctx: &C) -> u32 {
                 }
             }
             entry.write(rec);
-            entry.submit(wakeup_flags());
+            entry.submit(wakeup_flags(core::mem::size_of::<CallRecord>() as u64));
         }
         None => count(counters::RING_FULL),
     }

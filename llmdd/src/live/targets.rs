@@ -218,7 +218,18 @@ pub fn target_notes(t: &tracee::Target) -> Vec<String> {
         notes.push(format!("runs in its own pid namespace as pid {ns}"));
     }
     for o in &t.objects {
-        if let Some(Err(why)) = &o.comm_offsets {
+        if let (Some(Err(why)), llmdd_common::funcs::Family::Gloo) = (&o.comm_offsets, o.family) {
+            notes.push(format!(
+                "{}{}: Gloo's context layout not found in its code ({why}); process groups \
+                 take the launcher's RANK/WORLD_SIZE where it sets them (one group per \
+                 process), else are shown unidentified",
+                o.path.display(),
+                o.version
+                    .as_deref()
+                    .map(|v| format!(" (PyTorch {v})"))
+                    .unwrap_or_default(),
+            ));
+        } else if let Some(Err(why)) = &o.comm_offsets {
             notes.push(format!(
                 "{}: communicator offsets unknown ({why}); ranks will be matched by rank count and call order",
                 o.path.display()

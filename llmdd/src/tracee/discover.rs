@@ -14,16 +14,6 @@ use super::{
     procfs, ObjectIssue, Target, TargetError, TracedObject,
 };
 
-/// Where `gloo::Context` keeps `rank` and `size` (after its vtable pointer: `virtual
-/// ~Context(); const int rank; const int size;`), read through the context each Gloo
-/// entry point's options object holds first. Seen on PyTorch 2.5.1's libtorch_cpu; a
-/// build laid out otherwise gives ranks that fail the sanity check, and the environment's
-/// are used instead.
-pub const GLOO_CONTEXT: super::CommOffsets = super::CommOffsets {
-    rank_off: 8,
-    nranks_off: 12,
-};
-
 /// Where `vllm::CustomAllreduce` keeps its rank and group size: its first members, `int
 /// rank_; int world_size_;` (no virtual functions). Seen in the vllm 0.34.0 wheel's
 /// `allreduce<float>` (`mov (%rbx),%r8d` passes `rank_` to the kernel, `mov 0x4(%rbx),%eax`
@@ -43,6 +33,19 @@ fn is_torch_cpu(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with("libtorch_cpu"))
+}
+
+/// The PyTorch release a `torch/lib/libtorch_cpu.so` belongs to, from the package's
+/// `torch/version.py` (`__version__ = '2.15.0+cu130'`) beside its `lib` directory.
+fn torch_version(lib: &Path) -> Option<String> {
+    let file = lib.parent()?.parent()?.join("version.py");
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix("__version__")?.trim_start();
+        let v = v.strip_prefix('=')?.trim();
+        let v = v.trim_matches(|c| c == '\'' || c == '"');
+        (!v.is_empty() && v.len() < 64).then(|| v.to_string())
+    })
 }
 
 /// The short name of a library family as shown to users.
@@ -98,14 +101,16 @@ fn traced_objects(file: &MappedFile, host_path: &Path, info: &LibraryInfo) -> Ve
                 host_path: host_path.to_path_buf(),
                 deleted: file.deleted,
                 build_id: info.build_id.clone(),
-                version: nccl
-                    .then(|| info.nccl_version.clone())
-                    .flatten()
-                    .or_else(|| version_from_file_name(&file.path)),
+                version: match fp.family {
+                    _ if nccl => info.nccl_version.clone(),
+                    Family::Gloo => torch_version(host_path),
+                    _ => None,
+                }
+                .or_else(|| version_from_file_name(&file.path)),
                 points: fp.points.clone(),
                 comm_offsets: match fp.family {
                     _ if nccl => info.comm_offsets.clone(),
-                    Family::Gloo => Some(Ok(GLOO_CONTEXT)),
+                    Family::Gloo => info.gloo_offsets.clone(),
                     Family::Vllm => Some(Ok(VLLM_CUSTOM_AR)),
                     _ => None,
                 },
@@ -175,6 +180,7 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
             },
         }
     }
+    share_gloo_layout(&mut objects);
     if objects.is_empty() {
         return Err(TargetError::NoSupportedLibrary {
             pid,
@@ -185,6 +191,25 @@ pub fn inspect_with(pid: u32, cache: &LibraryCache) -> Result<Target, TargetErro
     let mut t = describe(pid, status, objects, issues);
     t.mpi_world_handle = mpi_world_handle;
     Ok(t)
+}
+
+/// Gloo's context is one class of one PyTorch build: an object with Gloo entry points but
+/// not the context's constructor (PyTorch 2.15's libtorch_cuda exports `gloo::allgatherv`)
+/// reads contexts with the layout decoded from the object that has it (libtorch_cpu).
+fn share_gloo_layout(objects: &mut [TracedObject]) {
+    let gloo = |o: &&mut TracedObject| o.family == Family::Gloo;
+    let Some(decoded) = objects
+        .iter()
+        .filter(|o| o.family == Family::Gloo)
+        .find_map(|o| o.comm_offsets.clone().filter(|r| r.is_ok()))
+    else {
+        return;
+    };
+    for o in objects.iter_mut().filter(gloo) {
+        if matches!(o.comm_offsets, Some(Err(_))) {
+            o.comm_offsets = Some(decoded.clone());
+        }
+    }
 }
 
 /// The process's status, refusing a thread id.

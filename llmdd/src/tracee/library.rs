@@ -14,6 +14,7 @@ use llmdd_common::funcs::{self, Family, FuncId, FUNCS};
 
 use super::{
     elf::{self, ElfError, ElfScan, ElfSymbol},
+    gloo_offsets,
     nccl_offsets::{self, CommOffsets, DecodeError},
 };
 
@@ -22,6 +23,9 @@ use super::{
 const USER_RANK: [&str; 2] = ["pncclCommUserRank", "ncclCommUserRank"];
 const COUNT: [&str; 2] = ["pncclCommCount", "ncclCommCount"];
 const GET_VERSION: [&str; 2] = ["pncclGetVersion", "ncclGetVersion"];
+/// `gloo::Context::Context(int, int, int)`, base-object constructor first: read to find
+/// where this build keeps a context's rank and size, not probed.
+const GLOO_CONTEXT_CTOR: [&str; 2] = ["_ZN4gloo7ContextC2Eiii", "_ZN4gloo7ContextC1Eiii"];
 /// Code read for decoding when a symbol has no size.
 const DEFAULT_CODE_BYTES: u64 = 4096;
 /// Upper bound on the code read for decoding one function.
@@ -61,6 +65,9 @@ pub struct LibraryInfo {
     pub nccl_version: Option<String>,
     /// Communicator field offsets, for objects exporting NCCL functions.
     pub comm_offsets: Option<Result<CommOffsets, String>>,
+    /// Where a `gloo::Context` keeps its rank and size, for objects exporting Gloo
+    /// functions (decoded from its constructor).
+    pub gloo_offsets: Option<Result<CommOffsets, String>>,
     /// Where this MPI library keeps `MPI_COMM_WORLD`, for objects exporting MPI functions.
     pub mpi_world: Option<MpiWorld>,
 }
@@ -147,6 +154,7 @@ fn wanted(name: &str) -> bool {
         || USER_RANK.contains(&name)
         || COUNT.contains(&name)
         || GET_VERSION.contains(&name)
+        || GLOO_CONTEXT_CTOR.contains(&name)
 }
 
 /// Turns the traced symbols of a scan into probe points: one per (family, file offset).
@@ -243,6 +251,21 @@ pub fn comm_offsets(path: &Path, scan: &ElfScan) -> Result<CommOffsets, String> 
     })
 }
 
+/// Where this build's `gloo::Context` keeps its rank and size, from its constructor.
+pub fn gloo_offsets(path: &Path, scan: &ElfScan) -> Result<CommOffsets, String> {
+    if scan.machine != object::elf::EM_X86_64 {
+        return Err(DecodeError::UnsupportedMachine {
+            machine: scan.machine,
+        }
+        .to_string());
+    }
+    let sym = find(scan, &GLOO_CONTEXT_CTOR).ok_or_else(|| {
+        "gloo::Context::Context(int, int, int) is not exported by this object".to_string()
+    })?;
+    let code = code_of(path, sym).map_err(|e| e.to_string())?;
+    gloo_offsets::decode_context("gloo::Context::Context(int, int, int)", &code, sym.vaddr)
+}
+
 /// The NCCL version stored by `ncclGetVersion`, when it decodes.
 fn nccl_version(path: &Path, scan: &ElfScan) -> Option<String> {
     if scan.machine != object::elf::EM_X86_64 {
@@ -266,6 +289,10 @@ pub fn analyze(path: &Path) -> Result<LibraryInfo, ElfError> {
             None
         },
         comm_offsets: has_nccl.then(|| comm_offsets(path, &scan)),
+        gloo_offsets: families
+            .iter()
+            .any(|f| f.family == Family::Gloo)
+            .then(|| gloo_offsets(path, &scan)),
         mpi_world: families
             .iter()
             .any(|f| f.family == Family::Mpi)

@@ -19,6 +19,7 @@
 mod discover;
 pub mod elf;
 mod error;
+pub mod gloo_offsets;
 pub mod library;
 pub mod maps;
 pub mod nccl_offsets;

@@ -119,7 +119,7 @@ impl Symbolizer {
         let off = look - m.start + m.offset;
         if let Some(t) = self.table(pid, &m) {
             if let Some(f) = t.lookup(off) {
-                return without_params(&f.name).to_string();
+                return without_params(f.name()).to_string();
             }
         }
         format!("{}+{off:#x}", file_name(path))

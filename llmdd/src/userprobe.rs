@@ -422,7 +422,9 @@ pub fn place(
                         &p.label,
                         format!(
                             "offset {:#x} is past the end of {} ({} bytes)",
-                            p.offset, s.name, s.size
+                            p.offset,
+                            s.name(),
+                            s.size
                         ),
                     ));
                     continue;

@@ -22,8 +22,26 @@ pub struct FuncSymbol {
     pub size: u64,
     /// The name as the symbol table has it (mangled, version suffix removed).
     pub raw: String,
+    /// The demangled name (the raw name for C symbols), made when first asked for: a
+    /// PyTorch library has hundreds of thousands of symbols, and a stack needs a few.
+    name: std::sync::OnceLock<String>,
+}
+
+impl FuncSymbol {
+    /// A function at `file_offset` of `size` bytes named `raw` in the symbol table.
+    pub fn new(file_offset: u64, size: u64, raw: &str) -> FuncSymbol {
+        FuncSymbol {
+            file_offset,
+            size,
+            raw: raw.to_string(),
+            name: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The demangled name (the raw name for C symbols).
-    pub name: String,
+    pub fn name(&self) -> &str {
+        self.name.get_or_init(|| demangle(&self.raw))
+    }
 }
 
 /// The functions of one object, sorted by file offset.
@@ -127,19 +145,11 @@ impl SymbolTable {
             let Some(file_offset) = to_offset(sym.address()) else {
                 continue;
             };
-            funcs.push(FuncSymbol {
-                file_offset,
-                size: sym.size(),
-                raw: raw.to_string(),
-                name: String::new(),
-            });
+            funcs.push(FuncSymbol::new(file_offset, sym.size(), raw));
         }
         // One entry per (offset, raw name): .symtab repeats .dynsym's entries.
         funcs.sort_by(|a, b| a.file_offset.cmp(&b.file_offset).then(a.raw.cmp(&b.raw)));
         funcs.dedup_by(|a, b| a.file_offset == b.file_offset && a.raw == b.raw);
-        for f in &mut funcs {
-            f.name = demangle(&f.raw);
-        }
         Ok(SymbolTable { funcs })
     }
 
@@ -173,7 +183,7 @@ impl SymbolTable {
         let mut out: Vec<&FuncSymbol> = self
             .funcs
             .iter()
-            .filter(|f| f.raw == wanted || f.name == wanted || without_params(&f.name) == wanted)
+            .filter(|f| f.raw == wanted || f.name() == wanted || without_params(f.name()) == wanted)
             .collect();
         out.dedup_by_key(|f| f.file_offset);
         out
@@ -195,13 +205,13 @@ impl SymbolTable {
             .funcs
             .iter()
             .filter_map(|f| {
-                let name = last(&f.name);
+                let name = last(f.name());
                 let score = if name.contains(&key) {
                     1.0
                 } else {
                     strsim::jaro_winkler(&name, &key)
                 };
-                (score >= 0.9).then_some((score, f.name.as_str()))
+                (score >= 0.9).then_some((score, f.name()))
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
@@ -223,12 +233,7 @@ mod tests {
     use super::*;
 
     fn sym(off: u64, size: u64, raw: &str) -> FuncSymbol {
-        FuncSymbol {
-            file_offset: off,
-            size,
-            raw: raw.into(),
-            name: demangle(raw),
-        }
+        FuncSymbol::new(off, size, raw)
     }
 
     #[test]

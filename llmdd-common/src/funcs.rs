@@ -57,6 +57,13 @@ impl Family {
         }
     }
 
+    /// Whether its functions return a status code (0 for success). Gloo's entry points and
+    /// vLLM's custom all-reduce members return `void` (Gloo throws), so whatever their
+    /// return register holds is not an error; user probes return data.
+    pub const fn returns_status(self) -> bool {
+        !matches!(self, Family::Gloo | Family::Vllm | Family::User)
+    }
+
     /// Whether the family has collectives (calls matched across ranks): NCCL, MPI, and the
     /// user probes declared `collective`.
     pub fn has_collectives(self) -> bool {

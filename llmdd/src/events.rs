@@ -281,7 +281,7 @@ impl CallEvent {
             lib_slot: r.lib_slot,
             entry_ns: r.entry_ns,
             exit_ns: returned.then_some(r.exit_ns),
-            ret: (returned && !user).then_some(r.ret as u32 as i32 as i64),
+            ret: (returned && spec.family.returns_status()).then_some(r.ret as u32 as i32 as i64),
             rank,
             nranks,
             uid_hash: (r.flags & F_UID != 0).then_some(r.uid_hash),
@@ -492,8 +492,10 @@ mod tests {
             ..CallRecord::default()
         };
         r.args[0] = 0x7fff_0000_2000; // the options object
+        r.ret = 0x9321_0003; // a void function's return register: not a status
         let c = CallEvent::from_record(&r).expect("decodes");
         assert_eq!(c.family, "gloo");
+        assert_eq!(c.ret, None, "gloo's entry points return void");
         assert_eq!(c.comm, Some(0x5555_0000_1000));
         assert_eq!(c.stream, None, "the context is not a stream");
         assert_eq!((c.rank, c.nranks), (Some(1), Some(3)));

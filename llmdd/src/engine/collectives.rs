@@ -134,7 +134,11 @@ impl Engine {
             c.entry_ns,
             c.exit_ns,
         );
-        self.submitted(proc, stream, c, busy);
+        // A GPU submission only where the call names a stream: MPI's and Gloo's collectives
+        // run on the host, and a CPU job has no submission gaps.
+        if c.stream.is_some() {
+            self.submitted(proc, stream, c, busy);
+        }
     }
 
     pub(super) fn on_group_start(&mut self, proc: ProcId, c: &CallEvent) {

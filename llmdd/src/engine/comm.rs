@@ -115,6 +115,14 @@ pub struct Comms {
     /// member: (pid, placed (rank, size), read (rank, size)), once per process. A layout that
     /// reads the right fields reads the same values on every call of one communicator.
     pub unstable: Vec<(u32, RankRead, RankRead)>,
+    /// (process, family) whose layout read failed the plausibility check once: no later
+    /// read of that family in that process is trusted (the layout is wrong for the build,
+    /// whatever a later read happens to give).
+    distrusted: FastMap<(ProcId, Family), ()>,
+    /// The one handle per (process, family) given the launcher's ranks when none could be
+    /// read and the world handle is unknown: the environment describes one communicator, so
+    /// another handle is shown unidentified rather than given the same ranks.
+    env_handle: FastMap<(ProcId, Family), u64>,
 }
 
 /// A (rank, size) pair read through a layout.
@@ -352,6 +360,21 @@ impl Comms {
         Some(self.join(c, proc, pid, new, None, true, t, lanes))
     }
 
+    /// Whether the launcher's ranks may place `f`'s handle: where the process's world
+    /// handle is known it is that one (checked by the caller); otherwise the first handle of
+    /// the family in the process (user probes excepted: their handles are llmdd's own, one
+    /// per probe, each describing the job).
+    fn env_for(&mut self, f: &CallFacts, hints: &super::ProcessHints) -> bool {
+        if hints.world_comm.is_some() || f.family == Family::User {
+            return true;
+        }
+        *self
+            .env_handle
+            .entry((f.proc, f.family))
+            .or_insert(f.handle)
+            == f.handle
+    }
+
     /// Whether `handle` of `proc` is a known communicator.
     pub fn knows(&self, proc: ProcId, handle: u64) -> bool {
         self.handles.contains_key(&(proc, handle))
@@ -409,8 +432,10 @@ impl Comms {
         // process whose world handle is known (an MPI communicator split off before
         // tracing began).
         let world = hints.world_comm.is_none_or(|w| w == f.handle);
-        let read = valid(f.rank, f.nranks);
+        let read =
+            valid(f.rank, f.nranks).filter(|_| !self.distrusted.contains_key(&(f.proc, f.family)));
         if let Some(rn) = read.filter(|&rn| !plausible(rn, hints)) {
+            self.distrusted.insert((f.proc, f.family), ());
             if self.untrusted.len() < MAX_UNTRUSTED && !self.untrusted.iter().any(|u| u.0 == f.pid)
             {
                 self.untrusted.push((f.pid, rn.0 as i32, rn.1 as i32));
@@ -419,7 +444,9 @@ impl Comms {
         let (rn, source) = match read.filter(|&rn| plausible(rn, hints)) {
             Some(rn) => (Some(rn), "handle"),
             None => match (hints.rank, hints.world_size) {
-                (Some(r), Some(n)) if r < n && world => (Some((r, n)), "environment"),
+                (Some(r), Some(n)) if r < n && world && self.env_for(f, hints) => {
+                    (Some((r, n)), "environment")
+                }
                 _ => (None, "unknown"),
             },
         };

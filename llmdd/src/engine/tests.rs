@@ -1404,6 +1404,93 @@ fn ranks_read_through_a_wrong_layout_are_not_trusted() {
 }
 
 #[test]
+fn a_layout_that_failed_once_is_not_trusted_again_and_a_second_group_is_not_guessed() {
+    // Rank 0's first handle reads a size beyond the job's world: the layout is wrong for its
+    // library. A second handle of the same process later reads a plausible-looking (1 of 2):
+    // still not trusted, and the environment's ranks, which describe one communicator, are
+    // not given to it either: it is unidentified.
+    let job = Job {
+        init: false,
+        ..Job::new(3)
+    };
+    let mut e = Engine::new(Config::default());
+    for r in 0..3usize {
+        let hints = ProcessHints {
+            rank: Some(r as u32),
+            world_size: Some(3),
+            ..Default::default()
+        };
+        e.register_process(job.pid(r), hints);
+    }
+    let events = job.events(0, 20).into_iter().map(|ev| match ev {
+        Event::Call(mut c) if c.func == ALL_REDUCE && c.pid == job.pid(0) => {
+            c.nranks = Some(32606);
+            Event::Call(c)
+        }
+        ev => ev,
+    });
+    let mut events: Vec<Event> = events.collect();
+    events.push(coll(
+        ALL_REDUCE,
+        job.pid(0),
+        HANDLE + 0x1000,
+        Some(1),
+        2,
+        MIB,
+        STREAM,
+        T0 + 30 * job.period,
+        T0 + 30 * job.period + 20_000,
+    ));
+    e.ingest_batch(events);
+    e.flush();
+    let s = e.snapshot();
+    let sources: Vec<(Option<u32>, &str)> = s
+        .communicators
+        .iter()
+        .map(|c| match c.identity {
+            Identity::Inferred { rank_source, .. } => (c.nranks, rank_source),
+            _ => (c.nranks, "other"),
+        })
+        .collect();
+    // The world communicator (made by ranks 1 and 2 from their reads, rank 0 placed by its
+    // environment) and the unidentified second group.
+    assert_eq!(sources.len(), 2, "{sources:?}");
+    assert!(sources.iter().any(|s| s.0 == Some(3)), "{sources:?}");
+    assert!(sources.contains(&(None, "unknown")), "{sources:?}");
+    assert!(!sources.iter().any(|s| s.0 == Some(2)), "{sources:?}");
+}
+
+#[test]
+fn host_collectives_are_not_gpu_submissions() {
+    // MPI and Gloo collectives name no stream: a CPU job calling them 50 ms apart, with
+    // other traced calls between, has no GPU submission gaps.
+    let job = Job {
+        sync: false,
+        ..Job::new(2)
+    };
+    let mut e = Engine::new(Config::default());
+    let mut events = Vec::new();
+    for ev in job.events(0, 40) {
+        if let Event::Call(mut c) = ev {
+            c.stream = None;
+            let (pid, t) = (c.pid, c.entry_ns);
+            events.push(Event::Call(c));
+            for k in 1..5 {
+                events.push(plain(MALLOC, pid, t + k * 8 * MS, t + k * 8 * MS + 1_000));
+            }
+        }
+    }
+    events.sort_by_key(reorder::key_of);
+    e.ingest_batch(events);
+    e.flush();
+    assert!(
+        of_kind(&e, FindingKind::Bubble).is_empty(),
+        "{:#?}",
+        e.findings()
+    );
+}
+
+#[test]
 fn state_stays_bounded_over_a_long_run() {
     let job = Job::new(4);
     let mut e = Engine::new(Config::default());

@@ -272,77 +272,159 @@ fn ensure_nixl() -> Result<()> {
     })
 }
 
-/// The PyTorch the opt-in Gloo test runs: this version's wheel and the exact dependencies it
-/// names for Linux x86-64 (it will not import without its CUDA libraries, even on CPU).
-const TORCH_WHEELS: &[&str] = &[
-    "torch==2.5.1",
-    "filelock==3.16.1",
-    "typing-extensions==4.12.2",
-    "networkx==3.4.2",
-    "jinja2==3.1.4",
-    "markupsafe==3.0.2",
-    "fsspec==2024.10.0",
-    "sympy==1.13.1",
-    "mpmath==1.3.0",
-    "nvidia-cuda-nvrtc-cu12==12.4.127",
-    "nvidia-cuda-runtime-cu12==12.4.127",
-    "nvidia-cuda-cupti-cu12==12.4.127",
-    "nvidia-cudnn-cu12==9.1.0.70",
-    "nvidia-cublas-cu12==12.4.5.8",
-    "nvidia-cufft-cu12==11.2.1.3",
-    "nvidia-curand-cu12==10.3.5.147",
-    "nvidia-cusolver-cu12==11.6.1.9",
-    "nvidia-cusparse-cu12==12.3.1.170",
-    "nvidia-nccl-cu12==2.21.5",
-    "nvidia-nvtx-cu12==12.4.127",
-    "nvidia-nvjitlink-cu12==12.4.127",
-];
+/// A PyTorch release the Gloo tests run on (tests/tests/gloo_straggler.rs): its wheel and
+/// the exact dependencies it names for Linux x86-64, pinned (it will not import without its
+/// CUDA libraries, even on CPU).
+pub struct TorchRelease {
+    pub version: &'static str,
+    wheels: &'static [&'static str],
+    size: &'static str,
+}
 
-/// Installs the pinned PyTorch into target/tools/torch-2.5.1/site (once) and returns the
-/// directory to put on PYTHONPATH.
-pub fn ensure_torch() -> Result<PathBuf> {
-    let root = workspace_root().join("target/tools/torch-2.5.1");
-    let site = root.join("site");
-    if site.join("torch/lib/libtorch_cpu.so").exists() {
+/// The pinned older release, whose Gloo context layout was first read by hand.
+const TORCH_2_5_1: TorchRelease = TorchRelease {
+    version: "2.5.1",
+    wheels: &[
+        "torch==2.5.1",
+        "filelock==3.16.1",
+        "typing-extensions==4.12.2",
+        "networkx==3.4.2",
+        "jinja2==3.1.4",
+        "markupsafe==3.0.2",
+        "fsspec==2024.10.0",
+        "sympy==1.13.1",
+        "mpmath==1.3.0",
+        "nvidia-cuda-nvrtc-cu12==12.4.127",
+        "nvidia-cuda-runtime-cu12==12.4.127",
+        "nvidia-cuda-cupti-cu12==12.4.127",
+        "nvidia-cudnn-cu12==9.1.0.70",
+        "nvidia-cublas-cu12==12.4.5.8",
+        "nvidia-cufft-cu12==11.2.1.3",
+        "nvidia-curand-cu12==10.3.5.147",
+        "nvidia-cusolver-cu12==11.6.1.9",
+        "nvidia-cusparse-cu12==12.3.1.170",
+        "nvidia-nccl-cu12==2.21.5",
+        "nvidia-nvtx-cu12==12.4.127",
+        "nvidia-nvjitlink-cu12==12.4.127",
+    ],
+    size: "about 3.3 GB to download, 4.5 GB installed",
+};
+
+/// The current PyPI release (what `pip install torch` gives), whose `gloo::Context` has no
+/// vtable and packs rank and size at its start. Triton is left out: importing torch and
+/// running Gloo do not load it.
+const TORCH_2_15_0: TorchRelease = TorchRelease {
+    version: "2.15.0",
+    wheels: &[
+        "torch==2.15.0",
+        "filelock==4.3.2",
+        "fsspec==2026.9.0",
+        "jinja2==3.1.6",
+        "markupsafe==3.0.4",
+        "mpmath==1.3.0",
+        "networkx==3.6.1",
+        "setuptools==84.2.1",
+        "sympy==1.14.0",
+        "typing-extensions==4.16.0",
+        "cuda-bindings==13.5.0",
+        "cuda-pathfinder==1.9.1",
+        "cuda-toolkit==13.2.2",
+        "nvidia-cublas==13.4.1.3",
+        "nvidia-cuda-cccl==13.3.5.0.6",
+        "nvidia-cuda-cupti==13.2.86",
+        "nvidia-cuda-nvrtc==13.2.86",
+        "nvidia-cuda-runtime==13.2.86",
+        "nvidia-cudnn-cu13==9.26.0.51",
+        "nvidia-cufft==12.2.0.57",
+        "nvidia-cufile==1.17.1.22",
+        "nvidia-cusolver==12.2.0.11",
+        "nvidia-cusparse==12.7.10.12",
+        "nvidia-cusparselt-cu13==0.8.1",
+        "nvidia-nccl-cu13==2.30.7",
+        "nvidia-nvjitlink==13.5.37",
+        "nvidia-nvshmem-cu13==3.7.2",
+        "nvidia-nvtx==13.2.86",
+    ],
+    size: "about 2.6 GB to download, 4.3 GB installed",
+};
+
+/// Every PyTorch release the Gloo tests run on.
+pub const TORCH_RELEASES: [&TorchRelease; 2] = [&TORCH_2_5_1, &TORCH_2_15_0];
+
+/// Marks a PyTorch install as complete (an interrupted one is started over).
+const TORCH_DONE: &str = ".llmdd-complete";
+
+/// Where a release is installed: the directory to put on PYTHONPATH.
+pub fn torch_site(version: &str) -> PathBuf {
+    workspace_root()
+        .join("target/tools")
+        .join(format!("torch-{version}"))
+        .join("site")
+}
+
+/// Installs a pinned PyTorch release under target/tools (once) and returns its site
+/// directory. The wheels are removed once installed.
+pub fn ensure_torch(r: &TorchRelease) -> Result<PathBuf> {
+    let site = torch_site(r.version);
+    if site.join(TORCH_DONE).exists() {
         return Ok(site);
     }
+    let root = site
+        .parent()
+        .context("torch site has a parent")?
+        .to_path_buf();
     let wheels = root.join("wheels");
+    if site.exists() {
+        std::fs::remove_dir_all(&site).context("removing an unfinished PyTorch install")?;
+    }
     std::fs::create_dir_all(&wheels)?;
+    let v = r.version;
     run(
         Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-            ])
+            .args(["-m", "pip", "download", "-q", "--no-deps"])
+            .args(["--only-binary=:all:", "-d"])
             .arg(&wheels)
-            .args(TORCH_WHEELS),
-        "pip download torch 2.5.1 and its dependencies (about 3.3 GB, once)",
+            .args(r.wheels),
+        &format!(
+            "pip download torch {v} and its dependencies ({}, once)",
+            r.size
+        ),
     )?;
     let files: Vec<PathBuf> = std::fs::read_dir(&wheels)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .filter(|p| {
+            // Only the pinned set (the directory may hold an earlier download's extras).
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                r.wheels.iter().any(|w| {
+                    let (name, version) = w.split_once("==").unwrap_or((w, ""));
+                    let name = name.replace('-', "_");
+                    n.to_ascii_lowercase()
+                        .starts_with(&format!("{}-{version}-", name.to_ascii_lowercase()))
+                })
+            })
+        })
         .collect();
     run(
         Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-index",
-                "--target",
-            ])
+            .args(["-m", "pip", "install", "-q", "--no-deps", "--no-index"])
+            .arg("--target")
             .arg(&site)
             .args(&files),
-        "pip install the PyTorch wheels under target/tools (4.5 GB)",
+        &format!("pip install torch {v} under target/tools"),
     )?;
+    std::fs::write(site.join(TORCH_DONE), v)?;
+    std::fs::remove_dir_all(&wheels).context("removing the downloaded wheels")?;
     Ok(site)
+}
+
+/// Every PyTorch release the Gloo tests need.
+pub fn ensure_torches() -> Result<()> {
+    for r in TORCH_RELEASES {
+        ensure_torch(r)?;
+    }
+    Ok(())
 }
 
 /// bpftrace, the baseline of the overhead benchmark (Debian's package).

@@ -109,20 +109,35 @@ pub struct Comms {
     /// Slots reused since the engine last looked (it drops what it keyed by them).
     pub recycled: Vec<u32>,
     /// Ranks read through a library's layout that failed the plausibility check (see
-    /// [`plausible`]): (pid, rank, size read), once per process.
-    pub untrusted: Vec<(u32, i32, i32)>,
+    /// [`plausible`]): (pid, rank, size read, family), once per process.
+    pub untrusted: Vec<(u32, i32, i32, Family)>,
     /// Handles whose rank and size, read on a later call, differed from what placed the
     /// member: (pid, placed (rank, size), read (rank, size)), once per process. A layout that
     /// reads the right fields reads the same values on every call of one communicator.
     pub unstable: Vec<(u32, RankRead, RankRead)>,
-    /// (process, family) whose layout read failed the plausibility check once: no later
-    /// read of that family in that process is trusted (the layout is wrong for the build,
+    /// Layouts whose read failed the plausibility check once: no later read through them is
+    /// trusted, in any process mapping the same build (the layout is wrong for the build,
     /// whatever a later read happens to give).
-    distrusted: FastMap<(ProcId, Family), ()>,
+    distrusted: FastMap<LayoutKey, ()>,
     /// The one handle per (process, family) given the launcher's ranks when none could be
     /// read and the world handle is unknown: the environment describes one communicator, so
     /// another handle is shown unidentified rather than given the same ranks.
     env_handle: FastMap<(ProcId, Family), u64>,
+}
+
+/// Which layout a read went through: a library build (by its build id or path), else the
+/// process's library of that family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LayoutKey {
+    Build(Family, String),
+    Proc(ProcId, Family),
+}
+
+fn layout_key(f: &CallFacts, hints: &super::ProcessHints) -> LayoutKey {
+    match hints.layout(f.family) {
+        Some(l) => LayoutKey::Build(f.family, l.id.clone()),
+        None => LayoutKey::Proc(f.proc, f.family),
+    }
 }
 
 /// A (rank, size) pair read through a layout.
@@ -432,13 +447,21 @@ impl Comms {
         // process whose world handle is known (an MPI communicator split off before
         // tracing began).
         let world = hints.world_comm.is_none_or(|w| w == f.handle);
-        let read =
-            valid(f.rank, f.nranks).filter(|_| !self.distrusted.contains_key(&(f.proc, f.family)));
+        let read = valid(f.rank, f.nranks);
+        let layout = read.map(|_| layout_key(f, hints));
+        let read = read.filter(|_| {
+            layout
+                .as_ref()
+                .is_none_or(|k| !self.distrusted.contains_key(k))
+        });
         if let Some(rn) = read.filter(|&rn| !plausible(rn, hints)) {
-            self.distrusted.insert((f.proc, f.family), ());
+            if let Some(k) = layout {
+                self.distrusted.insert(k, ());
+            }
             if self.untrusted.len() < MAX_UNTRUSTED && !self.untrusted.iter().any(|u| u.0 == f.pid)
             {
-                self.untrusted.push((f.pid, rn.0 as i32, rn.1 as i32));
+                self.untrusted
+                    .push((f.pid, rn.0 as i32, rn.1 as i32, f.family));
             }
         }
         let (rn, source) = match read.filter(|&rn| plausible(rn, hints)) {

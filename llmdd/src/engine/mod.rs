@@ -71,7 +71,7 @@ pub use matching::Evidence;
 pub use memory::MemoryView;
 pub use nccl_ras::{RasSight, RasWhat};
 pub use positions::{telling, Place, ProcThreads, ThreadPlace};
-pub use procs::{job_key, ProcessHints};
+pub use procs::{job_key, LayoutLib, ProcessHints};
 pub use requests::{RequestRecord, RequestsView};
 pub use snapshot::{
     CapturedCollView, CapturedGraphView, CommView, Counts, GroupView, LaneView, MemberView, OpView,
@@ -535,7 +535,7 @@ impl Engine {
                  fields, so findings on that communicator rest on the first values read"
             )
         }));
-        out.extend(self.comms.untrusted.iter().map(|&(pid, r, n)| {
+        out.extend(self.comms.untrusted.iter().map(|&(pid, r, n, family)| {
             let h = self
                 .procs
                 .find_live(pid)
@@ -546,11 +546,16 @@ impl Engine {
                 (None, Some(w)) => format!("a world of {w}"),
                 _ => "no launcher ranks".into(),
             };
+            let lib = match h.layout(family).and_then(|l| l.version.as_deref()) {
+                Some(v) => format!("{} {v}", family.name()),
+                None => family.name().to_string(),
+            };
             format!(
-                "pid {pid}: the rank and size read from its communicator through the library's \
+                "pid {pid}: the rank and size read from its communicator through {lib}'s \
                  layout (rank {r} of {n}) are not plausible against its launcher's environment \
-                 ({env}): that layout is not trusted for it, its communicators are grouped by \
-                 the environment's ranks where they describe them, else shown unidentified"
+                 ({env}): that layout is not trusted again in any process mapping that build; \
+                 communicators are grouped by the environment's ranks where they describe \
+                 them, else shown unidentified"
             )
         }));
         out.extend(self.device_side_notes());

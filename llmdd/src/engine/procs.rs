@@ -28,9 +28,30 @@ pub struct ProcessHints {
     /// The handle of the MPI world communicator, when known: the environment's rank and
     /// world size describe that communicator only, never another handle of the process.
     pub world_comm: Option<u64>,
+    /// The libraries whose struct layouts the process's ranks are read through (NCCL's
+    /// communicator, Gloo's context, vLLM's custom all-reduce object). Not serialised: the
+    /// report lists each process's libraries.
+    #[serde(skip)]
+    pub layouts: Vec<LayoutLib>,
+}
+
+/// A library whose layout rank reads go through: which layout failed is said by it, and a
+/// failed one is not trusted again in any process that maps the same build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutLib {
+    pub family: llmdd_common::funcs::Family,
+    /// Its build id, else its path.
+    pub id: String,
+    /// Its version (NCCL's, PyTorch's for Gloo), when known.
+    pub version: Option<String>,
 }
 
 impl ProcessHints {
+    /// The library of `family` the process's layout reads go through.
+    pub fn layout(&self, family: llmdd_common::funcs::Family) -> Option<&LayoutLib> {
+        self.layouts.iter().find(|l| l.family == family)
+    }
+
     /// Hints from environment variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
     /// `MASTER_PORT`) given as name/value pairs, plus an optional host name.
     pub fn from_env<'a>(

@@ -1461,6 +1461,67 @@ fn a_layout_that_failed_once_is_not_trusted_again_and_a_second_group_is_not_gues
 }
 
 #[test]
+fn a_layout_that_failed_in_one_process_is_not_trusted_in_another_mapping_that_build() {
+    // Two ranks map the same NCCL build. Rank 0's read gives 32606 ranks: that build's
+    // layout is wrong. Rank 1's later read (0 of 2) looks plausible but goes through the
+    // same layout: its launcher's rank 1 is used instead, so both land in one communicator.
+    let mut e = Engine::new(Config::default());
+    for r in 0..2u32 {
+        let hints = ProcessHints {
+            rank: Some(r),
+            world_size: Some(2),
+            layouts: vec![LayoutLib {
+                family: llmdd_common::funcs::Family::Nccl,
+                id: "0badbuild".into(),
+                version: Some("2.99.1".into()),
+            }],
+            ..Default::default()
+        };
+        e.register_process(100 + r, hints);
+    }
+    let mut events = Vec::new();
+    for k in 0..30u64 {
+        let t = T0 + k * 50 * MS;
+        events.push(coll(
+            ALL_REDUCE,
+            100,
+            HANDLE,
+            Some(0),
+            32606,
+            MIB,
+            STREAM,
+            t,
+            t + MS,
+        ));
+        let t1 = t + 10_000;
+        events.push(coll(
+            ALL_REDUCE,
+            101,
+            HANDLE + 1,
+            Some(0),
+            2,
+            MIB,
+            STREAM,
+            t1,
+            t1 + MS,
+        ));
+    }
+    events.sort_by_key(reorder::key_of);
+    e.ingest_batch(events);
+    e.flush();
+    let s = e.snapshot();
+    assert_eq!(s.communicators.len(), 1, "{:#?}", s.communicators);
+    assert_eq!(s.communicators[0].nranks, Some(2));
+    let notes = e.notes();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("through nccl 2.99.1's layout") && n.contains("that build")),
+        "{notes:?}"
+    );
+}
+
+#[test]
 fn host_collectives_are_not_gpu_submissions() {
     // MPI and Gloo collectives name no stream: a CPU job calling them 50 ms apart, with
     // other traced calls between, has no GPU submission gaps.

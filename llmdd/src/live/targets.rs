@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cli::{AttachArgs, RunArgs},
-    engine::ProcessHints,
+    engine::{LayoutLib, ProcessHints},
     follow::Follow,
     probe::{AttachedObject, ObjectPlan},
     tracee::{self, symbols::SymbolTable},
@@ -97,6 +97,19 @@ pub fn hints_of(t: &tracee::Target, host: Option<String>) -> ProcessHints {
         job: t.rank_hints.job.clone(),
         parent: t.ppid,
         world_comm: t.mpi_world_handle,
+        layouts: t
+            .objects
+            .iter()
+            .filter(|o| matches!(o.comm_offsets, Some(Ok(_))))
+            .map(|o| LayoutLib {
+                family: o.family,
+                id: o
+                    .build_id
+                    .clone()
+                    .unwrap_or_else(|| o.path.display().to_string()),
+                version: o.version.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -34,8 +34,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use llmdd_common::funcs::Family;
+
 use crate::{
-    engine::ProcessHints,
+    engine::{LayoutLib, ProcessHints},
     events::Event,
     views::run::{LibInfo, ProcInfo},
 };
@@ -231,6 +233,20 @@ impl RecProc {
             job: self.job.clone(),
             parent: self.parent,
             world_comm: self.world_comm,
+            layouts: self
+                .libraries
+                .iter()
+                .filter_map(|l| {
+                    let family = [Family::Nccl, Family::Gloo, Family::Vllm]
+                        .into_iter()
+                        .find(|f| f.name() == l.family)?;
+                    Some(LayoutLib {
+                        family,
+                        id: l.build_id.clone().unwrap_or_else(|| l.path.clone()),
+                        version: l.version.clone(),
+                    })
+                })
+                .collect(),
         }
     }
 

@@ -373,10 +373,15 @@ impl Engine {
         }
     }
 
-    /// Counts the call as host work or as waiting for the device (syncs, event queries,
-    /// synchronous copies); returns the process's busy-call count and total sync time.
+    /// Counts the call as host work or as waiting: for the device (syncs, event queries,
+    /// synchronous copies), or for other ranks in a collective or transfer that blocks the
+    /// host (MPI's and Gloo's name no stream: the thread waits inside them, as in a sync);
+    /// returns the process's busy-call count and total waiting time.
     fn note_host_time(&mut self, proc: ProcId, c: &CallEvent) -> Busy {
-        let waits = c.spec().waits_for_device();
+        let spec = c.spec();
+        let blocks_host =
+            matches!(spec.kind, CallKind::Collective | CallKind::P2p) && c.stream.is_none();
+        let waits = spec.waits_for_device() || blocks_host;
         let p = self.procs.proc_mut(proc);
         if waits {
             p.sync_ns += c.duration_ns().unwrap_or(0);

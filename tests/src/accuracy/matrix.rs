@@ -320,6 +320,44 @@ fn full_custom_ar(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut R
     ))));
 }
 
+/// The same scenario with the float32 all-reduces through a Gloo whose context layout llmdd
+/// cannot read (simjob --gloo: `gloo::allreduce` in a fake libtorch_cpu.so): the process
+/// groups are placed by the launcher's ranks, as on a PyTorch build whose layout does not
+/// decode.
+fn gloo_unreadable(mut s: Scenario) -> Scenario {
+    s.name = format!("gloo unreadable-layout {}", s.name);
+    if let JobKind::Sim { jobs, .. } = &mut s.job {
+        for j in jobs.iter_mut() {
+            j.push("--gloo".into());
+        }
+    }
+    s
+}
+
+/// Gloo with an unreadable layout over shapes: stragglers attached before and during, a hang
+/// at attach, a clean run.
+fn full_gloo(rng: &mut Rng, out: &mut Vec<Scenario>, during: impl Fn(&mut Rng) -> Attach) {
+    for (ranks, delay, every) in [(3u64, 30u64, 1u64), (4, 20, 4)] {
+        let slow = rng.below(ranks);
+        let a = during(rng);
+        out.push(gloo_unreadable(straggler(
+            ranks,
+            "allreduce:64K",
+            slow,
+            delay,
+            every,
+            a,
+        )));
+    }
+    out.push(gloo_unreadable(sim_hang(rng, 3, "allreduce:64K")));
+    let a = during(rng);
+    out.push(gloo_unreadable(clean(
+        "4r allreduce",
+        &["--ranks", "4", "--steps", "200"],
+        a,
+    )));
+}
+
 /// Steps captured into a CUDA graph at start (3 launches and an all-reduce) and replayed,
 /// rank `r` launching 10 to 30 ms late every other step.
 fn captured(rng: &mut Rng, attach: Attach) -> Scenario {
@@ -538,6 +576,7 @@ pub fn matrix(seed: u64, size: Size) -> Vec<Scenario> {
                 });
             }
             full_custom_ar(&mut rng, &mut out, during);
+            full_gloo(&mut rng, &mut out, during);
             full_nixl(&mut rng, &mut out);
         }
     }

@@ -477,14 +477,21 @@ impl Kv {
                 });
             }
         }
-        // Slow: one agent's median against every other agent of the same process.
+        // Slow: one agent's median against every other agent of the same process that is not
+        // failing. A failing agent is named as such; its completed transfers came before it
+        // broke, while the decode side was not yet busy with its errors and retries, so they
+        // are no measure of what the others should take now (against one, a healthy agent
+        // served after the failure looked several times slower).
         for (i, s) in self.agents.iter().enumerate() {
             if pctl[i].count < SLOW_MIN_TRANSFERS {
                 continue;
             }
             let others: Vec<u64> = (0..self.agents.len())
                 .filter(|&j| {
-                    j != i && self.agents[j].proc == s.proc && pctl[j].count >= SLOW_MIN_TRANSFERS
+                    j != i
+                        && self.agents[j].proc == s.proc
+                        && self.agents[j].failed == 0
+                        && pctl[j].count >= SLOW_MIN_TRANSFERS
                 })
                 .map(|j| pctl[j].p50)
                 .collect();

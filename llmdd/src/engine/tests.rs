@@ -2259,6 +2259,32 @@ fn kv_transfer(pid: u32, h: u64, req: u64, t: u64, took: u64, status: i64) -> Ve
         .collect()
 }
 
+/// A prefill agent killed mid-run: its transfers were fast before it died, then fail. The
+/// healthy agent, slower after the failure (the decode side busy with errors and retries), is
+/// not named slow against the failing one's earlier transfers; the failing one is named.
+#[test]
+fn a_healthy_agent_is_not_slow_against_one_that_is_failing() {
+    let pid = 400;
+    let mut evs = Vec::new();
+    for k in 0..20u64 {
+        let t = T0 + k * 50 * MS;
+        evs.extend(kv_transfer(pid, 1, 0x10 + k, t, 8 * MS, 0));
+        let (took, status) = if k < 10 { (MS, 0) } else { (MS / 2, -10) };
+        evs.extend(kv_transfer(pid, 2, 0x100 + k, t + 20 * MS, took, status));
+    }
+    evs.sort_by_key(reorder::key_of);
+    let mut e = Engine::new(Config::default());
+    e.ingest_batch(evs);
+    e.advance(T0 + 2_000 * MS);
+    let f = of_kind(&e, FindingKind::KvTransfer);
+    assert!(f.iter().all(|x| x.magnitude.name != "slow_ratio"), "{f:#?}");
+    assert!(
+        f.iter().any(|x| x.magnitude.name == "failed_transfers"
+            && x.culprit.agent.as_deref() == Some("agent agent2…")),
+        "{f:#?}"
+    );
+}
+
 #[test]
 fn kv_transfers_name_the_slow_the_failing_and_the_stuck_agent() {
     let pid = 400;

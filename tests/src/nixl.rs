@@ -192,4 +192,26 @@ impl NixlRun {
             .map(|x| x.2)
             .collect()
     }
+
+    /// Whether the decode side's own times show the agent labelled `label` ("agent
+    /// p2-prefi…") slower, median against median, than every other agent by the slow rule's
+    /// ratio: then an agent named slow was slow, fault injected or not (a prefill starved of
+    /// CPU on a loaded machine serves slower).
+    pub fn measured_slow(&self, label: &str) -> bool {
+        let agents: std::collections::BTreeSet<&str> =
+            self.xfers.iter().map(|(a, _, _)| a.as_str()).collect();
+        let prefix = |a: &str| format!("agent {}…", &a[..8.min(a.len())]);
+        let Some(slow) = agents.iter().find(|a| prefix(a) == label) else {
+            return false;
+        };
+        let mine = self.done(slow);
+        if mine.is_empty() {
+            return false;
+        }
+        let m = crate::serving::median(mine);
+        agents.iter().filter(|a| *a != slow).all(|a| {
+            let theirs = self.done(a);
+            !theirs.is_empty() && m >= 3.0 * crate::serving::median(theirs)
+        })
+    }
 }

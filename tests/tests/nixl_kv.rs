@@ -133,8 +133,12 @@ fn a_prefill_agent_killed_mid_run_is_named_with_its_error() {
             .is_some_and(|e| e.contains("NIXL_ERR_REMOTE_DISCONNECT"))),
         "{f:#?}"
     );
+    // The healthy agent is never named, unless the decode side's own times show it slower
+    // by the rule's ratio (a prefill starved of CPU while the tests run in parallel): then
+    // saying so is right.
     assert!(
-        f.iter().all(|x| x["culprit"]["agent"] != "agent p1-prefi…"),
+        f.iter().all(|x| x["culprit"]["agent"] != "agent p1-prefi…"
+            || (x["magnitude"]["name"] == "slow_ratio" && r.measured_slow("agent p1-prefi…"))),
         "{f:#?}"
     );
     assert_eq!(agent(&r, "p1-prefi")["failed"], 0);

@@ -461,7 +461,7 @@ pub fn kv(s: &Scenario, r: &crate::nixl::NixlRun) -> Outcome {
                 f["magnitude"]["name"] == "slow_ratio"
                     && f["culprit"]["agent"]
                         .as_str()
-                        .is_some_and(|a| really_slow(r, a))
+                        .is_some_and(|a| r.measured_slow(a))
             };
             o.false_findings = all.iter().filter(|f| !measured_slow(f)).count();
             if o.false_findings > 0 {
@@ -470,24 +470,4 @@ pub fn kv(s: &Scenario, r: &crate::nixl::NixlRun) -> Outcome {
         }
     }
     o
-}
-
-/// Whether the decode side's own times show the agent labelled `label` ("agent p2-prefi…")
-/// slower, median against median, than every other agent by the slow rule's ratio.
-fn really_slow(r: &crate::nixl::NixlRun, label: &str) -> bool {
-    let agents: std::collections::BTreeSet<&str> =
-        r.xfers.iter().map(|(a, _, _)| a.as_str()).collect();
-    let prefix = |a: &str| format!("agent {}…", &a[..8.min(a.len())]);
-    let Some(slow) = agents.iter().find(|a| prefix(a) == label) else {
-        return false;
-    };
-    let mine = r.done(slow);
-    if mine.is_empty() {
-        return false;
-    }
-    let m = median(mine);
-    agents.iter().filter(|a| *a != slow).all(|a| {
-        let theirs = r.done(a);
-        !theirs.is_empty() && m >= 3.0 * median(theirs)
-    })
 }

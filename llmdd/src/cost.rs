@@ -44,7 +44,6 @@ const MAX_SHARE: f64 = 0.95;
 struct Reading {
     at_ns: u64,
     kernel_ns: u64,
-    calls: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -128,11 +127,7 @@ impl Costs {
         let Some(s) = self.threads.get_mut(&(pid, tid)) else {
             return;
         };
-        let r = Reading {
-            at_ns,
-            kernel_ns,
-            calls: s.calls,
-        };
+        let r = Reading { at_ns, kernel_ns };
         if s.first.is_none() {
             s.first = Some(r);
         } else {
@@ -221,14 +216,7 @@ impl Costs {
 /// in ns; `None` once the thread is gone.
 pub fn thread_kernel_ns(pid: u32, tid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count fields after
-    // its closing one. stime is field 15, the 13th after the name.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let stime: u64 = rest.split_whitespace().nth(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some(stime.saturating_mul(1_000_000_000 / hz))
+    crate::node::parse_stat_times_ns(&stat).map(|(_, system)| system)
 }
 
 #[cfg(test)]

@@ -24,9 +24,10 @@ pub fn parse_schedstat(line: &str) -> Option<(u64, u64)> {
     Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
 }
 
-/// User plus system CPU time of a `/proc/PID/stat` line, in ns (fields 14 and 15, in clock
-/// ticks, counted after the command name's closing parenthesis).
-pub fn parse_stat_cpu_ns(stat: &str) -> Option<u64> {
+/// (user, system) CPU time of a `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) line, in
+/// ns (fields 14 and 15, in clock ticks, counted after the command name's closing
+/// parenthesis: the name may hold spaces).
+pub fn parse_stat_times_ns(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut w = rest.split_whitespace();
     // After the name: state is field 3, so utime (14) is the 12th word here.
@@ -34,7 +35,13 @@ pub fn parse_stat_cpu_ns(stat: &str) -> Option<u64> {
     let stime: u64 = w.next()?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some((utime + stime) * (1_000_000_000 / hz))
+    let tick = 1_000_000_000 / hz;
+    Some((utime.saturating_mul(tick), stime.saturating_mul(tick)))
+}
+
+/// User plus system CPU time of a `/proc/PID/stat` line, in ns.
+pub fn parse_stat_cpu_ns(stat: &str) -> Option<u64> {
+    parse_stat_times_ns(stat).map(|(u, s)| u + s)
 }
 
 /// Totals of a process: (CPU ns, run-queue wait ns, threads, RSS KiB).

@@ -46,6 +46,22 @@ pub struct LayoutLib {
     pub version: Option<String>,
 }
 
+impl LayoutLib {
+    /// The library of `family` at `path`, known by its build id where it has one.
+    pub fn new(
+        family: llmdd_common::funcs::Family,
+        build_id: Option<&str>,
+        path: &str,
+        version: Option<&str>,
+    ) -> LayoutLib {
+        LayoutLib {
+            family,
+            id: build_id.unwrap_or(path).to_string(),
+            version: version.map(str::to_string),
+        }
+    }
+}
+
 impl ProcessHints {
     /// The library of `family` the process's layout reads go through.
     pub fn layout(&self, family: llmdd_common::funcs::Family) -> Option<&LayoutLib> {

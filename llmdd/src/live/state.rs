@@ -269,20 +269,17 @@ impl Live {
 
     /// Hands a batch to the session and detaches from the targets that exited in it.
     pub fn consume(&mut self, batch: &mut Vec<Event>, session: &mut Session) -> Result<()> {
+        // The budget and the costs (made only with the budget) count each call in one pass.
         if let Some(b) = self.budget.as_mut() {
             for ev in batch.iter() {
-                if let Event::Call(c) = ev {
-                    b.note_call(c.pid, c.tid, c.func);
-                }
-            }
-        }
-        if let Some(costs) = self.costs.as_mut() {
-            for ev in batch.iter() {
-                if let Event::Call(c) = ev {
-                    if costs.note_call(c.pid, c.tid, c.entry_ns) {
-                        if let Some(k) = crate::cost::thread_kernel_ns(c.pid, c.tid) {
-                            costs.read(c.pid, c.tid, monotonic_ns(), k);
-                        }
+                let Event::Call(c) = ev else { continue };
+                b.note_call(c.pid, c.tid, c.func);
+                let Some(costs) = self.costs.as_mut() else {
+                    continue;
+                };
+                if costs.note_call(c.pid, c.tid, c.entry_ns) {
+                    if let Some(k) = crate::cost::thread_kernel_ns(c.pid, c.tid) {
+                        costs.read(c.pid, c.tid, monotonic_ns(), k);
                     }
                 }
             }

@@ -101,13 +101,13 @@ pub fn hints_of(t: &tracee::Target, host: Option<String>) -> ProcessHints {
             .objects
             .iter()
             .filter(|o| matches!(o.comm_offsets, Some(Ok(_))))
-            .map(|o| LayoutLib {
-                family: o.family,
-                id: o
-                    .build_id
-                    .clone()
-                    .unwrap_or_else(|| o.path.display().to_string()),
-                version: o.version.clone(),
+            .map(|o| {
+                LayoutLib::new(
+                    o.family,
+                    o.build_id.as_deref(),
+                    &o.path.display().to_string(),
+                    o.version.as_deref(),
+                )
             })
             .collect(),
     }

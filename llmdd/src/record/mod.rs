@@ -240,11 +240,12 @@ impl RecProc {
                     let family = [Family::Nccl, Family::Gloo, Family::Vllm]
                         .into_iter()
                         .find(|f| f.name() == l.family)?;
-                    Some(LayoutLib {
+                    Some(LayoutLib::new(
                         family,
-                        id: l.build_id.clone().unwrap_or_else(|| l.path.clone()),
-                        version: l.version.clone(),
-                    })
+                        l.build_id.as_deref(),
+                        &l.path,
+                        l.version.as_deref(),
+                    ))
                 })
                 .collect(),
         }

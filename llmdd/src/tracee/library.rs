@@ -218,8 +218,14 @@ fn code_of(path: &Path, sym: &ElfSymbol) -> Result<Vec<u8>, ElfError> {
     elf::read_at(path, sym.file_offset, len as usize)
 }
 
-/// Decodes one communicator field offset from the function exported under `names`.
-fn field_offset(path: &Path, scan: &ElfScan, names: &[&str]) -> Result<u32, String> {
+/// The first function exported under `names` and its machine code, for decoding (x86-64
+/// only); `shown` names it in the error when none is exported.
+fn function_code<'a>(
+    path: &Path,
+    scan: &'a ElfScan,
+    names: &[&str],
+    shown: &str,
+) -> Result<(&'a ElfSymbol, Vec<u8>), String> {
     if scan.machine != object::elf::EM_X86_64 {
         return Err(DecodeError::UnsupportedMachine {
             machine: scan.machine,
@@ -228,11 +234,17 @@ fn field_offset(path: &Path, scan: &ElfScan, names: &[&str]) -> Result<u32, Stri
     }
     let sym = find(scan, names).ok_or_else(|| {
         DecodeError::MissingFunction {
-            function: names.join("/"),
+            function: shown.to_string(),
         }
         .to_string()
     })?;
     let code = code_of(path, sym).map_err(|e| e.to_string())?;
+    Ok((sym, code))
+}
+
+/// Decodes one communicator field offset from the function exported under `names`.
+fn field_offset(path: &Path, scan: &ElfScan, names: &[&str]) -> Result<u32, String> {
+    let (sym, code) = function_code(path, scan, names, &names.join("/"))?;
     nccl_offsets::decode_field_offset(&sym.name, &code, sym.vaddr).map_err(|e| e.to_string())
 }
 
@@ -253,26 +265,14 @@ pub fn comm_offsets(path: &Path, scan: &ElfScan) -> Result<CommOffsets, String> 
 
 /// Where this build's `gloo::Context` keeps its rank and size, from its constructor.
 pub fn gloo_offsets(path: &Path, scan: &ElfScan) -> Result<CommOffsets, String> {
-    if scan.machine != object::elf::EM_X86_64 {
-        return Err(DecodeError::UnsupportedMachine {
-            machine: scan.machine,
-        }
-        .to_string());
-    }
-    let sym = find(scan, &GLOO_CONTEXT_CTOR).ok_or_else(|| {
-        "gloo::Context::Context(int, int, int) is not exported by this object".to_string()
-    })?;
-    let code = code_of(path, sym).map_err(|e| e.to_string())?;
-    gloo_offsets::decode_context("gloo::Context::Context(int, int, int)", &code, sym.vaddr)
+    const CTOR: &str = "gloo::Context::Context(int, int, int)";
+    let (sym, code) = function_code(path, scan, &GLOO_CONTEXT_CTOR, CTOR)?;
+    gloo_offsets::decode_context(CTOR, &code, sym.vaddr)
 }
 
 /// The NCCL version stored by `ncclGetVersion`, when it decodes.
 fn nccl_version(path: &Path, scan: &ElfScan) -> Option<String> {
-    if scan.machine != object::elf::EM_X86_64 {
-        return None;
-    }
-    let sym = find(scan, &GET_VERSION)?;
-    let code = code_of(path, sym).ok()?;
+    let (sym, code) = function_code(path, scan, &GET_VERSION, "ncclGetVersion").ok()?;
     nccl_offsets::decode_version_code(&code, sym.vaddr).and_then(nccl_offsets::version_string)
 }
 

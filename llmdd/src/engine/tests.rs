@@ -1331,21 +1331,27 @@ fn the_pipeline_stage_that_does_not_wait_is_the_bubble() {
     assert_eq!(st[1].wait_per_transfer_ns, 9 * MS);
 }
 
+/// An engine knowing each rank of `job` from its launcher's `RANK`/`WORLD_SIZE`.
+fn engine_with_launcher_ranks(job: &Job) -> Engine {
+    let mut e = Engine::new(Config::default());
+    for r in 0..job.n {
+        let hints = ProcessHints {
+            rank: Some(r as u32),
+            world_size: Some(job.n as u32),
+            ..Default::default()
+        };
+        e.register_process(job.pid(r), hints);
+    }
+    e
+}
+
 #[test]
 fn env_hints_give_ranks_when_handles_cannot_be_read() {
     let mut job = Job::new(4);
     job.init = false;
     job.ranks_known = false;
     job.delay = |r, _| if r == 3 { 4 * MS } else { 0 };
-    let mut e = Engine::new(Config::default());
-    for r in 0..4usize {
-        let hints = ProcessHints {
-            rank: Some(r as u32),
-            world_size: Some(4),
-            ..Default::default()
-        };
-        e.register_process(job.pid(r), hints);
-    }
+    let mut e = engine_with_launcher_ranks(&job);
     e.ingest_batch(job.events(0, 40));
     e.flush();
     let s = e.snapshot();
@@ -1370,15 +1376,7 @@ fn ranks_read_through_a_wrong_layout_are_not_trusted() {
     let mut job = Job::new(3);
     job.init = false;
     job.delay = |r, _| if r == 1 { 4 * MS } else { 0 };
-    let mut e = Engine::new(Config::default());
-    for r in 0..3usize {
-        let hints = ProcessHints {
-            rank: Some(r as u32),
-            world_size: Some(3),
-            ..Default::default()
-        };
-        e.register_process(job.pid(r), hints);
-    }
+    let mut e = engine_with_launcher_ranks(&job);
     let events = job.events(0, 40).into_iter().map(|ev| match ev {
         Event::Call(mut c) if c.func == ALL_REDUCE => {
             c.nranks = Some(32606);
@@ -1413,15 +1411,7 @@ fn a_layout_that_failed_once_is_not_trusted_again_and_a_second_group_is_not_gues
         init: false,
         ..Job::new(3)
     };
-    let mut e = Engine::new(Config::default());
-    for r in 0..3usize {
-        let hints = ProcessHints {
-            rank: Some(r as u32),
-            world_size: Some(3),
-            ..Default::default()
-        };
-        e.register_process(job.pid(r), hints);
-    }
+    let mut e = engine_with_launcher_ranks(&job);
     let events = job.events(0, 20).into_iter().map(|ev| match ev {
         Event::Call(mut c) if c.func == ALL_REDUCE && c.pid == job.pid(0) => {
             c.nranks = Some(32606);
